@@ -1,0 +1,1 @@
+"""critbatch: find the critical batch size of TTUR GAN training."""
