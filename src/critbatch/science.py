@@ -115,7 +115,8 @@ def measure(trials: Iterable[Trial]) -> Measurement:
         if bound < best.sfo:
             warnings.append(
                 f"batch size {bs} stopped at SFO {bound:.6g} without reaching the target, "
-                f"below the best measured SFO {best.sfo:.6g}: with a larger step budget it could still win"
+                f"below the best measured SFO {best.sfo:.6g}: with a larger step budget "
+                "it could still win"
             )
     return Measurement(best.batch_size, tuple(points), tuple(censored), tuple(warnings))
 
