@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
+from critbatch.errors import InputError
+
 OPTIMIZERS = ("adam", "adabelief", "rmsprop")
 DEFAULT_GRID = tuple(2**k for k in range(17))
 
 
-class ScienceError(ValueError):
+class ScienceError(InputError):
     """Input the science cannot take; the message names the offending field."""
 
 
