@@ -1,0 +1,1 @@
+"""critbatch-operator: the kopf controller that runs CriticalBatchSweeps as Kubernetes Jobs."""

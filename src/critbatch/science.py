@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from critbatch.errors import InputError
 
@@ -152,43 +151,86 @@ class Fit:
         return math.inf if inv <= 0 else 1.0 / inv
 
 
-def _wls_line(x: np.ndarray, n: np.ndarray) -> tuple[float, float]:
-    """Weighted least squares of y=1/N on x=1/b with weights N^2 (var(1/N) ~ var(N)/N^4)."""
+def _wls_lines(x: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares of y=1/N on x=1/b with weights N^2 (var(1/N) ~ var(N)/N^4).
+
+    One line per row of `n` (shape (rounds, points)); vectorised so that a bootstrap refits
+    all its resamples at once.
+    """
+    if np.ptp(x) <= 0:
+        raise ScienceError("fit: needs at least two distinct batch sizes")
     y = 1.0 / n
     w = n**2
-    sw = w.sum()
-    xm = (w * x).sum() / sw
-    ym = (w * y).sum() / sw
-    sxx = (w * (x - xm) ** 2).sum()
-    if sxx <= 0:
-        raise ScienceError("fit: needs at least two distinct batch sizes")
-    q = float((w * (x - xm) * (y - ym)).sum() / sxx)
-    return float(ym - q * xm), q
+    sw = w.sum(axis=1, keepdims=True)
+    xm = (w * x).sum(axis=1, keepdims=True) / sw
+    ym = (w * y).sum(axis=1, keepdims=True) / sw
+    q = (w * (x - xm) * (y - ym)).sum(axis=1) / (w * (x - xm) ** 2).sum(axis=1)
+    return ym[:, 0] - q * xm[:, 0], q
+
+
+def _log_residuals(x: np.ndarray, log_n: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """log N_i + log(p + q x_i) per row; +inf rows where some 1/N_i <= 0 (outside the model)."""
+    inv = p[:, None] + q[:, None] * x
+    out = log_n + np.log(np.where(inv > 0, inv, 1.0))
+    out[~np.all(inv > 0, axis=1)] = np.inf
+    return out
+
+
+def _fit_pq_many(
+    x: np.ndarray, n: np.ndarray, iterations: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares on log N, i.e. multiplicative noise in N, started from the weighted line.
+
+    Minimises sum (log N_i + log(p + q x_i))^2 by Gauss-Newton with step halving, one problem
+    per row of `n`, all rows at once (a bootstrap's thousand refits cost about one). The
+    weighted line is the first-order approximation, so the refinement moves little; a row
+    whose line makes some 1/N_i <= 0 keeps the line, and the steps never leave the region
+    where every 1/N_i > 0.
+    """
+    p, q = _wls_lines(x, n)
+    log_n = np.log(n)
+    scale = x.max()  # solve for q*max(x): both Jacobian columns are then O(1/(p + q x))
+    xs, qs = x / scale, q * scale
+    resid = _log_residuals(xs, log_n, p, qs)
+    ssr = (resid**2).sum(axis=1)
+    rows = np.flatnonzero(np.isfinite(ssr))
+    for _ in range(iterations):
+        if rows.size == 0:
+            break
+        pr, qr, sr = p[rows], qs[rows], ssr[rows]
+        inv = pr[:, None] + qr[:, None] * xs
+        j1, j2, r = 1.0 / inv, xs / inv, resid[rows]
+        a11, a12, a22 = (j1 * j1).sum(axis=1), (j1 * j2).sum(axis=1), (j2 * j2).sum(axis=1)
+        g1, g2 = (j1 * r).sum(axis=1), (j2 * r).sum(axis=1)
+        det = a11 * a22 - a12 * a12
+        det = np.where(det > 0, det, np.inf)
+        dp, dq = -(a22 * g1 - a12 * g2) / det, -(a11 * g2 - a12 * g1) / det
+        step = np.ones_like(pr)
+        pending = np.ones(rows.size, dtype=bool)
+        moved = np.zeros(rows.size, dtype=bool)
+        for _halving in range(30):
+            rn = _log_residuals(xs, log_n[rows], pr + step * dp, qr + step * dq)
+            with np.errstate(invalid="ignore"):
+                sn = (rn**2).sum(axis=1)
+            ok = pending & (sn <= sr)
+            moved |= ok & (sr - sn > 1e-13 * sr)
+            p[rows] = np.where(ok, pr + step * dp, pr)
+            qs[rows] = np.where(ok, qr + step * dq, qr)
+            resid[rows] = np.where(ok[:, None], rn, r)
+            ssr[rows] = np.where(ok, sn, sr)
+            pending &= ~ok
+            if not pending.any():
+                break
+            step = np.where(pending, step / 2.0, step)
+        # Rows that no step improves, or improves by rounding only, are at their minimum.
+        rows = rows[moved]
+    return p, qs / scale
 
 
 def _fit_pq(x: np.ndarray, n: np.ndarray) -> tuple[float, float]:
-    """Least squares on log N, i.e. multiplicative noise in N, started from the weighted line.
-
-    Minimises sum (log N_i + log(p + q x_i))^2. The weighted line is its first-order
-    approximation, so the refinement moves little; it only runs where the line keeps every
-    1/N_i positive.
-    """
-    p0, q0 = _wls_line(x, n)
-    if np.any(p0 + q0 * x <= 0):
-        return p0, q0
-    log_n = np.log(n)
-    scale = max(abs(p0), abs(q0) * float(x.max()), 1e-300)
-
-    def residuals(theta: np.ndarray) -> np.ndarray:
-        inv = (theta[0] + theta[1] * x) * scale
-        return log_n + np.log(np.maximum(inv, 1e-300))
-
-    sol = least_squares(residuals, np.array([p0, q0]) / scale, method="lm", xtol=1e-14,
-                        ftol=1e-14, gtol=1e-14)
-    p, q = (float(v) * scale for v in sol.x)
-    if not (sol.success and np.all(p + q * x > 0)):
-        return p0, q0
-    return p, q
+    """One fit of `_fit_pq_many`: the point estimate and its bootstrap share one estimator."""
+    p, q = _fit_pq_many(x, n[None, :])
+    return float(p[0]), float(q[0])
 
 
 def _fit_once(x: np.ndarray, n: np.ndarray) -> tuple[float, float, str | None]:
@@ -254,15 +296,10 @@ def _bootstrap_interval(
     if dof <= 0:
         return None
     resid = (resid - resid.mean()) * math.sqrt(len(n) / dof)
-    stars = []
-    for _ in range(rounds):
-        sample = np.exp(fitted_log + gen.choice(resid, size=len(n), replace=True))
-        try:
-            bp, bq, why = _fit_once(x, sample)
-        except ScienceError:
-            continue
-        if why is None:
-            stars.append(-2.0 * bq / bp)
+    samples = np.exp(fitted_log + resid[gen.integers(0, len(n), size=(rounds, len(n)))])
+    bp, bq = _fit_pq_many(x, samples)
+    good = (bp > 0) & (bq < 0)  # the rounds that _fit_once would call identifiable
+    stars = -2.0 * bq[good] / bp[good]
     if len(stars) < rounds / 2:
         return None
     alpha = (1.0 - confidence) / 2.0

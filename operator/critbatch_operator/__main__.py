@@ -1,0 +1,94 @@
+"""critbatch-operator: run the kopf operator with its liveness probe and metrics endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from critbatch_operator.config import ENV_PREFIX, Config
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Flags, defaulting to CRITBATCH_* environment variables (see docs/operator.md)."""
+    try:
+        env = Config.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"critbatch-operator: error: {exc}") from None
+    p = argparse.ArgumentParser(
+        prog="critbatch-operator",
+        description="Run CriticalBatchSweeps as Kubernetes Jobs and find the critical batch "
+                    "size.")
+    p.add_argument("--namespace", "-n", action="append", default=None, metavar="NS",
+                   help="watch this namespace (repeatable; default: all namespaces; env "
+                        f"{ENV_PREFIX}NAMESPACES, comma-separated)")
+    p.add_argument("--prometheus-url", default=env.prometheus_url, metavar="URL",
+                   help="Prometheus HTTP API for trial metrics when a sweep names none "
+                        f"(env {ENV_PREFIX}PROMETHEUS_URL; default: scrape trainer pods)")
+    p.add_argument("--prometheus-namespace-label", default=env.prometheus_namespace_label,
+                   metavar="LABEL", help="label holding the pod's namespace in Prometheus, "
+                   "'' for none (default: namespace)")
+    p.add_argument("--reconcile-interval", type=float, default=env.reconcile_interval,
+                   metavar="SECONDS", help="seconds between reconciles of a sweep (default 10)")
+    p.add_argument("--metrics-timeout", type=float, default=env.metrics_timeout,
+                   metavar="SECONDS", help="timeout of a metrics request (default 5)")
+    p.add_argument("--max-backoff", type=float, default=env.max_backoff, metavar="SECONDS",
+                   help="longest wait before retrying an unreachable Prometheus (default 300)")
+    p.add_argument("--metrics-port", type=int, default=env.metrics_port, metavar="PORT",
+                   help="serve the operator's /metrics here, 0 = off (default 8080)")
+    p.add_argument("--health-port", type=int, default=env.health_port, metavar="PORT",
+                   help="serve the liveness probe /healthz here, 0 = off (default 8081)")
+    p.add_argument("--trainer-metrics-port", type=int, default=env.trainer_metrics_port,
+                   metavar="PORT", help="port of the trainers' /metrics (default 9100)")
+    p.add_argument("--server", default=env.kube_server, metavar="URL",
+                   help="Kubernetes API server URL (default: in-cluster, then kubeconfig)")
+    p.add_argument("--verbose", action="store_true", help="log more")
+    args = p.parse_args(argv)
+    for name in ("reconcile_interval", "metrics_timeout", "max_backoff"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')}: must be > 0")
+    for name in ("metrics_port", "health_port", "trainer_metrics_port"):
+        if not 0 <= getattr(args, name) <= 65535:
+            p.error(f"--{name.replace('_', '-')}: must be in 0..65535")
+    cfg = Config(
+        prometheus_url=args.prometheus_url,
+        prometheus_namespace_label=args.prometheus_namespace_label,
+        reconcile_interval=args.reconcile_interval,
+        metrics_timeout=args.metrics_timeout,
+        namespaces=tuple(args.namespace) if args.namespace else env.namespaces,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        trainer_metrics_port=args.trainer_metrics_port,
+        max_backoff=args.max_backoff,
+        kube_server=args.server,
+    )
+    return cfg, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg, args = parse_args(argv)
+    import kopf  # imported late: --help works without a cluster client configured
+
+    from critbatch_operator import opmetrics
+    from critbatch_operator.handlers import register
+
+    kopf.configure(verbose=args.verbose)
+    registry = kopf.OperatorRegistry()
+    register(registry, cfg)
+    if cfg.metrics_port:
+        opmetrics.serve(cfg.metrics_port)
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not cfg.namespaces,
+        namespaces=cfg.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port
+        else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

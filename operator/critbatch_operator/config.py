@@ -1,0 +1,64 @@
+"""The operator's settings: command-line flags, with environment variables as their defaults.
+
+The Helm chart sets the environment; `critbatch-operator --help` lists the flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+ENV_PREFIX = "CRITBATCH_"
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the handlers need to know about their environment."""
+
+    prometheus_url: str | None = None
+    prometheus_namespace_label: str = "namespace"
+    reconcile_interval: float = 10.0
+    metrics_timeout: float = 5.0
+    namespaces: tuple[str, ...] = ()
+    metrics_port: int = 8080
+    health_port: int = 8081
+    trainer_metrics_port: int = 9100
+    max_backoff: float = 300.0
+    kube_server: str | None = None  # an explicit API server URL (development and tests)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Config:
+        """Settings from CRITBATCH_* variables; unset ones keep their defaults."""
+        env = dict(os.environ if env is None else env)
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name, "").strip()
+            return value or None
+
+        def number(name: str, default: float, kind: type = float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{name}: must be a number, got {raw!r}") from None
+            if value < 0:
+                raise ValueError(f"{ENV_PREFIX}{name}: must be >= 0, got {raw!r}")
+            return value
+
+        namespaces = tuple(n.strip() for n in (get("NAMESPACES") or "").split(",") if n.strip())
+        label = env.get(ENV_PREFIX + "PROMETHEUS_NAMESPACE_LABEL")
+        return cls(
+            prometheus_url=get("PROMETHEUS_URL"),
+            prometheus_namespace_label="namespace" if label is None else label.strip(),
+            reconcile_interval=number("RECONCILE_INTERVAL", cls.reconcile_interval),
+            metrics_timeout=number("METRICS_TIMEOUT", cls.metrics_timeout),
+            namespaces=namespaces,
+            metrics_port=int(number("METRICS_PORT", cls.metrics_port, int)),
+            health_port=int(number("HEALTH_PORT", cls.health_port, int)),
+            trainer_metrics_port=int(number("TRAINER_METRICS_PORT", cls.trainer_metrics_port,
+                                            int)),
+            max_backoff=number("MAX_BACKOFF", cls.max_backoff),
+            kube_server=get("KUBE_SERVER"),
+        )

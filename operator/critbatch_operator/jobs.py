@@ -1,0 +1,200 @@
+"""Kubernetes Job manifests for trials: pure functions of the sweep, no API calls.
+
+Every trial is one batch/v1 Job with a deterministic name (so a restart cannot create a
+duplicate), owned by its sweep (so deleting the sweep deletes its Jobs), running the trainer
+with its arguments as a list, as a non-root user on a read-only root filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Any
+
+from critbatch.planner import job_name
+from critbatch.spec import API_VERSION, KIND, Sweep, TrialKey, trainer_args
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+SWEEP_LABEL = "critbatch.dev/sweep"
+BATCH_LABEL = "critbatch.dev/batch-size"
+SEED_LABEL = "critbatch.dev/seed"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONTAINER = "trainer"
+TERMINATION_LOG = "/dev/termination-log"
+SCRATCH = "/scratch"
+DATA_MOUNT = "/data"
+INCEPTION_MOUNT = "/inception"
+RUN_AS = 65532
+BAD_CONFIG_EXIT = 2  # the trainer's "bad configuration": retrying cannot help
+
+
+def trial_labels(sweep: Sweep, key: TrialKey) -> dict[str, str]:
+    """The labels DESIGN.md puts on every object the operator makes for a trial."""
+    return {
+        MANAGED_BY: "critbatch",
+        SWEEP_LABEL: sweep_label_value(sweep.name),
+        BATCH_LABEL: str(key.batch_size),
+        SEED_LABEL: str(key.seed),
+    }
+
+
+def sweep_label_value(name: str) -> str:
+    """Sweep names are DNS subdomains (253 chars); label values stop at 63: cut and hash."""
+    if len(name) <= 63:
+        return name
+    return name[:56].rstrip("-.") + "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
+
+
+def owner_reference(sweep: Sweep) -> dict[str, Any]:
+    """The sweep as controller owner, so the garbage collector deletes its Jobs with it."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": sweep.name,
+        "uid": sweep.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100) -> dict[str, Any]:
+    """The batch/v1 Job of one trial."""
+    t = sweep.trainer
+    tpl = t.pod_template
+    labels = trial_labels(sweep, key)
+    job_labels = dict(labels)
+    if sweep.queue_name:
+        job_labels[QUEUE_LABEL] = sweep.queue_name
+
+    volumes: list[dict[str, Any]] = [
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "scratch", "mountPath": SCRATCH},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    data_path = t.dataset.path
+    if t.dataset.pvc:
+        volumes.append({"name": "dataset", "persistentVolumeClaim": {
+            "claimName": t.dataset.pvc, "readOnly": True}})
+        mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
+        data_path = posixpath.join(DATA_MOUNT, (t.dataset.path or "").lstrip("/")).rstrip("/")
+    extractor = None
+    if t.inception is not None and t.inception.pvc:
+        volumes.append({"name": "inception", "persistentVolumeClaim": {
+            "claimName": t.inception.pvc, "readOnly": True}})
+        mounts.append({"name": "inception", "mountPath": INCEPTION_MOUNT, "readOnly": True})
+        extractor = "inception:" + posixpath.join(INCEPTION_MOUNT, t.inception.file)
+    volumes += [dict(v) for v in tpl.volumes]
+    mounts += [dict(m) for m in tpl.volume_mounts]
+
+    args = trainer_args(
+        sweep, key,
+        metrics_port=metrics_port,
+        checkpoint_dir=posixpath.join(SCRATCH, "checkpoints"),
+        termination_log=TERMINATION_LOG,
+        data_path=data_path,
+        extractor=extractor,
+    )
+    env = [
+        {"name": "HOME", "value": SCRATCH},
+        {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/cache"},
+        {"name": "TORCH_HOME", "value": f"{SCRATCH}/cache/torch"},
+        {"name": "MPLCONFIGDIR", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ] + [{"name": n, "value": v} for n, v in t.env]
+
+    resources: dict[str, dict[str, Any]] = {k: dict(v) for k, v in t.resources.items()}
+    named = any("nvidia.com/gpu" in v for v in resources.values())
+    if t.gpus and not named:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = t.gpus
+
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": t.image,
+        "command": ["critbatch-trainer"],
+        "args": args,
+        "ports": [{"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"}],
+        "env": env,
+        "resources": resources,
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        # The result JSON on success; the log's tail explains a crash.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if t.image_pull_policy:
+        container["imagePullPolicy"] = t.image_pull_policy
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    optional = {
+        "nodeSelector": dict(tpl.node_selector) or None,
+        "tolerations": [dict(x) for x in tpl.tolerations] or None,
+        "affinity": dict(tpl.affinity) if tpl.affinity else None,
+        "priorityClassName": tpl.priority_class_name,
+        "runtimeClassName": tpl.runtime_class_name,
+        "serviceAccountName": tpl.service_account_name,
+        "imagePullSecrets": [{"name": n} for n in tpl.image_pull_secrets] or None,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v})
+
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(metrics_port),
+        "prometheus.io/path": "/metrics",
+        **tpl.annotations,
+    }
+    job_spec: dict[str, Any] = {
+        "backoffLimit": t.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {
+                "containerName": CONTAINER, "operator": "In", "values": [BAD_CONFIG_EXIT]}},
+            {"action": "Ignore",
+             "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        "template": {
+            "metadata": {"labels": {**tpl.labels, **labels}, "annotations": annotations},
+            "spec": pod_spec,
+        },
+    }
+    if t.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = t.active_deadline_seconds
+    if sweep.queue_name:
+        job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(sweep.name, key),
+            "namespace": sweep.namespace,
+            "labels": job_labels,
+            "annotations": {"critbatch.dev/generation": str(sweep.generation)},
+            "ownerReferences": [owner_reference(sweep)],
+        },
+        "spec": job_spec,
+    }

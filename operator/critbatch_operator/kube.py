@@ -1,0 +1,90 @@
+"""The Kubernetes API calls the operator makes, and nothing else (see docs/operator.md, RBAC).
+
+Blocking calls of the official client; the async handlers run them in threads. Every call
+returns plain dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from critbatch.spec import GROUP, PLURAL, VERSION
+
+
+def make_api_client(server: str | None = None) -> client.ApiClient:
+    """An API client: `server` when given, else in-cluster config, else the kubeconfig."""
+    if server:
+        cfg = client.Configuration()
+        cfg.host = server
+        cfg.verify_ssl = False
+        return client.ApiClient(cfg)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def _json(resp: Any) -> Any:
+    return json.loads(resp.data or b"null")
+
+
+class Kube:
+    """Jobs, pods and sweeps of one cluster (typed client calls, plain dicts back)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def list_jobs(self, namespace: str, selector: str) -> list[dict]:
+        resp = self.batch.list_namespaced_job(namespace, label_selector=selector,
+                                              _preload_content=False)
+        return list((_json(resp) or {}).get("items") or [])
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict]:
+        resp = self.core.list_namespaced_pod(namespace, label_selector=selector,
+                                             _preload_content=False)
+        return list((_json(resp) or {}).get("items") or [])
+
+    def create_job(self, namespace: str, job: dict) -> bool:
+        """Create; False when it already exists (a 409 is success for a deterministic name)."""
+        try:
+            self.batch.create_namespaced_job(namespace, job, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        """Delete a Job and (in the background) its pods; False when it was already gone."""
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
+                                             _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def get_sweep(self, namespace: str, name: str) -> dict | None:
+        try:
+            resp = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                            name, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _json(resp)
+
+    def patch_status(self, namespace: str, name: str, status: dict) -> None:
+        """A JSON merge patch of the status subresource."""
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+            _content_type="application/merge-patch+json", _preload_content=False)

@@ -1,0 +1,81 @@
+"""`critbatch`: the command line. Each subcommand lives in `critbatch.commands.<name>`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from critbatch.errors import InputError
+
+COMMANDS = ("estimate", "analyze", "run", "report")
+PROG = "critbatch"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("critbatch")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors, like every other bad input (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every subcommand whose module exists (others are not built yet)."""
+    parser = _Parser(
+        prog=PROG,
+        description="Find the critical batch size b* of TTUR GAN training: measure it with a "
+        "sweep of batch sizes, fit it, or estimate it for other optimizers (Proposition 3.4 of "
+        "Sato & Iiduka, ICML 2023).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module_name = f"critbatch.commands.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if exc.name != module_name:  # a missing dependency inside it is a real error
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; exit code 2 and one line on stderr for bad input."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed already
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except InputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `critbatch ... | head`: the reader left, nothing to report
+        # Point stdout at /dev/null so that the interpreter's final flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

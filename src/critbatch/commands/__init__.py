@@ -1,0 +1,46 @@
+"""The CLI's subcommands: each module's `register(subparsers)` adds one and sets `func`.
+
+`func(args) -> int` returns the exit code; bad input raises `critbatch.errors.InputError`,
+which the CLI turns into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def print_json(obj: Any) -> None:
+    """One JSON document on stdout; NaN and infinity are not JSON, so they become null."""
+    print(json.dumps(_finite(obj), indent=2, sort_keys=False))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A number for a table: integers as integers, others to `digits` significant figures."""
+    if value is None:
+        return "-"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.{digits}g}"
+
+
+def stdout_console() -> Console:
+    """A rich console on the current stdout (tests swap sys.stdout); rich loads lazily."""
+    from rich.console import Console
+
+    return Console(file=sys.stdout, highlight=False)

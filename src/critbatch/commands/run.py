@@ -1,0 +1,136 @@
+"""`critbatch run SWEEP.yaml`: run a CriticalBatchSweep on this machine (thin wiring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from critbatch import report
+from critbatch.errors import InputError
+from critbatch.local.progress import headline, make_progress
+from critbatch.local.runner import LocalRun, RunError, RunOptions, load_manifest
+
+HELP = "run a sweep's trials as local processes and write its status and report"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help=HELP, description=HELP + ". The same CriticalBatchSweep manifest as the "
+        "cluster's; trials run as local trainer processes, `parallelism` at a time.")
+    p.add_argument("sweep", nargs="?", type=Path, metavar="SWEEP.yaml",
+                   help="the CriticalBatchSweep manifest (optional with --resume)")
+    p.add_argument("-o", "--out", type=Path,
+                   help="output directory (default: runs/<sweep name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out; finished trials are not rerun")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prometheus", metavar="URL",
+                     help="read metrics through this Prometheus server; it must scrape the "
+                     "targets file the run writes (see --sd-file)")
+    src.add_argument("--with-prometheus", action="store_true",
+                     help="start the installed prometheus on loopback for this run")
+    src.add_argument("--direct", action="store_true",
+                     help="scrape each trainer's /metrics itself (the default unless "
+                     "spec.metrics.source is prometheus)")
+    p.add_argument("--sd-file", type=Path, metavar="PATH",
+                   help="with --prometheus: where to write the file_sd targets (default: "
+                   "OUT/prometheus/targets/trials.json)")
+    p.add_argument("--trainer", metavar="COMMAND",
+                   help="the trainer command (default: this Python's -m critbatch_trainer)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads per trial (default: CPU cores / parallelism)")
+    p.add_argument("--reference-noise-ratio", type=float, metavar="R",
+                   help="sigma^2/eps^3 from a reference sweep, for the predicted b*")
+    view = p.add_mutually_exclusive_group()
+    view.add_argument("-q", "--quiet", action="store_true",
+                      help="print only the result line")
+    view.add_argument("--json", action="store_true",
+                      help="JSON lines on stdout: events, progress, the final status")
+    p.set_defaults(func=run)
+
+
+def _options(args: argparse.Namespace, out: Path) -> RunOptions:
+    if args.threads is not None and args.threads < 1:
+        raise RunError(f"--threads: must be >= 1, got {args.threads}")
+    if args.sd_file is not None and not args.prometheus:
+        raise RunError("--sd-file: only used with --prometheus URL")
+    opts = RunOptions(out_dir=out, resume=args.resume, threads=args.threads,
+                      reference_noise_ratio=args.reference_noise_ratio)
+    if args.prometheus:
+        if not args.prometheus.startswith(("http://", "https://")):
+            raise RunError(f"--prometheus: must be an http(s) URL, got {args.prometheus!r}")
+        opts.metrics, opts.prometheus_url, opts.sd_file = "prometheus", args.prometheus, \
+            args.sd_file
+    elif args.with_prometheus:
+        opts.metrics = "with-prometheus"
+    elif args.direct:
+        opts.metrics = "direct"
+    if args.trainer:
+        command = shlex.split(args.trainer)
+        if not command:
+            raise RunError("--trainer: must not be empty")
+        opts.trainer_command = command
+    else:
+        _check_trainer_installed()
+    return opts
+
+
+def _check_trainer_installed() -> None:
+    """The default trainer runs in this Python: say so now if its extra is missing."""
+    import importlib.util
+
+    for module in ("critbatch_trainer", "torch"):
+        if importlib.util.find_spec(module) is None:
+            raise RunError(f"--trainer: the trainer needs {module}, which this Python lacks: "
+                           "pip install 'critbatch[trainer]', or pass --trainer COMMAND")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when the sweep succeeded, 1 when it failed, 130 when interrupted."""
+    if args.sweep is None:
+        if not (args.resume and args.out):
+            raise InputError("SWEEP.yaml: required (or --resume with --out DIR)")
+        saved = args.out / "sweep.yaml"
+        if not saved.exists():
+            raise RunError(f"--out: {args.out} holds no run to resume (no sweep.yaml)")
+        manifest = load_manifest(saved)
+    else:
+        manifest = load_manifest(args.sweep)
+    name = str((manifest.get("metadata") or {}).get("name") or "sweep")
+    out = args.out or Path("runs") / name
+    mode = "json" if args.json else "quiet" if args.quiet else "rich"
+    runner = LocalRun(manifest, _options(args, out), make_progress(mode))
+    status = runner.run()
+    if args.json:
+        print(json.dumps({"event": "done", "out": str(out), "status": status}, default=str))
+    elif args.quiet:
+        print(f"{headline(status)}; report: {out / report.MARKDOWN_NAME}")
+    else:
+        print_summary(status, out)
+    if runner.interrupted:
+        return 130
+    return 0 if status.get("phase") == "Succeeded" else 1
+
+
+def print_summary(status: dict, out: Path) -> None:
+    """The trials' table and b*, as the end of a terminal run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="trials", title_justify="left")
+    for col in ("b", "seed", "phase", "N(b)", "SFO", "reached", "source"):
+        table.add_column(col, justify="right" if col in ("b", "seed", "N(b)", "SFO") else "left")
+    for r in report.trial_rows(status):
+        table.add_row(report.fmt(r["batch_size"]), str(r["seed"]), r["phase"],
+                      report.fmt(r["steps"]), report.fmt(r["sfo"]),
+                      "yes" if r["reached"] else "no", r["source"] or "")
+    console = Console(file=sys.stdout)
+    console.print(table)
+    console.print(headline(status), soft_wrap=True)
+    for w in status.get("warnings") or []:
+        console.print(f"warning: {w}", style="yellow", markup=False, soft_wrap=True)
+    console.print(f"report: {out / report.MARKDOWN_NAME}, {out / report.PNG_NAME}, "
+                  f"{out / report.SVG_NAME}", markup=False, soft_wrap=True)

@@ -1,0 +1,582 @@
+"""`critbatch run`: a CriticalBatchSweep's trials as local trainer processes.
+
+The loop is the operator's, with processes instead of Jobs: observe every trial (process exit,
+result file, metrics), ask the shared planner what to start and stop, do it, write the status.
+Finished trials are read from their result files, so `--resume` never reruns one, and a trial
+killed mid-run restarts from its checkpoint (up to spec.trainer.backoffLimit times, as a Job
+would).
+
+Output directory:
+
+    sweep.yaml            the manifest with its current status (what `kubectl get -o yaml` shows)
+    status.yaml           the status alone (the CR status schema)
+    events.jsonl          what the runner did: starts, restarts, stops, warnings
+    trials/b<B>-s<S>/     trainer.log, result.json (the trainer's result), checkpoint/
+    prometheus/           the private Prometheus server's config, data and log (--with-prometheus)
+    critbatch.png/.svg    the plot; summary.md the Markdown summary
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from critbatch import planner, report
+from critbatch.errors import InputError
+from critbatch.local import prometheus as prom
+from critbatch.local.processes import ExitKind, Supervisor, classify, log_tail, thread_limit
+from critbatch.local.progress import Progress, RateMeter, TrialView
+from critbatch.metrics import MetricsUnavailable, PrometheusClient, TrialMetrics, scrape
+from critbatch.spec import Sweep, TrialKey, parse_sweep, trainer_args
+
+RUN_LABEL = "critbatch_run"  # a target label that tells this run's series from older ones
+
+
+class RunError(InputError):
+    """A local run that cannot start: the message names the option or path at fault."""
+
+
+@dataclass
+class RunOptions:
+    """How to run a sweep locally; the defaults are what `critbatch run SWEEP.yaml` does."""
+
+    out_dir: Path
+    resume: bool = False
+    # auto (from spec.metrics) | direct | prometheus (an existing server) | with-prometheus
+    metrics: str = "auto"
+    prometheus_url: str | None = None
+    sd_file: Path | None = None  # file_sd targets for an existing server to read
+    trainer_command: Sequence[str] = (sys.executable, "-m", "critbatch_trainer")
+    threads: int | None = None
+    poll_interval: float = 0.5
+    linger: float | None = None
+    scrape_interval: float = 1.0
+    reference_noise_ratio: float | None = None
+
+
+@dataclass
+class TrialState:
+    """What the runner knows about one trial beyond its process."""
+
+    key: TrialKey
+    dir: Path
+    port: int | None = None
+    restarts: int = 0
+    stop_reason: str | None = None
+    final: planner.Observation | None = None
+    metrics: TrialMetrics | None = None
+    rate: RateMeter = field(default_factory=RateMeter)
+    started: bool = False
+
+    @property
+    def result_file(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "trainer.log"
+
+
+def trial_dir_name(key: TrialKey) -> str:
+    return f"b{key.batch_size:04d}-s{key.seed}"
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """The sweep manifest from a YAML file, or a one-line error naming the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise RunError(f"SWEEP: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise RunError(f"SWEEP: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise RunError(f"SWEEP: {path} must hold one CriticalBatchSweep mapping")
+    return data
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The trainer's result JSON (docs/contracts.md), or None if absent or not a result."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if _is_result(data) else None
+
+
+def _is_result(data: Any) -> bool:
+    return (isinstance(data, dict) and isinstance(data.get("reached"), bool)
+            and isinstance(data.get("steps"), int | float)
+            and isinstance(data.get("batch_size"), int))
+
+
+def result_from_log(path: Path) -> dict[str, Any] | None:
+    """The last stdout line of the trainer, if it is a result: the fallback to the file."""
+    tail = log_tail(path, lines=1, limit=10_000)
+    try:
+        data = json.loads(tail)
+    except ValueError:
+        return None
+    return data if _is_result(data) else None
+
+
+def metrics_mode(sweep: Sweep) -> tuple[str, str | None]:
+    """What spec.metrics means on this machine: its Prometheus URL, a private server, or none.
+
+    `source: prometheus` with a `prometheusURL` uses that server (it must read the run's
+    targets file); without a URL the run starts its own; anything else scrapes directly.
+    """
+    if sweep.metrics.source == "prometheus":
+        if sweep.metrics.prometheus_url:
+            return "prometheus", sweep.metrics.prometheus_url
+        return "with-prometheus", None
+    return "direct", None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class LocalRun:
+    """One `critbatch run`: owns the output directory, the trial processes and Prometheus."""
+
+    def __init__(
+        self,
+        manifest: Mapping[str, Any],
+        options: RunOptions,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manifest = dict(manifest)
+        self.sweep: Sweep = parse_sweep(manifest)
+        self.options = replace(options)
+        if self.options.metrics == "auto":
+            self.options.metrics, self.options.prometheus_url = metrics_mode(self.sweep)
+        self.progress = progress or Progress()
+        self.clock = clock
+        self.out = Path(options.out_dir)
+        self.run_id = secrets.token_hex(4)
+        self.trials = {key: TrialState(key, self.out / "trials" / trial_dir_name(key))
+                       for key in self.sweep.trials()}
+        self.status: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        self.supervisor: Supervisor | None = None
+        self.server: prom.PrometheusServer | None = None
+        self.client: PrometheusClient | None = None
+        self.interrupted = False
+        self.metrics_problem: str | None = None
+        self._started = clock()
+        self._last_metrics = -math.inf
+
+    # -- output directory ---------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create or reopen the output directory; on --resume load what finished before."""
+        if self.options.metrics == "with-prometheus":
+            prom.find_binary()  # fail before the output directory exists
+        saved = self.out / "sweep.yaml"
+        if saved.exists() and not self.options.resume:
+            raise RunError(f"--out: {self.out} already holds a run: pass --resume to continue "
+                           "it, or choose another directory")
+        if self.options.resume and saved.exists():
+            self._check_same_sweep(load_manifest(saved))
+            previous = yaml.safe_load((self.out / "status.yaml").read_text()) \
+                if (self.out / "status.yaml").exists() else None
+            self.status = previous if isinstance(previous, dict) else {}
+            self._load_finished()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_manifest()
+
+    def _check_same_sweep(self, old: Mapping[str, Any]) -> None:
+        """A resumed run may add batch sizes or seeds, never change what a trial means."""
+        try:
+            before = parse_sweep(old)
+        except InputError as exc:
+            raise RunError(f"--resume: {self.out}/sweep.yaml: {exc}") from None
+        now = self.sweep
+        if before.name != now.name:
+            raise RunError(f"metadata.name: {now.name!r} differs from the run in {self.out} "
+                           f"({before.name!r})")
+        fields = [("spec.optimizer", before.optimizer, now.optimizer),
+                  ("spec.target", before.target, now.target)]
+        fields += [(f"spec.trainer.{name}", getattr(before.trainer, name),
+                    getattr(now.trainer, name))
+                   for name in ("model", "image_size", "channels", "dataset", "inception")]
+        for name, old_value, new_value in fields:  # what defines a trial's N(b)
+            if old_value != new_value:
+                raise RunError(f"{name}: differs from the run in {self.out} "
+                               "(a resumed run may only add batch sizes or seeds)")
+
+    def _load_finished(self) -> None:
+        by_key = {(t.get("batchSize"), t.get("seed")): t for t in self.status.get("trials", [])}
+        for key, st in self.trials.items():
+            old = by_key.get((key.batch_size, key.seed), {})
+            result = read_result(st.result_file)
+            if result is not None:
+                st.final = self._final_from_result(st, result, old.get("source") or "local")
+            elif old.get("phase") == planner.Phase.Pruned.value:
+                st.final = planner.Observation(
+                    key, planner.Phase.Pruned, old.get("steps"), old.get("fid"), None,
+                    old.get("source") or "local", old.get("reason"), old.get("restarts", 0))
+            if st.final is not None:
+                st.restarts = st.final.restarts
+                self.progress.event("resumed", batch_size=key.batch_size, seed=key.seed,
+                                    phase=st.final.phase.value)
+
+    def _write_manifest(self) -> None:
+        doc = {k: v for k, v in self.manifest.items() if k != "status"}
+        if self.status:
+            doc["status"] = self.status
+        _atomic_write(self.out / "sweep.yaml", yaml.safe_dump(doc, sort_keys=False))
+
+    def write_status(self) -> None:
+        _atomic_write(self.out / "status.yaml", yaml.safe_dump(self.status, sort_keys=False))
+        self._write_manifest()
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": kind,
+                  **fields}
+        with open(self.out / "events.jsonl", "a") as f:
+            f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        self.progress.event(kind, **fields)
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def _metrics_source(self) -> str:
+        return "direct" if self.options.metrics == "direct" else "prometheus"
+
+    def start_metrics(self) -> None:
+        if self.options.metrics == "with-prometheus":
+            self.server = prom.PrometheusServer(self.out / "prometheus",
+                                                scrape_interval=self.options.scrape_interval)
+            url = self.server.start()
+            self.client = PrometheusClient(url, timeout=3.0)
+            self.log_event("prometheus", url=url)
+        elif self.options.metrics == "prometheus":
+            if not self.options.prometheus_url:
+                raise RunError("--prometheus: needs the server's URL")
+            self.client = PrometheusClient(self.options.prometheus_url, timeout=3.0)
+            self.log_event("prometheus", url=self.options.prometheus_url,
+                           targets=str(self._sd_file()))
+
+    def _sd_file(self) -> Path | None:
+        if self.server is not None:
+            return self.server.targets_file
+        if self.options.metrics == "prometheus":
+            return self.options.sd_file or self.out / "prometheus" / "targets" / "trials.json"
+        return None
+
+    def publish_targets(self) -> None:
+        """Tell Prometheus (through its file_sd file) which trials are serving metrics now."""
+        path = self._sd_file()
+        if path is None or self.supervisor is None:
+            return
+        targets = []
+        for name in self.supervisor.processes:
+            st = self.trials[self._key_of(name)]
+            if st.port:
+                targets.append(prom.Target(f"127.0.0.1:{st.port}", {
+                    RUN_LABEL: self.run_id, "trial": name}))
+        prom.write_targets(path, targets)
+
+    def read_metrics(self) -> None:
+        """Update each running trial's metrics from its endpoint or from Prometheus."""
+        if self.supervisor is None:
+            return
+        running = [self.trials[self._key_of(n)] for n in self.supervisor.processes]
+        if self.client is not None:
+            try:
+                seen = self.client.trial_metrics(self.sweep.name, {RUN_LABEL: self.run_id})
+            except MetricsUnavailable as exc:
+                self.metrics_problem = f"Prometheus query failed: {exc}"
+                return
+            self.metrics_problem = None
+            for st in running:
+                m = seen.get((st.key.batch_size, st.key.seed))
+                if m is not None:
+                    self._note_metrics(st, m)
+            return
+        for st in running:
+            if not st.port:
+                continue
+            try:
+                seen = scrape(f"http://127.0.0.1:{st.port}/metrics", timeout=2.0)
+            except MetricsUnavailable:
+                continue  # still starting, or already gone
+            m = seen.get((st.key.batch_size, st.key.seed))
+            if m is not None:
+                self._note_metrics(st, m)
+
+    def _note_metrics(self, st: TrialState, m: TrialMetrics) -> None:
+        st.metrics = m
+        if m.step is not None:
+            st.rate.add(m.step, self.clock())
+
+    def _warn_once(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+            self.log_event("warning", message=text)
+
+    # -- processes ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _name(key: TrialKey) -> str:
+        return trial_dir_name(key)
+
+    def _key_of(self, name: str) -> TrialKey:
+        return next(k for k in self.trials if trial_dir_name(k) == name)
+
+    def _linger(self) -> float:
+        """Seconds a finished trainer keeps serving metrics: long enough to be read once more."""
+        if self.options.linger is not None:
+            return self.options.linger
+        if self.options.metrics == "direct":
+            return 2.0
+        if self.options.metrics == "with-prometheus":
+            return max(10.0, 5 * self.options.scrape_interval)
+        return float(self.sweep.metrics.linger_seconds)
+
+    def start_trial(self, st: TrialState) -> None:
+        assert self.supervisor is not None
+        st.dir.mkdir(parents=True, exist_ok=True)
+        st.port = prom.free_port()
+        st.metrics = None
+        with contextlib.suppress(FileNotFoundError):
+            st.result_file.unlink()  # a stale result must not stand for this attempt
+        args = trainer_args(self.sweep, st.key, metrics_port=st.port,
+                            checkpoint_dir=str((st.dir / "checkpoint").resolve()),
+                            termination_log=str(st.result_file.resolve()),
+                            linger=math.ceil(self._linger()))
+        if not self.sweep.trainer.checkpoint_every:
+            # Locally a kill -9 should cost little: checkpoint at every FID evaluation.
+            args += ["--checkpoint-every", str(self.sweep.target.eval_every or 100)]
+        args += ["--metrics-host", "127.0.0.1"]
+        argv = [*self.options.trainer_command, *args]
+        proc = self.supervisor.start(self._name(st.key), argv, st.log_file)
+        st.started = True
+        self.log_event("restart" if st.restarts else "start", batch_size=st.key.batch_size,
+                       seed=st.key.seed, pid=proc.pid, port=st.port, restarts=st.restarts)
+
+    def reap(self) -> None:
+        """Turn ended processes into final observations, or restart them from checkpoint."""
+        assert self.supervisor is not None
+        for proc, code in self.supervisor.reap():
+            st = self.trials[self._key_of(proc.name)]
+            kind = classify(code)
+            result = read_result(st.result_file) or (
+                result_from_log(st.log_file) if kind is ExitKind.FINISHED else None)
+            if result is not None:
+                st.final = self._final_from_result(st, result, None)
+                self.log_event("finished", batch_size=st.key.batch_size, seed=st.key.seed,
+                               phase=st.final.phase.value, steps=st.final.steps,
+                               source=st.final.source)
+            elif proc.stop_requested and st.stop_reason is not None:
+                m = st.metrics or TrialMetrics()
+                st.final = planner.Observation(
+                    st.key, planner.Phase.Pruned, m.step, m.fid, None,
+                    self._metrics_source(), st.stop_reason, st.restarts)
+                self.log_event("pruned", batch_size=st.key.batch_size, seed=st.key.seed,
+                               steps=m.step, reason=st.stop_reason)
+            elif proc.stop_requested:
+                pass  # stopped by Ctrl-C: not final, resumable from its checkpoint
+            elif kind in (ExitKind.FINISHED, ExitKind.BAD_CONFIG) or \
+                    st.restarts >= self.sweep.trainer.backoff_limit:
+                why = "exited 0 without a result" if kind is ExitKind.FINISHED else \
+                    f"exit {code} ({kind.value})"
+                tail = log_tail(st.log_file)
+                st.final = planner.Observation(
+                    st.key, planner.Phase.Failed, (st.metrics or TrialMetrics()).step, None,
+                    None, "local", f"{why}: {tail}" if tail else why, st.restarts)
+                self.log_event("failed", batch_size=st.key.batch_size, seed=st.key.seed,
+                               code=code, reason=st.final.reason)
+            else:
+                st.restarts += 1
+                self.log_event("trainer-exit", batch_size=st.key.batch_size, seed=st.key.seed,
+                               code=code, exit=kind.value)
+                self.start_trial(st)
+
+    def _final_from_result(
+        self, st: TrialState, result: dict[str, Any], source: str | None
+    ) -> planner.Observation:
+        """The trainer's result, cross-checked with the last metrics read for the trial.
+
+        The value kept is the trainer's own (the result file); `source` says which channel
+        confirmed it: the metrics source when it saw the same final N(b), else
+        "termination-message". A disagreement is a warning in the status.
+        """
+        if source is None:
+            source = "termination-message"
+            m = st.metrics
+            if m is not None and m.finished:
+                seen = m.steps_to_threshold if result["reached"] else m.step
+                if seen is not None and float(seen) == float(result["steps"]):
+                    source = self._metrics_source()
+                else:
+                    self._warn_once(
+                        f"trial b={st.key.batch_size} seed={st.key.seed}: metrics say N = "
+                        f"{seen}, the result file says {result['steps']}: using the result file")
+        phase = planner.Phase.Reached if result["reached"] else planner.Phase.Censored
+        return planner.Observation(st.key, phase, result["steps"], result.get("fid"), result,
+                                   source, None, st.restarts)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def observations(self) -> dict[TrialKey, planner.Observation]:
+        out = {}
+        running = set(self.supervisor.processes) if self.supervisor else set()
+        for key, st in self.trials.items():
+            if st.final is not None:
+                out[key] = replace(st.final, restarts=st.restarts)
+            elif self._name(key) in running:
+                m = st.metrics or TrialMetrics()
+                out[key] = planner.Observation(
+                    key, planner.Phase.Running, m.step, m.fid, None,
+                    self._metrics_source() if st.metrics else None, None, st.restarts)
+        return out
+
+    def step(self) -> bool:
+        """One round: reap, read metrics, plan, act, write. False once nothing is left to do."""
+        assert self.supervisor is not None
+        self.reap()
+        now = self.clock()
+        if now - self._last_metrics >= self.options.scrape_interval:
+            self._last_metrics = now
+            self.read_metrics()
+        self.stop_confirmed()
+        result = self.plan()
+        # The planner's order: write the status first, then stop, then start.
+        self.status = result.status
+        self.write_status()
+        for key, reason in result.stop:
+            st = self.trials[key]
+            if st.stop_reason is None and self._name(key) in self.supervisor.processes:
+                st.stop_reason = reason
+                self.log_event("stopping", batch_size=key.batch_size, seed=key.seed,
+                               reason=reason)
+                self.supervisor.request_stop(self._name(key))
+        for key in result.create:
+            st = self.trials[key]
+            if st.final is None and self._name(key) not in self.supervisor.processes:
+                self.start_trial(st)
+        self.publish_targets()
+        self.progress.update(self.status, self.views(), self.clock() - self._started)
+        return bool(self.supervisor.processes) or bool(result.create)
+
+    def stop_confirmed(self) -> None:
+        """End a lingering trainer once its final metrics were read and its result is written.
+
+        The linger exists so a scrape sees the final values; once this run has seen them there
+        is nothing left to wait for.
+        """
+        assert self.supervisor is not None
+        for name, proc in list(self.supervisor.processes.items()):
+            st = self.trials[self._key_of(name)]
+            if st.metrics is not None and st.metrics.finished and \
+                    read_result(st.result_file) is not None and not proc.stop_requested:
+                self.supervisor.request_stop(name)
+
+    def plan(self) -> planner.Plan:
+        """The shared planner on what this run sees; the runner's own warnings added."""
+        problems = [("MetricsUnavailable", self.metrics_problem)] if self.metrics_problem else []
+        result = planner.plan(self.sweep, self.observations(),
+                              reference_noise_ratio=self.options.reference_noise_ratio,
+                              previous_status=self.status or None, problems=problems)
+        status = dict(result.status)
+        status["warnings"] = list(status.get("warnings") or []) + [
+            w for w in self.warnings if w not in (status.get("warnings") or [])]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status["conditions"] = planner.merge_conditions(
+            self.status.get("conditions"), status.get("conditions") or [], now)
+        return replace(result, status=status)
+
+    def views(self) -> list[TrialView]:
+        rows = []
+        by_key = {(t.get("batchSize"), t.get("seed")): t for t in self.status.get("trials", [])}
+        for key, st in sorted(self.trials.items()):
+            t = by_key.get((key.batch_size, key.seed), {})
+            m = st.metrics
+            step = t.get("steps") if t.get("steps") is not None else (m.step if m else None)
+            eta = st.rate.eta(step, self.sweep.target.max_steps) if step is not None else None
+            rows.append(TrialView(
+                batch_size=key.batch_size, seed=key.seed, phase=t.get("phase", "Pending"),
+                step=step, max_steps=self.sweep.target.max_steps, fid=t.get("fid"),
+                sfo=t.get("sfo"), eta_seconds=eta, restarts=st.restarts,
+                source=t.get("source"), reason=t.get("reason")))
+        return rows
+
+    def run(self) -> dict[str, Any]:
+        """Run to the end (or Ctrl-C); always stop every trial and Prometheus; write the report."""
+        self.prepare()
+        threads = self.options.threads or thread_limit(self.sweep.parallelism)
+        env = dict(os.environ, CRITBATCH_THREADS=str(threads))
+        self.supervisor = Supervisor(env=env, threads=threads)
+        previous = _install_sigterm()
+        self.progress.start(self.sweep.name, str(self.out), len(self.trials))
+        self.log_event("run", sweep=self.sweep.name, out=str(self.out), run_id=self.run_id,
+                       threads=threads, metrics=self.options.metrics,
+                       trainer=shlex.join(self.options.trainer_command))
+        try:
+            self.start_metrics()
+            while self.step():
+                time.sleep(self.options.poll_interval)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.log_event("interrupted", message="stopping trials; finished results are kept")
+        finally:
+            try:
+                self.supervisor.stop_all()
+                self.reap_after_stop()
+                if self.server is not None:
+                    self.server.stop()
+            finally:
+                with contextlib.suppress(ValueError):  # not the main thread
+                    signal.signal(signal.SIGTERM, previous)
+                self.progress.close()
+        self.finish()
+        return self.status
+
+    def reap_after_stop(self) -> None:
+        """Trials that finished while being stopped still count; the rest resume later."""
+        for st in self.trials.values():
+            if st.final is None and st.started:
+                result = read_result(st.result_file)
+                if result is not None:
+                    st.final = self._final_from_result(st, result, None)
+
+    def finish(self) -> None:
+        self.status = self.plan().status
+        if self.interrupted:
+            self.status.setdefault("warnings", []).append(
+                "interrupted: unfinished trials stopped at their checkpoints; "
+                "continue with critbatch run --resume")
+        self.write_status()
+        report.render(self.resource(), self.out)
+
+    def resource(self) -> dict[str, Any]:
+        doc = {k: v for k, v in self.manifest.items() if k != "status"}
+        doc["status"] = self.status
+        return doc
+
+
+def _install_sigterm() -> Any:
+    """A SIGTERM to the runner stops it like Ctrl-C: trials are stopped, results kept."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (a test calling run() from a worker)
+        return signal.getsignal(signal.SIGTERM)

@@ -1,0 +1,20 @@
+"""Fixtures for the operator's end-to-end tests; the machinery lives in harness.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import setup_kmock
+
+
+@pytest.fixture()
+def k(kmock: Any) -> Any:
+    """kmock serving the built-in kinds and the CriticalBatchSweep resource."""
+    setup_kmock(kmock)
+    return kmock

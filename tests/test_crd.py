@@ -1,0 +1,297 @@
+"""The CRD: its shape, its schema (jsonschema), its CEL rules (cel-python, with oldSelf), and the
+agreement between the CRD and `parse_sweep` on valid and invalid manifests.
+
+Untested here (needs a real API server): CEL cost estimation, ratcheting, the rendering of
+`fieldPath`/`reason`, printer-column output and structural-schema publishing rules beyond the
+checks below.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from crd_tools import (
+    ROOT,
+    apply_defaults,
+    cel_errors,
+    compile_rule,
+    is_transition_rule,
+    load_crd,
+    openapi_schema,
+    rules,
+    schema_errors,
+    to_json_schema,
+)
+
+from critbatch.spec import SpecError, parse_sweep
+
+SWEEP = yaml.safe_load((ROOT / "tests" / "operator" / "sweep.yaml").read_text())
+
+
+def sweep(**spec) -> dict:
+    body = copy.deepcopy(SWEEP)
+    body["spec"].update(spec)
+    return body
+
+
+def with_trainer(**trainer) -> dict:
+    body = copy.deepcopy(SWEEP)
+    body["spec"]["trainer"].update(trainer)
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape
+# ---------------------------------------------------------------------------------------------
+
+
+def test_names_scope_and_version_are_the_designed_ones():
+    crd = load_crd()
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == "criticalbatchsweeps.critbatch.dev"
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["singular"]) == (
+        "CriticalBatchSweep", "criticalbatchsweeps", "criticalbatchsweep")
+    assert names["shortNames"] == ["cbs"]
+    assert "critbatch" in names["categories"]
+    assert crd["spec"]["scope"] == "Namespaced"
+    (v,) = crd["spec"]["versions"]
+    assert (v["name"], v["served"], v["storage"]) == ("v1alpha1", True, True)
+    assert v["subresources"] == {"status": {}}
+
+
+def test_printer_columns_show_readiness_progress_and_b_star():
+    (v,) = load_crd()["spec"]["versions"]
+    cols = {c["name"]: c["jsonPath"] for c in v["additionalPrinterColumns"]}
+    assert cols["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert cols["Phase"] == ".status.phase"
+    assert cols["Trials"] == ".status.progress"
+    assert cols["Measured"] == ".status.criticalBatchSize.measured"
+    assert cols["Fitted"] == ".status.criticalBatchSize.fitted"
+    assert cols["Age"] == ".metadata.creationTimestamp"
+
+
+def _walk(node, path="$"):
+    yield path, node
+    for key, sub in (node.get("properties") or {}).items():
+        yield from _walk(sub, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_schema_is_structural_every_node_has_a_type():
+    for path, node in _walk(openapi_schema()):
+        if node.get("x-kubernetes-int-or-string"):
+            continue
+        assert "type" in node, f"{path} has no type"
+        if node["type"] == "object" and not (node.get("properties")
+                                             or node.get("additionalProperties")):
+            assert node.get("x-kubernetes-preserve-unknown-fields") or path == "$.metadata", path
+
+
+def test_defaults_are_valid_under_their_own_schema():
+    for path, node in _walk(openapi_schema()):
+        if "default" in node:
+            assert schema_errors_for(node, node["default"]) == [], path
+
+
+def schema_errors_for(node, value):
+    return [e.message for e in jsonschema.Draft4Validator(to_json_schema(node)).iter_errors(
+        value)]
+
+
+def test_every_cel_rule_compiles_and_has_a_message_naming_a_field():
+    found = list(rules())
+    assert len(found) >= 12
+    for path, _, rule in found:
+        compile_rule(rule["rule"])
+        assert rule["message"].startswith(("spec.", "set exactly one")), (path, rule)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_example_sweep_is_valid():
+    assert schema_errors(SWEEP) == []
+    assert cel_errors(SWEEP) == []
+
+
+INVALID_FOR_SCHEMA = [
+    ("no trainer", sweep(trainer=None), "trainer"),
+    ("unknown model", with_trainer(model="stylegan"), "model"),
+    ("zero batch size", sweep(batchSizes=[0, 4]), "batchSizes[0]"),
+    ("batch size a string", sweep(batchSizes=["8"]), "batchSizes[0]"),
+    ("negative threshold", sweep(target={"fidThreshold": -1, "maxSteps": 10}), None),
+    ("no maxSteps", sweep(target={"fidThreshold": 50}), "target"),
+    ("parallelism 0", sweep(parallelism=0), "parallelism"),
+    ("seeds too many", sweep(seeds=100), "seeds"),
+    ("unknown optimizer", sweep(optimizer={"name": "sgd"}), "optimizer.name"),
+    ("beta1 = 1", sweep(optimizer={"generator": {"beta1": 1.0}}), "beta1"),
+    ("learning rate 0", sweep(optimizer={"generator": {"learningRate": 0}}), "learningRate"),
+    ("unknown spec field", sweep(batchSize=4), "spec"),
+    ("bad Prometheus URL", sweep(metrics={"prometheusURL": "prom:9090"}), "prometheusURL"),
+    ("unknown metrics source", sweep(metrics={"source": "statsd"}), "source"),
+    ("gpus negative", with_trainer(gpus=-1), "gpus"),
+    ("image size 4", with_trainer(imageSize=4), "imageSize"),
+]
+
+
+@pytest.mark.parametrize(("why", "manifest", "field"), INVALID_FOR_SCHEMA,
+                         ids=[c[0] for c in INVALID_FOR_SCHEMA])
+def test_schema_rejects_and_parse_sweep_agrees(why, manifest, field):
+    if manifest["spec"].get("trainer") is None:
+        del manifest["spec"]["trainer"]
+    errors = schema_errors(manifest) + cel_errors_safe(manifest)
+    assert errors, why
+    if field:
+        assert any(field in e for e in errors), errors
+    with pytest.raises(SpecError) as exc:
+        parse_sweep(manifest)
+    last = (field or "fidThreshold").split(".")[-1].split("[")[0]
+    assert last in str(exc.value) or "spec" in str(exc.value)
+    assert str(exc.value).startswith("spec"), str(exc.value)
+
+
+def cel_errors_safe(manifest):
+    try:
+        return cel_errors(manifest)
+    except Exception:  # a rule touching a field the schema already rejected
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# CEL rules, each against a good and a bad object
+# ---------------------------------------------------------------------------------------------
+
+
+CEL_CASES = [
+    # (id, new manifest, old manifest or None, message fragment expected or None)
+    ("unique batch sizes ok", sweep(batchSizes=[2, 4, 8]), None, None),
+    ("duplicate batch sizes", sweep(batchSizes=[2, 4, 2]), None, "must be unique"),
+    ("a zero batch size", sweep(batchSizes=[0, 4]), None, "must be positive"),
+    ("both list and range", sweep(batchSizeRange={"min": 2, "max": 8}), None, "exactly one"),
+    ("neither list nor range", {**SWEEP, "spec": {k: v for k, v in SWEEP["spec"].items()
+                                                  if k != "batchSizes"}}, None, "exactly one"),
+    ("range min > max", {**SWEEP, "spec": {**{k: v for k, v in SWEEP["spec"].items()
+                                              if k != "batchSizes"},
+                                           "batchSizeRange": {"min": 64, "max": 8}}},
+     None, "must be >= min"),
+    ("threshold 0", sweep(target={"fidThreshold": 0, "maxSteps": 10}), None,
+     "fidThreshold: must be > 0"),
+    ("threshold int 50 is a double > 0", sweep(target={"fidThreshold": 50, "maxSteps": 10}),
+     None, None),
+    ("evalEvery above maxSteps", sweep(target={"fidThreshold": 5, "maxSteps": 10,
+                                               "evalEvery": 20}), None, "evalEvery"),
+    ("real dataset without a path", with_trainer(dataset={"name": "lsun"}), None,
+     "needs a path or a pvc"),
+    ("reference with both", sweep(reference={"sweep": "a", "noiseRatio": 2.0}), None,
+     "exactly one of sweep and noiseRatio"),
+    ("reference by name", sweep(reference={"sweep": "a"}), None, None),
+    # Transition rules (oldSelf)
+    ("append a batch size", sweep(batchSizes=[2, 4, 8, 16, 32, 64, 128]), SWEEP, None),
+    ("remove a batch size", sweep(batchSizes=[2, 4, 8]), SWEEP, "appended, not removed"),
+    ("add seeds", sweep(seeds=3), SWEEP, None),
+    ("remove seeds", sweep(seeds=1), SWEEP, "seeds can be added"),
+    ("seeds defaulted on both sides", {**SWEEP, "spec": {k: v for k, v in SWEEP["spec"].items()
+                                                         if k != "seeds"}},
+     {**SWEEP, "spec": {k: v for k, v in SWEEP["spec"].items() if k != "seeds"}}, None),
+    ("change the model", with_trainer(model="wgan-gp"), SWEEP, "model is immutable"),
+    ("change the optimizer", sweep(optimizer={"name": "rmsprop"}), SWEEP,
+     "optimizer is immutable"),
+    ("change a learning rate", sweep(optimizer={"name": "adam", "generator": {
+        "learningRate": 2e-4}}), SWEEP, "optimizer is immutable"),
+    ("change the dataset", with_trainer(dataset={"name": "faces"}), SWEEP,
+     "dataset is immutable"),
+    ("change the target", sweep(target={"fidThreshold": 40, "maxSteps": 4000,
+                                        "evalEvery": 10}), SWEEP, "target is immutable"),
+    ("change parallelism", sweep(parallelism=8), SWEEP, None),
+    ("widen the range", {**SWEEP, "spec": {**{k: v for k, v in SWEEP["spec"].items()
+                                              if k != "batchSizes"},
+                                           "batchSizeRange": {"min": 2, "max": 128}}},
+     {**SWEEP, "spec": {**{k: v for k, v in SWEEP["spec"].items() if k != "batchSizes"},
+                        "batchSizeRange": {"min": 4, "max": 64}}}, None),
+    ("narrow the range", {**SWEEP, "spec": {**{k: v for k, v in SWEEP["spec"].items()
+                                               if k != "batchSizes"},
+                                            "batchSizeRange": {"min": 8, "max": 64}}},
+     {**SWEEP, "spec": {**{k: v for k, v in SWEEP["spec"].items() if k != "batchSizes"},
+                        "batchSizeRange": {"min": 4, "max": 64}}}, "can be widened"),
+]
+
+
+@pytest.mark.parametrize(("why", "new", "old", "fragment"), CEL_CASES,
+                         ids=[c[0] for c in CEL_CASES])
+def test_cel_rules(why, new, old, fragment):
+    errors = cel_errors(new, old)
+    if fragment is None:
+        assert errors == [], why
+    else:
+        assert any(fragment in e for e in errors), (why, errors)
+
+
+def test_every_rule_is_exercised_both_ways_by_the_cases():
+    """Each rule fails in some case and passes in another (no rule is left untested)."""
+    failing, passing = set(), set()
+    for _, new, old, _ in CEL_CASES:
+        msgs = set(cel_errors(new, old))
+        for _, _, rule in rules():
+            if is_transition_rule(rule["rule"]) and old is None:
+                continue
+            (failing if rule["message"] in msgs else passing).add(rule["rule"])
+    all_rules = {r["rule"] for _, _, r in rules()}
+    assert all_rules - failing == set(), "rules never seen failing"
+    assert all_rules - passing == set(), "rules never seen passing"
+
+
+def test_defaulting_fills_what_the_trainer_and_planner_rely_on():
+    body = apply_defaults(openapi_schema(), {"spec": {"trainer": {"image": "x"},
+                                                      "batchSizes": [2],
+                                                      "target": {"fidThreshold": 1,
+                                                                 "maxSteps": 5}}})
+    spec = body["spec"]
+    assert spec["seeds"] == 1 and spec["parallelism"] == 4
+    assert spec["trainer"]["model"] == "dcgan" and spec["trainer"]["dataset"]["name"] == "digits"
+    assert spec["optimizer"]["name"] == "adam" and spec["pruning"]["sfoBound"] is True
+    assert spec["metrics"]["source"] == "auto"
+    parsed = parse_sweep({"apiVersion": "critbatch.dev/v1alpha1", "kind": "CriticalBatchSweep",
+                          "metadata": {"name": "d"}, **body})
+    assert (parsed.seeds, parsed.parallelism, parsed.trainer.model) == (1, 4, "dcgan")
+
+
+# ---------------------------------------------------------------------------------------------
+# The examples of the project
+# ---------------------------------------------------------------------------------------------
+
+
+def _example_sweeps() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted((ROOT / "examples").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CriticalBatchSweep":
+                out.append((str(path.relative_to(ROOT)), doc))
+    return out
+
+
+EXAMPLES = _example_sweeps()
+
+
+@pytest.mark.skipif(not EXAMPLES, reason="no example sweeps in examples/")
+@pytest.mark.parametrize(("path", "manifest"), EXAMPLES, ids=[p for p, _ in EXAMPLES])
+def test_every_example_sweep_validates_against_the_crd_and_parses(path, manifest):
+    assert schema_errors(manifest) == [], path
+    assert cel_errors(manifest) == [], path
+    sweep_ = parse_sweep(manifest)
+    assert sweep_.trials(), path
+
+
+def test_the_crd_file_holds_one_document():
+    docs = [d for d in yaml.safe_load_all(Path(ROOT / "crds").joinpath(
+        "critbatch.dev_criticalbatchsweeps.yaml").read_text()) if d]
+    assert len(docs) == 1

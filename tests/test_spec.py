@@ -1,0 +1,215 @@
+"""parse_sweep and trainer_args: defaults, validation with messages that name the field, argv."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from critbatch.errors import InputError
+from critbatch.spec import SpecError, TrialKey, optimizer_defaults, parse_sweep, trainer_args
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((ROOT / "tests" / "operator" / "sweep.yaml").read_text())
+
+
+def manifest(**spec) -> dict:
+    body = copy.deepcopy(BASE)
+    body["spec"].update(spec)
+    return body
+
+
+def with_trainer(**trainer) -> dict:
+    body = copy.deepcopy(BASE)
+    body["spec"]["trainer"].update(trainer)
+    return body
+
+
+def minimal() -> dict:
+    return {"apiVersion": "critbatch.dev/v1alpha1", "kind": "CriticalBatchSweep",
+            "metadata": {"name": "m"},
+            "spec": {"trainer": {"image": "t:1"}, "batchSizes": [8, 2],
+                     "target": {"fidThreshold": 70, "maxSteps": 100}}}
+
+
+def test_minimal_sweep_gets_the_crd_defaults_and_the_papers_optimizer():
+    s = parse_sweep(minimal())
+    assert (s.name, s.namespace, s.generation) == ("m", "default", 1)
+    assert s.seeds == 1 and s.parallelism == 4 and s.pruning.sfo_bound
+    assert s.trainer.model == "dcgan" and s.trainer.dataset.name == "digits"
+    assert s.trainer.gpus == 1 and s.trainer.backoff_limit == 2
+    assert s.metrics.source == "auto" and s.metrics.linger_seconds == 30
+    assert s.queue_name is None and s.reference is None and s.estimate == ()
+    g, d = s.optimizer.generator, s.optimizer.discriminator
+    assert (s.optimizer.name, g.learning_rate, d.learning_rate) == ("adam", 1e-4, 3e-4)
+    assert (g.beta1, g.beta2, g.eps) == (0.5, 0.999, 1e-8)
+    assert s.target.eval_every is None  # the trainer's default for the dataset
+
+
+def test_trials_are_ordered_by_batch_size_then_seed():
+    s = parse_sweep(manifest(batchSizes=[16, 2, 4], seeds=2))
+    assert s.trials() == [TrialKey(2, 0), TrialKey(2, 1), TrialKey(4, 0), TrialKey(4, 1),
+                          TrialKey(16, 0), TrialKey(16, 1)]
+
+
+def test_a_range_expands_to_powers_of_its_factor():
+    body = manifest(batchSizeRange={"min": 8, "max": 256, "factor": 2})
+    del body["spec"]["batchSizes"]
+    assert parse_sweep(body).batch_sizes == (8, 16, 32, 64, 128, 256)
+    body["spec"]["batchSizeRange"] = {"min": 3, "max": 100, "factor": 3}
+    assert parse_sweep(body).batch_sizes == (3, 9, 27, 81)
+
+
+@pytest.mark.parametrize(("model", "opt", "g", "d", "betas"), [
+    ("dcgan", "adabelief", 3e-4, 3e-5, (0.5, 0.999, 1e-16)),
+    ("wgan-gp", "rmsprop", 3e-4, 1e-4, (0.0, 0.99, 1e-8)),
+    ("biggan", "adam", 1e-4, 4e-4, (0.0, 0.999, 1e-6)),
+])
+def test_optimizer_defaults_follow_the_papers_table(model, opt, g, d, betas):
+    gen, disc = optimizer_defaults(model, opt)
+    assert (gen.learning_rate, disc.learning_rate) == (g, d)
+    assert (gen.beta1, gen.beta2, gen.eps) == betas
+
+
+def test_explicit_optimizer_values_override_defaults_side_by_side():
+    s = parse_sweep(manifest(optimizer={"name": "adam", "generator": {"learningRate": 2e-4},
+                                        "discriminator": {"beta1": 0.0}}))
+    assert s.optimizer.generator.learning_rate == 2e-4
+    assert s.optimizer.discriminator.learning_rate == 3e-4
+    assert s.optimizer.discriminator.beta1 == 0.0 and s.optimizer.generator.beta1 == 0.5
+    setting = s.optimizer.setting()
+    assert (setting.optimizer, setting.lr, setting.beta1) == ("adam", 2e-4, 0.5)
+
+
+# Bad input: each is rejected with a message starting with the offending field's path.
+INVALID = [
+    ("spec.batchSizes[1]", manifest(batchSizes=[2, -4])),
+    ("spec.batchSizes[2]", manifest(batchSizes=[2, 4, 2])),
+    ("spec.batchSizes[1]", manifest(batchSizes=[2, 4096])),  # digits has 1797 examples
+    ("spec.batchSizes[0]", manifest(batchSizes=[1.5])),
+    ("spec.batchSizes", manifest(batchSizes=[])),
+    ("spec.batchSizes", manifest(batchSizeRange={"min": 2, "max": 8})),
+    ("spec.batchSizeRange.max", {**manifest(), "spec": {
+        **{k: v for k, v in BASE["spec"].items() if k != "batchSizes"},
+        "batchSizeRange": {"min": 2, "max": 4096}}}),
+    ("spec.target.fidThreshold", manifest(target={"fidThreshold": 0, "maxSteps": 10})),
+    ("spec.target.maxSteps", manifest(target={"fidThreshold": 5})),
+    ("spec.target.evalEvery", manifest(target={"fidThreshold": 5, "maxSteps": 10,
+                                               "evalEvery": 11})),
+    ("spec.trainer.model", with_trainer(model="stylegan")),
+    ("spec.trainer.image", with_trainer(image="")),
+    ("spec.trainer.imageSize", with_trainer(model="biggan", imageSize=256)),
+    ("spec.trainer.imageSize", with_trainer(imageSize=48)),
+    ("spec.trainer.dataset", with_trainer(dataset={"name": "celeba"})),
+    ("spec.trainer.inception", with_trainer(dataset={"name": "lsun", "pvc": "lsun"})),
+    ("spec.trainer.inception.file", with_trainer(dataset={"name": "lsun", "pvc": "lsun"},
+                                                 inception={"file": "pt_inception.pth"})),
+    ("spec.trainer.inception.file", with_trainer(dataset={"name": "lsun", "pvc": "lsun"},
+                                                 inception={"pvc": "w", "file": "../x.pth"})),
+    ("spec.batchSizes[3]", with_trainer(dataset={"name": "faces", "size": 12})),
+    ("spec.optimizer.name", manifest(optimizer={"name": "sgd"})),
+    ("spec.optimizer.generator.beta2", manifest(optimizer={"generator": {"beta2": 1.0}})),
+    ("spec.optimizer.discriminator.learningRate",
+     manifest(optimizer={"discriminator": {"learningRate": -1}})),
+    ("spec.optimizer.generator.momentum", manifest(optimizer={"generator": {"momentum": 0.9}})),
+    ("spec.parallelism", manifest(parallelism=0)),
+    ("spec.seeds", manifest(seeds="two")),
+    ("spec.reference", manifest(reference={"sweep": "a", "noiseRatio": 3.0})),
+    ("spec.reference", manifest(reference={})),
+    ("spec.metrics.prometheusURL", manifest(metrics={"prometheusURL": "ftp://x"})),
+    ("spec.estimate.targets[0].learningRate",
+     manifest(estimate={"targets": [{"optimizer": "rmsprop"}]})),
+    ("spec.estimate.targets[1].optimizer",
+     manifest(estimate={"targets": [{"optimizer": "adam", "learningRate": 1e-4},
+                                    {"optimizer": "lion", "learningRate": 1e-4}]})),
+    ("spec.queueName", manifest(queueName="Not_A_Queue")),
+    ("spec.pruning.sfoBound", manifest(pruning={"sfoBound": "yes"})),
+    ("spec.trainer.podTemplate.volumeMounts[0].mountPath",
+     with_trainer(podTemplate={"volumeMounts": [{"name": "x"}]})),
+    ("spec.trainer.resources.limits.nvidia.com/gpu",
+     with_trainer(resources={"limits": {"nvidia.com/gpu": True}})),
+    ("metadata.name", {**manifest(), "metadata": {"name": "Bad_Name"}}),
+    ("apiVersion", {**manifest(), "apiVersion": "critbatch.dev/v1"}),
+    ("kind", {**manifest(), "kind": "Sweep"}),
+    ("spec", {k: v for k, v in manifest().items() if k != "spec"}),
+]
+
+
+@pytest.mark.parametrize(("field", "body"), INVALID, ids=[f"{i}-{f}" for i, (f, _) in
+                                                          enumerate(INVALID)])
+def test_invalid_specs_are_rejected_with_the_field_named(field, body):
+    with pytest.raises(SpecError) as exc:
+        parse_sweep(body)
+    assert isinstance(exc.value, InputError)
+    assert str(exc.value).startswith(field + ":"), str(exc.value)
+
+
+def test_non_mapping_input_is_an_error_not_a_crash():
+    with pytest.raises(SpecError, match="manifest: must be a mapping"):
+        parse_sweep(["not", "a", "mapping"])
+    with pytest.raises(SpecError, match=r"spec\.trainer: must be a mapping"):
+        parse_sweep(manifest(trainer="image:1"))
+
+
+def test_a_dataset_size_allows_what_the_builtin_would_not():
+    body = with_trainer(dataset={"name": "imagefolder", "path": "/data/x", "size": 5000},
+                        inception={"file": "/weights/inception.pth"})
+    body["spec"]["batchSizes"] = [2048, 4096]
+    s = parse_sweep(body)
+    assert s.trainer.dataset.known_size == 5000 and s.batch_sizes == (2048, 4096)
+
+
+# ---------------------------------------------------------------------------------------------
+# trainer_args
+# ---------------------------------------------------------------------------------------------
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    assert all(a.startswith("--") for a in args[::2]), args
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+def test_trainer_args_are_a_flat_flag_value_list_with_every_resolved_setting():
+    s = parse_sweep(manifest(optimizer={"name": "rmsprop"}))
+    args = trainer_args(s, TrialKey(8, 1), metrics_port=9100, checkpoint_dir="/ck",
+                        termination_log="/dev/termination-log")
+    f = _flags(args)
+    assert f["--sweep"] == "demo" and f["--batch-size"] == "8" and f["--seed"] == "1"
+    assert f["--optimizer"] == "rmsprop"
+    assert float(f["--lr-g"]) == 1e-4 and float(f["--lr-d"]) == 3e-5
+    assert float(f["--beta2-g"]) == 0.99 and float(f["--beta1-g"]) == 0.0
+    assert float(f["--fid-threshold"]) == 50 and f["--max-steps"] == "4000"
+    assert f["--eval-every"] == "10" and "--eval-samples" not in f
+    assert f["--metrics-port"] == "9100" and f["--linger"] == "30"
+    assert f["--checkpoint-dir"] == "/ck" and f["--termination-log"] == "/dev/termination-log"
+    assert f["--dataset"] == "digits" and "--data-path" not in f
+    assert f["--device"] == "auto"
+
+
+def test_no_metrics_port_means_no_linger_and_overrides_win():
+    body = with_trainer(dataset={"name": "lsun", "path": "/mnt/lsun"},
+                        inception={"file": "/w/inception.pth"}, checkpointEvery=500)
+    s = parse_sweep(body)
+    f = _flags(trainer_args(s, TrialKey(2, 0), metrics_port=0, checkpoint_dir="/c"))
+    assert "--linger" not in f and "--termination-log" not in f
+    assert f["--data-path"] == "/mnt/lsun" and f["--extractor"] == "inception:/w/inception.pth"
+    assert f["--checkpoint-every"] == "500"
+    f = _flags(trainer_args(s, TrialKey(2, 0), metrics_port=9, checkpoint_dir=None,
+                            data_path="/data", extractor="inception:/i/w.pth", linger=0))
+    assert f["--data-path"] == "/data" and f["--extractor"] == "inception:/i/w.pth"
+    assert "--linger" not in f and "--checkpoint-dir" not in f
+
+
+def test_trainer_args_round_trip_through_the_trainers_parser():
+    """The argv parses with the trainer's own config parser when the trainer is installed."""
+    config = pytest.importorskip("critbatch_trainer.config")
+    parse = getattr(config, "parse_args", None) or getattr(config, "parse", None)
+    if parse is None:
+        pytest.skip("the trainer exposes no argv parser")
+    s = parse_sweep(manifest())
+    cfg = parse(trainer_args(s, TrialKey(4, 1), metrics_port=9100, checkpoint_dir="/ck"))
+    cfg = cfg[0] if isinstance(cfg, tuple) else cfg
+    assert cfg.batch_size == 4 and cfg.seed == 1 and cfg.sweep == "demo"
+    assert cfg.lr_g == 1e-4 and cfg.max_steps == 4000

@@ -1,0 +1,84 @@
+"""The trainer's command line and config file (docs/contracts.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from critbatch_trainer.__main__ import main
+from critbatch_trainer.config import ConfigError, parse_args
+
+REQ = ["--batch-size", "8", "--fid-threshold", "50", "--max-steps", "100"]
+
+
+def test_defaults_follow_the_paper_per_optimizer() -> None:
+    c = parse_args([*REQ, "--optimizer", "adabelief", "--termination-log", ""])
+    assert (c.lr_g, c.lr_d, c.beta1_g, c.beta2_g, c.eps_g) == (3e-4, 3e-5, 0.5, 0.999, 1e-16)
+    c = parse_args([*REQ, "--model", "wgan-gp", "--optimizer", "rmsprop"])
+    assert (c.lr_g, c.lr_d, c.beta2_g, c.eps_d) == (3e-4, 1e-4, 0.99, 1e-8)
+    c = parse_args([*REQ, "--model", "biggan", "--dataset", "digits", "--image-size", "32"])
+    assert (c.lr_g, c.lr_d, c.beta1_g, c.eps_g, c.z_dim) == (1e-4, 4e-4, 0.0, 1e-6, 120)
+    assert c.termination_log is None or c.termination_log == "/dev/termination-log"
+
+
+def test_config_file_keys_are_flag_names_and_flags_override(tmp_path) -> None:
+    f = tmp_path / "trial.yaml"
+    f.write_text("batch_size: 4\nfid-threshold: 20\nmax_steps: 10\nlr_g: 0.001\nsweep: s1\n")
+    c = parse_args(["--config", str(f), "--batch-size", "32"])
+    assert (c.batch_size, c.fid_threshold, c.max_steps, c.lr_g, c.sweep) == (32, 20.0, 10,
+                                                                              1e-3, "s1")
+    j = tmp_path / "trial.json"
+    j.write_text(json.dumps({"batch_size": 2, "fid_threshold": 1, "max_steps": 3}))
+    assert parse_args(["--config", str(j)]).batch_size == 2
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--batch-size", "0", "--fid-threshold", "5", "--max-steps", "9"], "batch-size"),
+    (["--batch-size", "x", "--fid-threshold", "5", "--max-steps", "9"], "batch-size"),
+    (["--batch-size", "4", "--fid-threshold", "-1", "--max-steps", "9"], "fid-threshold"),
+    (["--batch-size", "4", "--fid-threshold", "5"], "max-steps"),
+    ([*REQ, "--model", "stylegan"], "model"),
+    ([*REQ, "--optimizer", "sgd"], "optimizer"),
+    ([*REQ, "--beta2-g", "1.0"], "beta2-g"),
+    ([*REQ, "--image-size", "48"], "image-size"),
+    ([*REQ, "--model", "biggan", "--image-size", "16"], "image-size"),
+    ([*REQ, "--dataset", "lsun"], "data-path"),
+    ([*REQ, "--dataset", "celeba", "--data-path", "/nonexistent"], "extractor"),
+    ([*REQ, "--extractor", "vgg"], "extractor"),
+    ([*REQ, "--metrics-port", "70000"], "metrics-port"),
+    ([*REQ, "--no-such-flag", "1"], "--no-such-flag"),
+])
+def test_bad_configuration_exits_2_with_one_line_naming_the_field(args, field, capsys) -> None:
+    with pytest.raises(ConfigError):
+        parse_args(args)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("critbatch-trainer: error: ")
+    assert field in err[0]
+
+
+def test_unknown_key_in_config_file_is_named(tmp_path, capsys) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("batch_size: 4\nfid_threshold: 1\nmax_steps: 1\nlearning_rate: 3\n")
+    assert main(["--config", str(f)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_missing_inception_file_exits_2(tmp_path, capsys) -> None:
+    args = [*REQ, "--extractor", f"inception:{tmp_path}/none.pth", "--termination-log", "",
+            "--stats-cache", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("critbatch-trainer: error: extractor:")
+
+
+def test_cuda_requested_without_a_gpu_exits_2(tmp_path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main([*REQ, "--device", "cuda", "--termination-log", "",
+                 "--stats-cache", str(tmp_path)]) == 2
+    assert "device:" in capsys.readouterr().err

@@ -1,0 +1,94 @@
+"""critbatch-trainer: run one trial and print its result as JSON (docs/contracts.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROG = "critbatch-trainer"
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def write_termination_log(path: str | None, line: str) -> None:
+    """The result for Kubernetes' termination message (kept under its 4 KiB limit)."""
+    if not path:
+        return
+    try:
+        Path(path).write_text(line[:4000])
+    except OSError as e:
+        print(f"{PROG}: warning: cannot write termination log {path}: {e.strerror}",
+              file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from critbatch_trainer.config import ConfigError, parse_args
+
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as e:
+        return _error(str(e))
+
+    import torch
+
+    from critbatch_trainer.fid import ExtractorError
+    from critbatch_trainer.loop import Terminated, Trial
+    from critbatch_trainer.metrics import TrainerMetrics
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+        # Fails once parallel work has run in this process; the intra-op count is what matters.
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(cfg.threads)
+    state: dict[str, Any] = {"trial": None, "signal": None}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        state["signal"] = signum
+        if state["trial"] is not None:
+            state["trial"].stop_requested = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    metrics = TrainerMetrics(cfg.sweep, cfg.batch_size, cfg.seed)
+    try:
+        if cfg.metrics_port:
+            try:
+                metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            except OSError as e:
+                return _error(f"metrics-port: cannot listen on {cfg.metrics_host}:"
+                              f"{cfg.metrics_port}: {e.strerror}")
+        try:
+            trial = Trial(cfg, metrics)
+            trial.restore()
+            state["trial"] = trial
+            trial.stop_requested = state["signal"] is not None
+            result = trial.run()
+        except (ConfigError, ExtractorError) as e:
+            return _error(str(e))
+        except Terminated:
+            where = f"; checkpoint in {cfg.checkpoint_dir}" if cfg.checkpoint_dir else ""
+            print(f"{PROG}: stopped by signal at step {trial.progress.step}{where}",
+                  file=sys.stderr, flush=True)
+            return 128 + int(state["signal"] or signal.SIGTERM)
+        line = json.dumps(result, sort_keys=False)
+        write_termination_log(cfg.termination_log, line)
+        print(line, flush=True)
+        deadline = time.monotonic() + cfg.linger
+        while cfg.metrics_port and state["signal"] is None and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return 0
+    finally:
+        metrics.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
