@@ -399,8 +399,10 @@ def test_plan_invariants(scenario):
     active = sum(1 for k, o in obs.items() if o.phase in (Phase.Pending, Phase.Running)
                  and (k.batch_size, k.seed) not in prev_final)
 
-    # Never exceeds parallelism; never duplicates; never starts what has a Job or finished.
-    assert len(p.create) <= max(0, s.parallelism - active)
+    # Never exceeds parallelism (a trial stopped now frees its slot); never duplicates; never
+    # starts what has a Job or finished.
+    stopped = sum(1 for k, _ in p.stop if (k.batch_size, k.seed) not in prev_final)
+    assert len(p.create) <= max(0, s.parallelism - (active - stopped))
     assert len(set(p.create)) == len(p.create)
     for k in p.create:
         assert k not in obs
@@ -456,3 +458,15 @@ def test_replanning_after_acting_creates_nothing_twice(scenario):
     pruned1 = {(t["batchSize"], t["seed"]) for t in p1.status["trials"] if t["phase"] == "Pruned"}
     pruned2 = {(t["batchSize"], t["seed"]) for t in p2.status["trials"] if t["phase"] == "Pruned"}
     assert pruned1 <= pruned2
+
+
+def test_an_observed_pruned_trial_is_not_stopped_again():
+    """A backend that reports a trial it stopped as Pruned (the local runner) gets no stop."""
+    s = make_sweep(batchSizes=[4, 64], seeds=1, parallelism=2)
+    k = TrialKey(64, 0)
+    obs = {TrialKey(4, 0): reached(4, 0, 800),
+           k: Observation(k, Phase.Pruned, steps=60, reason="cannot win")}
+    p = plan(s, obs)
+    assert p.stop == () and p.create == ()
+    assert p.status["trials"][1]["phase"] == "Pruned"
+    assert p.status["sfoSaved"] == 64 * (4000 - 60)

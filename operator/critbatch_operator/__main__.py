@@ -41,6 +41,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
                    help="serve the liveness probe /healthz here, 0 = off (default 8081)")
     p.add_argument("--trainer-metrics-port", type=int, default=env.trainer_metrics_port,
                    metavar="PORT", help="port of the trainers' /metrics (default 9100)")
+    p.add_argument("--trainer-image", default=env.trainer_image, metavar="IMAGE",
+                   help="trainer image for sweeps that name none (env "
+                        f"{ENV_PREFIX}TRAINER_IMAGE)")
+    p.add_argument("--peering", default=env.peering, metavar="NAME",
+                   help="run with kopf peering NAME (several replicas, one active; env "
+                        f"{ENV_PREFIX}PEERING); default: standalone")
+    p.add_argument("--priority", type=int, default=env.priority, metavar="N",
+                   help="this replica's peering priority (env "
+                        f"{ENV_PREFIX}PRIORITY, default 0)")
     p.add_argument("--server", default=env.kube_server, metavar="URL",
                    help="Kubernetes API server URL (default: in-cluster, then kubeconfig)")
     p.add_argument("--verbose", action="store_true", help="log more")
@@ -62,6 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         trainer_metrics_port=args.trainer_metrics_port,
         max_backoff=args.max_backoff,
         kube_server=args.server,
+        trainer_image=args.trainer_image,
+        peering=args.peering,
+        priority=args.priority,
     )
     return cfg, args
 
@@ -80,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         opmetrics.serve(cfg.metrics_port)
     kopf.run(
         registry=registry,
-        standalone=True,
+        standalone=not cfg.peering,
+        peering_name=cfg.peering,
+        priority=cfg.priority,
         clusterwide=not cfg.namespaces,
         namespaces=cfg.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port

@@ -25,6 +25,9 @@ class Config:
     trainer_metrics_port: int = 9100
     max_backoff: float = 300.0
     kube_server: str | None = None  # an explicit API server URL (development and tests)
+    trainer_image: str | None = None  # for sweeps whose spec.trainer.image is unset
+    peering: str | None = None  # kopf peering name (several replicas); None: standalone
+    priority: int = 0  # kopf peering priority of this replica
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -61,4 +64,7 @@ class Config:
                                             int)),
             max_backoff=number("MAX_BACKOFF", cls.max_backoff),
             kube_server=get("KUBE_SERVER"),
+            trainer_image=get("TRAINER_IMAGE"),
+            peering=get("PEERING"),
+            priority=int(number("PRIORITY", cls.priority, int)),
         )

@@ -57,8 +57,9 @@ def owner_reference(sweep: Sweep) -> dict[str, Any]:
     }
 
 
-def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100) -> dict[str, Any]:
-    """The batch/v1 Job of one trial."""
+def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100,
+              default_image: str | None = None) -> dict[str, Any]:
+    """The batch/v1 Job of one trial; `default_image` serves sweeps that name no image."""
     t = sweep.trainer
     tpl = t.pod_template
     labels = trial_labels(sweep, key)
@@ -114,7 +115,7 @@ def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100) -> dict[
 
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": t.image,
+        "image": t.image or default_image,
         "command": ["critbatch-trainer"],
         "args": args,
         "ports": [{"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"}],

@@ -96,8 +96,12 @@ async def _reconcile(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cf
         old = state.last_status
     try:
         sweep = parse_sweep(body)
+        if sweep.trainer.image is None and not cfg.trainer_image:
+            raise SpecError("spec.trainer.image: required, the operator has no default trainer "
+                            "image")
     except SpecError as exc:
-        status = invalid_status(exc, generation)
+        # Keep what is known of the trials: it is the memory of finished and pruned ones.
+        status = {**old, **invalid_status(exc, generation)}
         status["conditions"] = merge_conditions(old.get("conditions"), status["conditions"],
                                                 now_iso())
         patched = await _patch_if_changed(kube, ns, name, old, status)
@@ -146,7 +150,8 @@ async def _reconcile(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cf
             opmetrics.JOBS_DELETED.inc()
             outcome.deleted.append(job)
     for key in p.create:
-        manifest = build_job(sweep, key, metrics_port=cfg.trainer_metrics_port)
+        manifest = build_job(sweep, key, metrics_port=cfg.trainer_metrics_port,
+                             default_image=cfg.trainer_image)
         if await asyncio.to_thread(kube.create_job, ns, manifest):
             opmetrics.JOBS_CREATED.inc()
             outcome.created.append(manifest["metadata"]["name"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from critbatch_operator.jobs import (
 from critbatch_operator.kube import Kube
 
 MAX_REASON = 400
+SCRAPE_WORKERS = 16
 
 
 @dataclass
@@ -124,14 +126,21 @@ def read_world(
             world.problems.append(("MetricsUnavailable", f"Prometheus unreachable: {exc}"))
         return world
     world.source = "direct"
-    for key, target in scrape_targets(world, trainer_port).items():
+    targets = scrape_targets(world, trainer_port)
+
+    def one(item: tuple[TrialKey, str]) -> tuple[TrialKey, TrialMetrics | None]:
+        key, url = item
         try:
-            found = scrape(target, timeout)
+            return key, scrape(url, timeout).get((key.batch_size, key.seed))
         except MetricsUnavailable:
-            continue  # a starting or finishing pod; its termination message is the fallback
-        m = found.get((key.batch_size, key.seed))
-        if m is not None:
-            world.metrics[(key.batch_size, key.seed)] = m
+            return key, None  # a starting or finishing pod; its termination message remains
+
+    if targets:
+        # Concurrently: one slow pod must not hold up the reconcile by `timeout` per pod.
+        with ThreadPoolExecutor(max_workers=min(SCRAPE_WORKERS, len(targets))) as pool:
+            for key, m in pool.map(one, targets.items()):
+                if m is not None:
+                    world.metrics[(key.batch_size, key.seed)] = m
     return world
 
 

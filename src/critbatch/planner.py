@@ -142,10 +142,14 @@ def _record(key: TrialKey, obs: Observation | None, prev: Mapping[str, Any] | No
     prev_phase = _as_phase(prev.get("phase")) if prev else None
     if prev and prev_phase in FINAL:
         # A finished or pruned trial stays so: its Job may be gone, its result is in the status.
+        # Only what the result adds later (the trainer's result JSON after its metrics) fills in.
+        result = (obs.result if obs is not None else None) or {}
         return _Record(
             key, prev_phase, prev.get("steps"), prev.get("fid"), prev.get("source"),
             prev.get("reason"), int(prev.get("restarts") or 0),
-            _int_or_none(prev.get("generatorParams")), _int_or_none(prev.get("datasetSize")),
+            _int_or_none(prev.get("generatorParams"))
+            or _int_or_none(result.get("generator_params")),
+            _int_or_none(prev.get("datasetSize")) or _int_or_none(result.get("dataset_size")),
             seen=obs is not None and obs.phase not in FINAL,
         )
     if obs is None:
@@ -154,7 +158,7 @@ def _record(key: TrialKey, obs: Observation | None, prev: Mapping[str, Any] | No
     rec = _Record(
         key, Phase(obs.phase), obs.steps, obs.fid, obs.source, obs.reason, obs.restarts,
         _int_or_none(result.get("generator_params")), _int_or_none(result.get("dataset_size")),
-        seen=True,
+        seen=obs.phase not in FINAL,  # a finished trial's Job or process needs no stopping
     )
     if prev and rec.phase in (Phase.Pending, Phase.Running):
         # Metrics may be unreachable for a while: keep the last progress we knew.
@@ -166,6 +170,7 @@ def _record(key: TrialKey, obs: Observation | None, prev: Mapping[str, Any] | No
             rec.source = prev.get("source")
     if rec.phase in (Phase.Reached, Phase.Censored) and rec.steps is None:
         rec.phase, rec.reason = Phase.Running, rec.reason or "finished; waiting for its result"
+        rec.seen = True
     return rec
 
 

@@ -8,6 +8,7 @@ the same report from the same status.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,9 +171,12 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
     if predicted is not None:
         ax_s.axvline(predicted, color="tab:purple", ls=":", lw=1.2,
                      label=f"b* predicted = {fmt(predicted)}")
+    plain = _plain_log_formatter()
     for ax, ylabel in ((ax_n, "N(b): steps to reach τ"), (ax_s, "SFO(b) = N(b)·b")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         if grid:
             ax.set_xticks(grid, [str(g) for g in grid])
         ax.set_xlabel("batch size b")
@@ -184,9 +188,21 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
     fig.suptitle(f"{_name(resource)}: critical batch size"
                  + (f" (FID threshold τ = {fmt(tau)})" if tau is not None else ""))
     if cbs.get("notIdentifiable"):
-        fig.text(0.5, 0.01, f"fit not identifiable: {cbs['notIdentifiable']}", ha="center",
-                 fontsize=8, color="tab:red", wrap=True)
+        why = str(cbs["notIdentifiable"]).removeprefix("fit: ")
+        ax_s.set_title(textwrap.fill(f"fit not identifiable: {why}", 70), fontsize=8,
+                       color="tab:red")
     return fig
+
+
+def _plain_log_formatter():  # -> type[matplotlib.ticker.LogFormatter]
+    """Log-axis tick labels as plain numbers (2000, not 2×10³)."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return fmt(x, 3)
+
+    return Plain
 
 
 def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NAME) -> str:

@@ -100,7 +100,7 @@ class PodTemplate:
 
 @dataclass(frozen=True)
 class Trainer:
-    image: str
+    image: str | None = None  # None: the operator's default trainer image
     image_pull_policy: str | None = None
     model: str = "dcgan"
     image_size: int | None = None
@@ -335,8 +335,8 @@ def _parse_trainer(raw: Any) -> Trainer:
         "device", "gpus", "resources", "checkpointEvery", "backoffLimit",
         "activeDeadlineSeconds", "env", "podTemplate",
     ))
-    image = _str(t, "image", path, required=True)
-    if not image.strip():
+    image = _str(t, "image", path)
+    if image is not None and not image.strip():
         raise _err(f"{path}.image", "must not be empty")
     model = _str(t, "model", path, default="dcgan", choices=MODELS)
     image_size = _int(t, "imageSize", path, lo=8, hi=256)
@@ -643,7 +643,7 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
         "trainer", "optimizer", "batchSizes", "batchSizeRange", "seeds", "target",
         "parallelism", "pruning", "estimate", "reference", "metrics", "queueName",
     ))
-    trainer = _parse_trainer(spec.get("trainer"))
+    trainer = _parse_trainer(spec.get("trainer") if "trainer" in spec else {})
     optimizer = _parse_optimizer(spec.get("optimizer"), trainer.model)
     batch_sizes = _parse_batch_sizes(spec)
     size = trainer.dataset.known_size

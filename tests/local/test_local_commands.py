@@ -61,6 +61,13 @@ def test_run_quiet_prints_the_result_line_and_exits_0(tmp_path, capsys, monkeypa
     assert re.fullmatch(rf"Succeeded, trials 2/2, b\* measured 16, fitted [0-9.]+; "
                         rf"report: {re.escape(str(out))}/summary.md", captured[0])
 
+    summary = (out / "summary.md").read_text()
+    for name in ("summary.md", "critbatch.png", "critbatch.svg"):
+        (out / name).unlink()
+    assert main(["report", str(out)]) == 0  # a run directory: the report is redone in place
+    assert (out / "summary.md").read_text() == summary
+    assert (out / "critbatch.png").exists() and (out / "critbatch.svg").exists()
+
 
 def test_sigint_stops_the_trials_and_resume_finishes_the_sweep(tmp_path):
     """A real Ctrl-C (SIGINT) to `critbatch run`: exit 130, no trainer left, then --resume."""

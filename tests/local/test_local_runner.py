@@ -24,8 +24,9 @@ A, B = 1000.0, 8.0  # the fake's defaults: N(b) = 1000 b / (b - 8), b* = 2B/K = 
 
 
 def run_sweep(manifest: dict, out: Path, progress: Progress | None = None, **options) -> LocalRun:
-    opts = RunOptions(out_dir=out, trainer_command=FAKE_TRAINER, poll_interval=0.1,
-                      scrape_interval=0.3, **options)
+    options = {"trainer_command": FAKE_TRAINER, "poll_interval": 0.1, "scrape_interval": 0.3,
+               **options}
+    opts = RunOptions(out_dir=out, **options)
     runner = LocalRun(manifest, opts, progress)
     runner.run()
     return runner
@@ -213,3 +214,14 @@ def test_metrics_through_a_private_prometheus(tmp_path, monkeypatch, prometheus_
     assert json.loads((out / "prometheus" / "targets" / "trials.json").read_text()) == []
     prom = next(e for e in events(out) if e["event"] == "prometheus")
     assert prom["url"].startswith("http://127.0.0.1:")
+
+
+def test_a_metrics_port_taken_at_start_is_retried_not_failed(tmp_path):
+    marker = tmp_path / "first-try"
+    script = (f'if [ ! -e {marker} ]; then touch {marker}; '
+              'echo "critbatch-trainer: error: metrics-port: cannot listen" >&2; exit 2; fi; '
+              f'exec {" ".join(FAKE_TRAINER)} "$@"')
+    runner = run_sweep(sweep_manifest(batchSizes=[16]), tmp_path / "run",
+                       trainer_command=["sh", "-c", script, "trainer"])
+    trial = trials_by_batch(runner.status)[16]
+    assert trial["phase"] == "Reached" and trial["restarts"] == 1

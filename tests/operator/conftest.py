@@ -10,7 +10,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import setup_kmock
+from harness import Emulator, setup_kmock
+
+
+@pytest.fixture()
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    """kmock's options with our emulator class (it understands generateName)."""
+    return {**kmock_options, "cls": Emulator}
 
 
 @pytest.fixture()

@@ -52,6 +52,17 @@ SWEEPS_PATH = f"/apis/critbatch.dev/v1alpha1/namespaces/{NS}/criticalbatchsweeps
 # ---------------------------------------------------------------------------------------------
 
 
+class Emulator(kmock_lib.KubernetesEmulator):
+    """kmock plus the API server's `metadata.generateName` (kopf names its Events so)."""
+
+    async def _handle(self, request: Any) -> Any:
+        if request.action == kmock_lib.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:8]
+        return await super()._handle(request)
+
+
 def setup_kmock(k: Any) -> None:
     """Built-in kinds plus the CriticalBatchSweep resource with its status subresource."""
     k.resources.load_bundled()
@@ -103,8 +114,7 @@ OPERATOR_RBAC = frozenset({
 
 
 def posted_events(k: Any) -> list[tuple[str, str, str]]:
-    """(type, reason, message) of every Event the operator POSTed (kmock stores only the first
-    of kopf's generateName'd Events, so read them from the request log)."""
+    """(type, reason, message) of every Event the operator POSTed."""
     out = []
     for req in list(k):
         if req.resource == EVENTS and _verb(req) == "create" and isinstance(req.data, dict):
@@ -552,6 +562,9 @@ async def full_sweep_scenario(k: Any, *, batch_sizes: tuple[int, ...] = (2, 4, 8
             async with operator(k, **overrides):
                 await wait_for(phase_is(k, "demo", "Succeeded", "Failed"), timeout=60,
                                what="the sweep to finish")
+                await wait_for(lambda: any(r == "CriticalBatchSizeMeasured"
+                                           for _, r, _ in posted_events(k)),
+                               timeout=10, what="the final Event")
         finally:
             prom.close()
     return ScenarioResult(

@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+from critbatch_operator import opmetrics
 from harness import (
     NS,
     OPERATOR_RBAC,
@@ -67,10 +68,19 @@ async def test_six_batch_sizes_two_seeds_with_a_restart_measure_b_star(k):
             "CriticalBatchSweep", "demo", uid, True)
     # Events for start, finish, prune and b*.
     ev = Counter(reason for _, reason, _ in r.events)
-    # kopf posts Events from a queue that a stopping operator may drop: at least, not exactly.
+    # kopf posts Events from a queue that a stopping operator drops: at most one per Job.
     assert 1 <= ev["TrialCreated"] <= len(r.posts)
     assert ev["TrialReached"] >= 2 and ev["TrialPruned"] >= 1
     assert ev["CriticalBatchSizeMeasured"] == 1
+    # The operator's own metrics.
+    sample = opmetrics.REGISTRY.get_sample_value
+    assert sample("critbatch_operator_critical_batch_size",
+                  {"namespace": "default", "sweep": "demo", "kind": "measured"}) == 4
+    assert sample("critbatch_operator_trials",
+                  {"namespace": "default", "sweep": "demo", "phase": "Reached"}) == sum(
+        1 for t in st["trials"] if t["phase"] == "Reached")
+    assert sample("critbatch_operator_reconcile_duration_seconds_count") > 0
+    assert sample("critbatch_operator_sweeps", {"phase": "Succeeded"}) >= 1
     # The operator made no API call beyond what its RBAC grants.
     assert set(r.calls) <= OPERATOR_RBAC, set(r.calls) - OPERATOR_RBAC
 
@@ -85,6 +95,7 @@ async def test_results_from_prometheus_and_a_disagreement_is_an_event(k):
             async with operator(k, prometheus_url=prom.url):
                 await create_sweep(k, body)
                 await wait_for(phase_is(k, "prom", "Succeeded"), what="sweep done")
+                await wait_for(lambda: reasons(k)["ResultDisagreement"], what="the Event")
         finally:
             prom.close()
     st = status(k, "prom")
@@ -167,6 +178,7 @@ async def test_appending_batch_sizes_and_seeds_starts_only_the_new_trials(k):
     ({"batchSizes": [2, 4096]}, {}, "spec.batchSizes[1]"),
     ({}, {"model": "biggan", "imageSize": 256}, "spec.trainer.imageSize"),
     ({}, {"dataset": {"name": "lsun", "pvc": "lsun"}}, "spec.trainer.inception"),
+    ({}, {"image": None}, "spec.trainer.image"),  # and the operator has no default image
 ])
 async def test_invalid_spec_sets_ready_false_invalid_spec_and_creates_no_job(k, spec, trainer,
                                                                             field):
@@ -221,3 +233,21 @@ async def test_a_reference_sweep_predicts_b_star_before_any_trial_finishes(k):
     assert first["criticalBatchSize"]["predicted"] == pytest.approx(want, rel=1e-4)
     assert first["trialsDone"] == 0
     assert ("get", "critbatch.dev", "criticalbatchsweeps") in api_calls(k)
+
+
+async def test_an_invalid_append_keeps_the_results_and_starts_nothing(k):
+    body = sweep_manifest("keep", batchSizes=[4, 8], seeds=1, parallelism=2,
+                          pruning={"sfoBound": False})
+    async with FakeCluster(k), operator(k):
+        await create_sweep(k, body)
+        await wait_for(phase_is(k, "keep", "Succeeded"), what="sweep done")
+        await patch_spec(k, "keep", {"batchSizes": [4, 8, 4096]})
+        await wait_for(phase_is(k, "keep", "Invalid"), what="InvalidSpec")
+        await asyncio.sleep(0.5)
+    st = status(k, "keep")
+    assert st["trialsDone"] == 2 and st["criticalBatchSize"]["measured"] == 4
+    assert [t["phase"] for t in st["trials"]] == ["Reached", "Reached"]
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec" and ready["message"].startswith("spec.batchSizes[2]")
+    assert ready["observedGeneration"] == 2
+    assert sorted(job_posts(k)) == ["keep-b4-s0", "keep-b8-s0"]

@@ -186,3 +186,35 @@ def test_bad_flags_exit_2_with_a_message(argv, capsys):
         parse_args(argv)
     assert exc.value.code == 2
     assert "critbatch-operator" in capsys.readouterr().err
+
+
+def test_operator_metrics_follow_the_status_and_forget_deleted_sweeps():
+    from critbatch_operator import opmetrics
+
+    status = {"phase": "Running", "sfoSaved": 1200.0,
+              "trials": [{"phase": "Reached"}, {"phase": "Reached"}, {"phase": "Running"}],
+              "criticalBatchSize": {"measured": 8, "fitted": 6.5, "predicted": None}}
+    opmetrics.record_status("ns", "m", status)
+    sample = opmetrics.REGISTRY.get_sample_value
+    assert sample("critbatch_operator_trials", {"namespace": "ns", "sweep": "m",
+                                                "phase": "Reached"}) == 2
+    assert sample("critbatch_operator_critical_batch_size",
+                  {"namespace": "ns", "sweep": "m", "kind": "fitted"}) == 6.5
+    assert sample("critbatch_operator_critical_batch_size",
+                  {"namespace": "ns", "sweep": "m", "kind": "predicted"}) is None
+    assert sample("critbatch_operator_sfo_saved", {"namespace": "ns", "sweep": "m"}) == 1200
+    opmetrics.forget("ns", "m")
+    assert sample("critbatch_operator_trials", {"namespace": "ns", "sweep": "m",
+                                                "phase": "Reached"}) is None
+
+
+def test_help_runs_without_a_cluster(capsys):
+    from critbatch_operator.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--prometheus-url", "--metrics-port", "--health-port", "--namespace",
+                 "--peering", "--trainer-image"):
+        assert flag in out

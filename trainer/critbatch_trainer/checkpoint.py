@@ -50,6 +50,10 @@ def load(directory: str | Path) -> dict[str, Any] | None:
     p = path(directory)
     if not p.is_file():
         return None
+    return torch.load(p, map_location="cpu", weights_only=False)
+
+
+def remove_partial(directory: str | Path) -> None:
+    """Delete temp files left by a writer killed mid-save (call only from that writer)."""
     for stale in Path(directory).glob(".checkpoint-*.tmp"):
         stale.unlink(missing_ok=True)
-    return torch.load(p, map_location="cpu", weights_only=False)

@@ -291,6 +291,7 @@ class Trial:
         """Resume from the checkpoint directory when it holds a checkpoint; True if it did."""
         if not self.cfg.checkpoint_dir:
             return False
+        checkpoint.remove_partial(self.cfg.checkpoint_dir)
         state = checkpoint.load(self.cfg.checkpoint_dir)
         if state is None:
             return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from timm.optim import AdaBelief
 
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, beta1: float,
@@ -18,6 +17,8 @@ def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, b
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps)
     if name == "adabelief":
+        from timm.optim import AdaBelief  # timm takes seconds to import: only when used
+
         return AdaBelief(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=0.0,
                          decoupled_decay=True, rectify=True)
     if name == "rmsprop":

@@ -181,6 +181,7 @@ class LocalRun:
         self.metrics_problem: str | None = None
         self._started = clock()
         self._last_metrics = -math.inf
+        self._ports: set[int] = set()
 
     # -- output directory ---------------------------------------------------------------------
 
@@ -350,10 +351,19 @@ class LocalRun:
             return max(10.0, 5 * self.options.scrape_interval)
         return float(self.sweep.metrics.linger_seconds)
 
+    def _new_port(self) -> int:
+        """A free loopback port not handed to another trial of this run."""
+        for _ in range(100):
+            port = prom.free_port()
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
+        raise RuntimeError("no free loopback port")
+
     def start_trial(self, st: TrialState) -> None:
         assert self.supervisor is not None
         st.dir.mkdir(parents=True, exist_ok=True)
-        st.port = prom.free_port()
+        st.port = self._new_port()
         st.metrics = None
         with contextlib.suppress(FileNotFoundError):
             st.result_file.unlink()  # a stale result must not stand for this attempt
@@ -377,6 +387,8 @@ class LocalRun:
         for proc, code in self.supervisor.reap():
             st = self.trials[self._key_of(proc.name)]
             kind = classify(code)
+            if kind is ExitKind.BAD_CONFIG and "metrics-port:" in log_tail(st.log_file):
+                kind = ExitKind.CRASHED  # someone took the port first: worth another try
             result = read_result(st.result_file) or (
                 result_from_log(st.log_file) if kind is ExitKind.FINISHED else None)
             if result is not None:

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from critbatch_trainer import fid
 
 
@@ -143,9 +142,9 @@ def test_inception_matches_the_fid_weight_layout_and_loads_a_file(tmp_path) -> N
 
 
 def test_inception_never_downloads_unless_allowed(tmp_path) -> None:
-    with pytest.raises(fid.ExtractorError, match="^extractor: .*--allow-download"):
+    with pytest.raises(fid.ExtractorError, match=r"^extractor: .*--allow-download"):
         fid.load_inception(str(tmp_path / "missing.pth"))
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bad)
-    with pytest.raises(fid.ExtractorError, match="^extractor: .*not FID Inception"):
+    with pytest.raises(fid.ExtractorError, match=r"^extractor: .*not FID Inception"):
         fid.load_inception(str(bad))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from critbatch_trainer.__main__ import main
 from critbatch_trainer.config import ConfigError, parse_args
 
@@ -82,3 +81,20 @@ def test_cuda_requested_without_a_gpu_exits_2(tmp_path, capsys) -> None:
     assert main([*REQ, "--device", "cuda", "--termination-log", "",
                  "--stats-cache", str(tmp_path)]) == 2
     assert "device:" in capsys.readouterr().err
+
+
+def test_digits_defaults_are_the_cpu_demo_settings() -> None:
+    c = parse_args(REQ)
+    assert (c.dataset, c.model, c.image_size, c.channels, c.width, c.z_dim) == (
+        "digits", "dcgan", 16, 1, 16, 32)
+    assert (c.lr_g, c.lr_d, c.eval_every, c.eval_samples) == (1e-3, 1e-3, 20, 500)
+    real = parse_args([*REQ, "--dataset", "imagefolder", "--data-path", "x",
+                       "--extractor", "inception:w.pth"])
+    assert (real.image_size, real.channels, real.width, real.z_dim) == (64, 3, 64, 100)
+    assert (real.lr_g, real.lr_d, real.eval_every, real.eval_samples) == (1e-4, 3e-4, 100, 1000)
+
+
+def test_threads_default_comes_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("CRITBATCH_THREADS", "3")
+    assert parse_args(REQ).threads == 3
+    assert parse_args([*REQ, "--threads", "1"]).threads == 1
