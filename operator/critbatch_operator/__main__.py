@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 from collections.abc import Sequence
 
@@ -49,7 +50,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
                         f"{ENV_PREFIX}PEERING); default: standalone")
     p.add_argument("--priority", type=int, default=env.priority, metavar="N",
                    help="this replica's peering priority (env "
-                        f"{ENV_PREFIX}PRIORITY, default 0)")
+                        f"{ENV_PREFIX}PRIORITY; default: random, since kopf pauses every "
+                        "replica when two share a priority)")
     p.add_argument("--server", default=env.kube_server, metavar="URL",
                    help="Kubernetes API server URL (default: in-cluster, then kubeconfig)")
     p.add_argument("--verbose", action="store_true", help="log more")
@@ -86,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from critbatch_operator.handlers import register
 
     kopf.configure(verbose=args.verbose)
+    priority = cfg.priority
+    if priority is None:
+        priority = random.SystemRandom().randint(1, 1_000_000_000) if cfg.peering else 0
     registry = kopf.OperatorRegistry()
     register(registry, cfg)
     if cfg.metrics_port:
@@ -94,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry=registry,
         standalone=not cfg.peering,
         peering_name=cfg.peering,
-        priority=cfg.priority,
+        priority=priority,
         clusterwide=not cfg.namespaces,
         namespaces=cfg.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port

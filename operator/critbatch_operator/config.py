@@ -27,7 +27,7 @@ class Config:
     kube_server: str | None = None  # an explicit API server URL (development and tests)
     trainer_image: str | None = None  # for sweeps whose spec.trainer.image is unset
     peering: str | None = None  # kopf peering name (several replicas); None: standalone
-    priority: int = 0  # kopf peering priority of this replica
+    priority: int | None = None  # kopf peering priority; None: random (replicas must differ)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -66,5 +66,14 @@ class Config:
             kube_server=get("KUBE_SERVER"),
             trainer_image=get("TRAINER_IMAGE"),
             peering=get("PEERING"),
-            priority=int(number("PRIORITY", cls.priority, int)),
+            priority=_optional_int(get("PRIORITY"), ENV_PREFIX + "PRIORITY"),
         )
+
+
+def _optional_int(raw: str | None, name: str) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: must be an integer, got {raw!r}") from None

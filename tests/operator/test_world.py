@@ -168,6 +168,9 @@ def test_config_from_environment():
     assert Config.from_env({}) == Config()
     with pytest.raises(ValueError, match="CRITBATCH_METRICS_PORT"):
         Config.from_env({"CRITBATCH_METRICS_PORT": "many"})
+    with pytest.raises(ValueError, match="CRITBATCH_PRIORITY"):
+        Config.from_env({"CRITBATCH_PRIORITY": "high"})
+    assert Config.from_env({"CRITBATCH_PRIORITY": "-3", "CRITBATCH_PEERING": "p"}).priority == -3
 
 
 def test_flags_override_the_environment(monkeypatch):

@@ -274,3 +274,39 @@ def test_models_train_on_cuda(model, extra, tmp_path, stats_cache) -> None:
     assert r["steps"] == 6 and r["fid"] > 0
     resumed = Trial(cfg, log=lambda _msg: None)
     assert resumed.restore() and resumed.run()["fid"] == r["fid"]
+
+
+def test_imagefolder_with_inception_weights_from_a_file(tmp_path, stats_cache) -> None:
+    from critbatch_trainer.fid import FidInceptionV3
+    from PIL import Image
+
+    root = tmp_path / "images"
+    rng = torch.Generator().manual_seed(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            pixels = (torch.rand(40, 48, 3, generator=rng) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    weights = tmp_path / "inception.pth"
+    torch.manual_seed(0)
+    torch.save(FidInceptionV3().state_dict(), weights)
+    cfg = parse_args(["--dataset", "imagefolder", "--data-path", str(root), "--image-size", "16",
+                      "--width", "4", "--batch-size", "4", "--fid-threshold", "0.001",
+                      "--max-steps", "2", "--eval-samples", "2", "--real-samples", "2", "--workers", "0",
+                      "--extractor", f"inception:{weights}", "--stats-cache", str(stats_cache),
+                      "--termination-log", ""])
+    trial = Trial(cfg, log=lambda _msg: None)
+    assert (trial.data.size, trial.data.num_classes) == (8, 2)
+    assert trial.real_mu.shape == (2048,)
+    r = trial.run()
+    assert r["steps"] == 2 and r["dataset_size"] == 8 and r["fid"] >= 0
+
+
+def test_unreadable_dataset_exits_2_naming_data_path(tmp_path, capsys) -> None:
+    from critbatch_trainer.__main__ import main
+
+    code = main(["--dataset", "imagefolder", "--data-path", str(tmp_path), "--batch-size", "4",
+                 "--fid-threshold", "1", "--max-steps", "1", "--extractor", "inception:x.pth",
+                 "--termination-log", ""])
+    assert code == 2
+    assert capsys.readouterr().err.strip().startswith("critbatch-trainer: error: data-path:")

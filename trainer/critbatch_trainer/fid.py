@@ -47,17 +47,33 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     symmetric PSD matrix S1^(1/2) S2 S1^(1/2), which has the same spectrum and needs no
     complex arithmetic (scipy's sqrtm on S1 S2 can return spurious imaginary parts).
     """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(
-        np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise ValueError("frechet_distance: mean and covariance shapes do not match")
-    r1 = _sqrt_psd(s1)
-    middle = r1 @ s2 @ r1
-    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
-    tr_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
-    diff = mu1 - mu2
-    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean, 0.0))
+    return FrechetReference(mu1, sigma1).distance(mu2, sigma2)
+
+
+class FrechetReference:
+    """One side of the distance (the real statistics) with its matrix square root cached.
+
+    Each evaluation then costs two matrix products and one symmetric eigenvalue problem.
+    """
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray) -> None:
+        self.mu = np.asarray(mu, np.float64)
+        self.sigma = np.atleast_2d(np.asarray(sigma, np.float64))
+        if self.sigma.shape != (self.mu.size, self.mu.size):
+            raise ValueError("frechet_distance: mean and covariance shapes do not match")
+        self.root = _sqrt_psd(self.sigma)
+        self.trace = float(np.trace(self.sigma))
+
+    def distance(self, mu: np.ndarray, sigma: np.ndarray) -> float:
+        mu = np.asarray(mu, np.float64)
+        sigma = np.atleast_2d(np.asarray(sigma, np.float64))
+        if mu.shape != self.mu.shape or sigma.shape != self.sigma.shape:
+            raise ValueError("frechet_distance: mean and covariance shapes do not match")
+        middle = self.root @ sigma @ self.root
+        eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+        tr_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
+        diff = mu - self.mu
+        return float(max(diff @ diff + self.trace + np.trace(sigma) - 2 * tr_covmean, 0.0))
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

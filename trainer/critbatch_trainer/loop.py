@@ -23,10 +23,10 @@ from critbatch_trainer import checkpoint
 from critbatch_trainer.config import ConfigError, TrainerConfig
 from critbatch_trainer.data import TrainingData
 from critbatch_trainer.fid import (
+    FrechetReference,
     RunningStats,
     cached_real_stats,
     feature_stats,
-    frechet_distance,
     load_extractor,
     stats_key,
 )
@@ -130,6 +130,7 @@ class Trial:
             cfg.stats_cache, key,
             lambda: feature_stats(self.extractor, self.data.real_images(cfg.real_samples),
                                   self.device))
+        self.reference = FrechetReference(self.real_mu, self.real_sigma)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -281,7 +282,7 @@ class Trial:
             y = self.eval_y[i:i + EVAL_CHUNK].to(self.device) if self.conditional else None
             stats.add(self.extractor(net(z, y)))
         mu, sigma = stats.result()
-        return frechet_distance(mu, sigma, self.real_mu, self.real_sigma)
+        return self.reference.distance(mu, sigma)
 
     def _save(self) -> None:
         if self.cfg.checkpoint_dir:

@@ -12,7 +12,8 @@ Output directory:
     status.yaml           the status alone (the CR status schema)
     events.jsonl          what the runner did: starts, restarts, stops, warnings
     trials/b<B>-s<S>/     trainer.log, result.json (the trainer's result), checkpoint/
-    prometheus/           the private Prometheus server's config, data and log (--with-prometheus)
+    prometheus/           the private server's config, data and log (--with-prometheus);
+                          targets/trials.json, the file_sd targets (also for --prometheus URL)
     critbatch.png/.svg    the plot; summary.md the Markdown summary
 """
 
@@ -522,9 +523,11 @@ class LocalRun:
             t = by_key.get((key.batch_size, key.seed), {})
             m = st.metrics
             step = t.get("steps") if t.get("steps") is not None else (m.step if m else None)
-            eta = st.rate.eta(step, self.sweep.target.max_steps) if step is not None else None
+            phase = t.get("phase", "Pending")
+            eta = st.rate.eta(step, self.sweep.target.max_steps) \
+                if step is not None and phase == "Running" else None
             rows.append(TrialView(
-                batch_size=key.batch_size, seed=key.seed, phase=t.get("phase", "Pending"),
+                batch_size=key.batch_size, seed=key.seed, phase=phase,
                 step=step, max_steps=self.sweep.target.max_steps, fid=t.get("fid"),
                 sfo=t.get("sfo"), eta_seconds=eta, restarts=st.restarts,
                 source=t.get("source"), reason=t.get("reason")))
