@@ -183,6 +183,17 @@ def test_a_pruned_trial_whose_job_survived_a_restart_is_stopped_again():
     assert p.status["sfoSaved"] == before["sfoSaved"]  # recomputed, not accumulated twice
 
 
+def test_a_pruned_trial_that_reached_the_target_before_it_stopped_counts_as_measured():
+    s = make_sweep(batchSizes=[4, 64], seeds=1, parallelism=2)
+    obs = {TrialKey(4, 0): reached(4, 0, 800), TrialKey(64, 0): running(64, 0, 60)}
+    before = plan(s, obs).status
+    assert before["trials"][1]["phase"] == "Pruned"
+    obs[TrialKey(64, 0)] = reached(64, 0, 70)
+    after = plan(s, obs, previous_status=before).status
+    assert after["trials"][1]["phase"] == "Reached" and after["trials"][1]["steps"] == 70
+    assert after["criticalBatchSize"]["measured"] == 4
+
+
 def test_pending_trials_of_a_hopeless_batch_size_are_pruned_without_starting():
     s = make_sweep(batchSizes=[4, 64], seeds=2, parallelism=3)
     obs = {TrialKey(4, 0): reached(4, 0, 800), TrialKey(4, 1): reached(4, 1, 800),

@@ -140,7 +140,14 @@ def _int_or_none(value: Any) -> int | None:
 
 def _record(key: TrialKey, obs: Observation | None, prev: Mapping[str, Any] | None) -> _Record:
     prev_phase = _as_phase(prev.get("phase")) if prev else None
-    if prev and prev_phase in FINAL:
+    # A pruned trial that finished before its stop landed is a real measurement: keep it.
+    measured_after_prune = (
+        prev_phase is Phase.Pruned
+        and obs is not None
+        and obs.phase in (Phase.Reached, Phase.Censored)
+        and obs.steps is not None
+    )
+    if prev and prev_phase in FINAL and not measured_after_prune:
         # A finished or pruned trial stays so: its Job may be gone, its result is in the status.
         # Only what the result adds later (the trainer's result JSON after its metrics) fills in.
         result = (obs.result if obs is not None else None) or {}

@@ -292,7 +292,8 @@ def test_imagefolder_with_inception_weights_from_a_file(tmp_path, stats_cache) -
     torch.save(FidInceptionV3().state_dict(), weights)
     cfg = parse_args(["--dataset", "imagefolder", "--data-path", str(root), "--image-size", "16",
                       "--width", "4", "--batch-size", "4", "--fid-threshold", "0.001",
-                      "--max-steps", "2", "--eval-samples", "2", "--real-samples", "2", "--workers", "0",
+                      "--max-steps", "2", "--eval-samples", "2", "--real-samples", "2",
+                      "--workers", "0",
                       "--extractor", f"inception:{weights}", "--stats-cache", str(stats_cache),
                       "--termination-log", ""])
     trial = Trial(cfg, log=lambda _msg: None)
