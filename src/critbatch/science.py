@@ -18,6 +18,20 @@ from critbatch.errors import InputError
 OPTIMIZERS = ("adam", "adabelief", "rmsprop")
 DEFAULT_GRID = tuple(2**k for k in range(17))
 
+# The paper's learning rates (alpha_G, alpha_D) per model and optimizer (SCIENCE.md); BigGAN
+# has only Adam's, which the other two optimizers borrow.
+PAPER_LEARNING_RATES: dict[tuple[str, str], tuple[float, float]] = {
+    ("dcgan", "adam"): (1e-4, 3e-4),
+    ("dcgan", "adabelief"): (3e-4, 3e-5),
+    ("dcgan", "rmsprop"): (1e-4, 3e-5),
+    ("wgan-gp", "adam"): (1e-4, 3e-4),
+    ("wgan-gp", "adabelief"): (5e-4, 3e-5),
+    ("wgan-gp", "rmsprop"): (3e-4, 1e-4),
+    ("biggan", "adam"): (1e-4, 4e-4),
+    ("biggan", "adabelief"): (1e-4, 4e-4),
+    ("biggan", "rmsprop"): (1e-4, 4e-4),
+}
+
 
 class ScienceError(InputError):
     """Input the science cannot take; the message names the offending field."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from critbatch.errors import InputError
-from critbatch.science import OPTIMIZERS, OptimizerSetting, ScienceError
+from critbatch.science import OPTIMIZERS, PAPER_LEARNING_RATES, OptimizerSetting, ScienceError
 
 GROUP = "critbatch.dev"
 VERSION = "v1alpha1"
@@ -31,19 +31,6 @@ KNOWN_DATASET_SIZES = {"digits": 1797}
 DEVICES = ("auto", "cpu", "cuda")
 METRIC_SOURCES = ("auto", "prometheus", "direct")
 MAX_BATCH = 1 << 20
-
-# The paper's learning rates (alpha_G, alpha_D) per model and optimizer (SCIENCE.md).
-PAPER_LEARNING_RATES: dict[tuple[str, str], tuple[float, float]] = {
-    ("dcgan", "adam"): (1e-4, 3e-4),
-    ("dcgan", "adabelief"): (3e-4, 3e-5),
-    ("dcgan", "rmsprop"): (1e-4, 3e-5),
-    ("wgan-gp", "adam"): (1e-4, 3e-4),
-    ("wgan-gp", "adabelief"): (5e-4, 3e-5),
-    ("wgan-gp", "rmsprop"): (3e-4, 1e-4),
-    ("biggan", "adam"): (1e-4, 4e-4),
-    ("biggan", "adabelief"): (1e-4, 4e-4),
-    ("biggan", "rmsprop"): (1e-4, 4e-4),
-}
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

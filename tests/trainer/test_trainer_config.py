@@ -98,3 +98,11 @@ def test_threads_default_comes_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("CRITBATCH_THREADS", "3")
     assert parse_args(REQ).threads == 3
     assert parse_args([*REQ, "--threads", "1"]).threads == 1
+
+
+def test_every_setting_has_a_flag_with_help() -> None:
+    from dataclasses import fields
+
+    from critbatch_trainer.config import HELP, TrainerConfig
+
+    assert {f.name for f in fields(TrainerConfig)} == set(HELP)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from critbatch.errors import InputError
+from critbatch.science import PAPER_LEARNING_RATES
 
 MODELS = ("dcgan", "wgan-gp", "biggan")
 DATASETS = ("digits", "faces", "imagefolder", "lsun", "celeba")
@@ -82,19 +83,6 @@ class TrainerConfig:
         return [f.name for f in fields(self)]
 
 
-# Paper settings (SCIENCE.md), per model family and optimizer: (lr_g, lr_d).
-PAPER_LR: dict[tuple[str, str], tuple[float, float]] = {
-    ("dcgan", "adam"): (1e-4, 3e-4),
-    ("dcgan", "adabelief"): (3e-4, 3e-5),
-    ("dcgan", "rmsprop"): (1e-4, 3e-5),
-    ("wgan-gp", "adam"): (1e-4, 3e-4),
-    ("wgan-gp", "adabelief"): (5e-4, 3e-5),
-    ("wgan-gp", "rmsprop"): (3e-4, 1e-4),
-    ("biggan", "adam"): (1e-4, 4e-4),
-    ("biggan", "adabelief"): (1e-4, 4e-4),
-    ("biggan", "rmsprop"): (1e-4, 4e-4),
-}
-
 # The embedded digits demo: tuned so a CPU sweep shows an interior SFO minimum (docs/trainer.md).
 # With the paper's Adam rates (1e-4, 3e-4) the tiny net needs thousands of steps; at 1e-3 the
 # small batches hit a noise floor above the demo threshold, which is what makes b* interior.
@@ -146,7 +134,7 @@ def resolve(cfg: TrainerConfig) -> TrainerConfig:
         size_default, ch_default = (128 if cfg.model == "biggan" else 64), 3
     if cfg.dataset not in EMBEDDED and not cfg.data_path:
         raise ConfigError(f"data-path: required for dataset {cfg.dataset!r}")
-    lr_g, lr_d = PAPER_LR[(cfg.model, cfg.optimizer)]
+    lr_g, lr_d = PAPER_LEARNING_RATES[(cfg.model, cfg.optimizer)]
     if digits and cfg.model == "dcgan" and cfg.optimizer == "adam":
         lr_g, lr_d = DIGITS_DEFAULTS["lr_adam"]
     b1, b2, eps = _betas_eps(cfg.model, cfg.optimizer)
@@ -305,6 +293,53 @@ def _convert(name: str, value: Any) -> Any:
     return text
 
 
+HELP: dict[str, str] = {
+    "batch_size": "batch size b (required)",
+    "fid_threshold": "FID threshold tau (required)",
+    "max_steps": "step budget; ending it without tau is censored (required)",
+    "model": "dcgan | wgan-gp | biggan (default dcgan)",
+    "dataset": "digits | faces | imagefolder | lsun | celeba (default digits)",
+    "data_path": "root of a real dataset",
+    "lsun_classes": "LSUN categories, comma-separated (default bedroom_train)",
+    "image_size": "output resolution (default: digits 16, faces 32, real 64, biggan 128)",
+    "channels": "1 or 3 (default: 1 for embedded sets, 3 for real ones)",
+    "seed": "seed of initialisation, noise and data order (default 0)",
+    "optimizer": "adam | adabelief | rmsprop (default adam)",
+    "lr_g": "generator learning rate (default: the paper's per optimizer)",
+    "lr_d": "discriminator learning rate (default: the paper's per optimizer)",
+    "beta1_g": "generator beta1 (RMSProp: momentum)",
+    "beta2_g": "generator beta2 (RMSProp: smoothing)",
+    "eps_g": "generator eps",
+    "beta1_d": "discriminator beta1 (RMSProp: momentum)",
+    "beta2_d": "discriminator beta2 (RMSProp: smoothing)",
+    "eps_d": "discriminator eps",
+    "eval_every": "steps between FID evaluations (default: digits 20, else 100)",
+    "eval_samples": "generated samples per evaluation (default: digits 500, else 1000)",
+    "real_samples": "real images for the reference statistics (default 50000)",
+    "extractor": "auto | digits | faces | inception:PATH (default auto)",
+    "allow_download": "let inception:PATH download the weights when PATH is missing",
+    "stats_cache": "cache directory of real statistics",
+    "width": "network width (default: digits 16, dcgan 64, biggan 32)",
+    "z_dim": "latent size (default: digits 32, dcgan 100, biggan 120)",
+    "n_critic": "discriminator steps per generator step (default 1)",
+    "gp_lambda": "WGAN-GP penalty weight (default 10)",
+    "ema_decay": "BigGAN generator EMA decay (default 0.9999)",
+    "ema_start": "step where the EMA starts averaging (default 1000)",
+    "attention_res": "BigGAN self-attention resolution, 0 = none",
+    "gns_every": "steps between gradient-noise-scale measurements, 0 = off (default 10)",
+    "checkpoint_dir": "directory to checkpoint to and resume from",
+    "checkpoint_every": "steps between checkpoints, 0 = only on SIGTERM and at the end",
+    "metrics_port": "Prometheus port, 0 = off (default 0)",
+    "metrics_host": "Prometheus address (default 0.0.0.0)",
+    "linger": "seconds to keep serving metrics after the end (default 0)",
+    "sweep": "sweep name, a label on every metric (default local)",
+    "termination_log": "result file, '' = none (default /dev/termination-log if writable)",
+    "device": "auto | cpu | cuda (default auto)",
+    "threads": "torch CPU threads (default CRITBATCH_THREADS or OMP_NUM_THREADS)",
+    "workers": "data-loader processes for real datasets (default 2)",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(message)
@@ -316,9 +351,11 @@ def _parser(names: list[str]) -> _Parser:
     p.add_argument("--config", help="YAML or JSON file of flag names (with _ for -)")
     for name in names:
         if name in _BOOL:
-            p.add_argument(f"--{_flag(name)}", dest=name, nargs="?", const="true", default=None)
+            p.add_argument(f"--{_flag(name)}", dest=name, nargs="?", const="true", default=None,
+                           metavar="BOOL", help=HELP.get(name))
         else:
-            p.add_argument(f"--{_flag(name)}", dest=name, default=None, metavar="VALUE")
+            p.add_argument(f"--{_flag(name)}", dest=name, default=None, metavar="VALUE",
+                           help=HELP.get(name))
     return p
 
 
