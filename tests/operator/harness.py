@@ -30,10 +30,11 @@ from typing import Any
 import kmock as kmock_lib
 import kopf
 import yaml
-from critbatch_operator.config import Config
-from critbatch_operator.handlers import register
 from kopf.testing import KopfRunner
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from critbatch_operator.config import Config
+from critbatch_operator.handlers import register
 
 HERE = Path(__file__).parent
 SWEEP_FILE = HERE / "sweep.yaml"

@@ -6,7 +6,6 @@ import asyncio
 from collections import Counter
 
 import pytest
-from critbatch_operator import opmetrics
 from harness import (
     NS,
     OPERATOR_RBAC,
@@ -29,6 +28,7 @@ from harness import (
 )
 
 from critbatch import science
+from critbatch_operator import opmetrics
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-from critbatch_operator.jobs import build_job, sweep_label_value
 from harness import sweep_manifest
 
 from critbatch.spec import TrialKey, parse_sweep, trainer_args
+from critbatch_operator.jobs import build_job, sweep_label_value
 
 
 def job_for(key=None, **spec):

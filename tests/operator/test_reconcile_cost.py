@@ -10,10 +10,11 @@ import asyncio
 import time
 from collections import Counter
 
+from harness import FakeCluster, api_calls, create_sweep, status, sweep_manifest
+
 from critbatch_operator.config import Config
 from critbatch_operator.kube import Kube, make_api_client
 from critbatch_operator.reconcile import SweepState, reconcile
-from harness import FakeCluster, api_calls, create_sweep, status, sweep_manifest
 
 SIXTEEN = [2, 4, 8, 16, 32, 64, 128, 256]
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from harness import sweep_manifest
+
+from critbatch.metrics import TrialMetrics
+from critbatch.planner import Phase
+from critbatch.spec import TrialKey, parse_sweep
 from critbatch_operator.__main__ import parse_args
 from critbatch_operator.config import Config
 from critbatch_operator.jobs import build_job
@@ -17,11 +22,6 @@ from critbatch_operator.world import (
     scrape_targets,
     termination_result,
 )
-from harness import sweep_manifest
-
-from critbatch.metrics import TrialMetrics
-from critbatch.planner import Phase
-from critbatch.spec import TrialKey, parse_sweep
 
 KEY = TrialKey(8, 0)
 RESULT = {"sweep": "demo", "batch_size": 8, "seed": 0, "reached": True, "steps": 620,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from critbatch_trainer.__main__ import main
 from critbatch_trainer.config import ConfigError, parse_args
 

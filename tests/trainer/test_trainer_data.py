@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from critbatch_trainer.data import TrainingData, epoch_permutation, stream_indices
 
 

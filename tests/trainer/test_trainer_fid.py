@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from critbatch_trainer import fid
 
 

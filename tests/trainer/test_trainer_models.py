@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.optim import AdaBelief
+
 from critbatch_trainer.models import biggan, build, count_params, wgan
 from critbatch_trainer.optim import make_optimizer
-from timm.optim import AdaBelief
 
 
 @pytest.mark.parametrize("model,size,channels", [

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
+from trainer_helpers import QUICK, run_trainer, trainer_cmd
+
 from critbatch_trainer import checkpoint
 from critbatch_trainer.config import parse_args
 from critbatch_trainer.loop import Trial, interpolate_crossing
-from prometheus_client.parser import text_string_to_metric_families
-from trainer_helpers import QUICK, run_trainer, trainer_cmd
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -277,8 +278,9 @@ def test_models_train_on_cuda(model, extra, tmp_path, stats_cache) -> None:
 
 
 def test_imagefolder_with_inception_weights_from_a_file(tmp_path, stats_cache) -> None:
-    from critbatch_trainer.fid import FidInceptionV3
     from PIL import Image
+
+    from critbatch_trainer.fid import FidInceptionV3
 
     root = tmp_path / "images"
     rng = torch.Generator().manual_seed(0)

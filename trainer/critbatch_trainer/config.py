@@ -77,6 +77,8 @@ class TrainerConfig:
     device: str = "auto"
     threads: int | None = None
     workers: int = 2
+    cuda_graph: bool = False
+    bf16: bool = False
 
     @property
     def flag_names(self) -> list[str]:
@@ -227,6 +229,8 @@ def _validate(c: TrainerConfig) -> None:
     need(bool(c.sweep) and len(c.sweep) <= 253, "sweep", "must be a non-empty name")
     need(c.threads is None or c.threads >= 1, "threads", "must be an integer >= 1")
     need(c.workers >= 0, "workers", "must be an integer >= 0")
+    need(not c.cuda_graph or c.model == "dcgan", "cuda_graph",
+         "is implemented for dcgan only")
     ex = c.extractor
     need(ex in ("auto", "digits", "faces") or (ex.startswith("inception:") and len(ex) > 10),
          "extractor", "must be auto, digits, faces or inception:PATH")
@@ -246,7 +250,7 @@ _INT = {"batch_size", "max_steps", "image_size", "channels", "seed", "eval_every
         "attention_res", "gns_every", "checkpoint_every", "metrics_port", "threads", "workers"}
 _FLOAT = {"fid_threshold", "lr_g", "lr_d", "beta1_g", "beta2_g", "eps_g", "beta1_d", "beta2_d",
           "eps_d", "gp_lambda", "ema_decay", "linger"}
-_BOOL = {"allow_download"}
+_BOOL = {"allow_download", "cuda_graph", "bf16"}
 _REQUIRED = ("batch_size", "fid_threshold", "max_steps")
 _OPTIONAL_PATHS = {"data_path", "checkpoint_dir", "termination_log", "stats_cache"}
 
@@ -337,6 +341,8 @@ HELP: dict[str, str] = {
     "device": "auto | cpu | cuda (default auto)",
     "threads": "torch CPU threads (default CRITBATCH_THREADS or OMP_NUM_THREADS)",
     "workers": "data-loader processes for real datasets (default 2)",
+    "cuda_graph": "replay each DCGAN step as one CUDA graph (cuda only; default off)",
+    "bf16": "bfloat16 autocast in training steps; changes numerics, so N(b) (default off)",
 }
 
 

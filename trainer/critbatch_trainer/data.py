@@ -79,6 +79,26 @@ def load_lfw_subset(size: int, channels: int = 1, faces_only: bool = True) -> Em
                           1 if faces_only else 2)
 
 
+def _device_batches(images: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int,
+                    start_batch: int, device: torch.device
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The same batches as `stream_indices` gives, gathered on the device."""
+    n = len(images)
+    pos = start_batch * batch_size
+    epoch, order = -1, torch.empty(0, dtype=torch.int64, device=device)
+    while True:
+        parts, left = [], batch_size
+        while left > 0:
+            e, offset = divmod(pos, n)
+            if e != epoch:
+                epoch, order = e, epoch_permutation(seed, e, n).to(device)
+            take = min(n - offset, left)
+            parts.append(order[offset:offset + take])
+            pos, left = pos + take, left - take
+        idx = parts[0] if len(parts) == 1 else torch.cat(parts)
+        yield images[idx], labels[idx]
+
+
 class _StreamSampler(Sampler[int]):
     def __init__(self, seed: int, n: int, start: int) -> None:
         self.seed, self.n, self.start = seed, n, start
@@ -124,11 +144,16 @@ class TrainingData:
         if self.embedded is not None:
             images = self.embedded.images.to(device)
             labels = self.embedded.labels.to(device)
-            k = start_batch
-            while True:
-                idx = stream_indices(seed, self.size, k * batch_size, batch_size).to(device)
-                yield images[idx], labels[idx]
-                k += 1
+            if device.type == "cpu":
+                k = start_batch
+                while True:
+                    idx = stream_indices(seed, self.size, k * batch_size, batch_size)
+                    yield images[idx], labels[idx]
+                    k += 1
+            # On a GPU the data is resident and each epoch's order is copied there once, so a
+            # step costs no host-to-device copy (a pageable copy would block the host).
+            yield from _device_batches(images, labels, seed, batch_size, start_batch, device)
+            return
         else:
             loader = DataLoader(self.torch_dataset, batch_size=batch_size,
                                 sampler=_StreamSampler(seed, self.size, start_batch * batch_size),

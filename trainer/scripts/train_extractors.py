@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
+
 from critbatch_trainer.data import load_digits_images, load_lfw_subset
 from critbatch_trainer.fid import WEIGHTS_DIR, SmallClassifier
-from torch.nn import functional as F
 
 SPECS = {
     # name: (input size, widths, features, epochs, loader)
