@@ -7,6 +7,7 @@ resumed run follows the uninterrupted one step for step and reports the same N(b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -24,9 +25,9 @@ from critbatch_trainer.config import ConfigError, TrainerConfig
 from critbatch_trainer.data import TrainingData
 from critbatch_trainer.fid import (
     FrechetReference,
-    RunningStats,
     cached_real_stats,
     feature_stats,
+    generated_stats,
     load_extractor,
     stats_key,
 )
@@ -34,14 +35,17 @@ from critbatch_trainer.metrics import TrainerMetrics
 from critbatch_trainer.models import biggan, build, count_params, dcgan, wgan
 from critbatch_trainer.optim import make_optimizer
 
-EVAL_CHUNK = 250
 CHECKPOINT_VERSION = 1
+# On a GPU, losses and gradient norms reach the metrics every this many steps (and at each
+# evaluation): reading them is a host synchronisation, which would stall the step queue.
+METRICS_EVERY = 10
+GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuDNN autotuning, lazy init)
 # Settings that define N(b): a checkpoint written under other values belongs to another run.
 IDENTITY = ("model", "dataset", "data_path", "lsun_classes", "image_size", "channels",
             "batch_size", "seed", "optimizer", "lr_g", "lr_d", "beta1_g", "beta2_g", "eps_g",
             "beta1_d", "beta2_d", "eps_d", "fid_threshold", "eval_every", "eval_samples",
             "real_samples", "extractor", "width", "z_dim", "n_critic", "gp_lambda",
-            "ema_decay", "ema_start", "attention_res", "gns_every")
+            "ema_decay", "ema_start", "attention_res", "gns_every", "bf16")
 
 
 class Terminated(Exception):
@@ -65,11 +69,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _grad_norm(module: nn.Module) -> float:
+def _grad_norm(module: nn.Module) -> torch.Tensor:
+    """Global gradient norm as a tensor: read it only when needed (reading it synchronises)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 @dataclass
@@ -99,26 +104,41 @@ class Trial:
             raise ConfigError(f"data-path: cannot read {cfg.dataset} at {cfg.data_path}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                               ) from None
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
         torch.manual_seed(cfg.seed)
         nets = build(cfg.model, cfg.image_size, cfg.channels, cfg.width, cfg.z_dim,
                      self.data.num_classes, cfg.attention_res)
         self.conditional = nets.conditional
         self.G = nets.generator.to(self.device)
         self.D = nets.discriminator.to(self.device)
+        if cuda:  # NHWC: cuDNN's tensor-core convolutions need no layout transposes
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
         self.G_ema: nn.Module | None = None
         if cfg.model == "biggan":
             self.G_ema = copy.deepcopy(self.G).eval()
             for p in self.G_ema.parameters():
                 p.requires_grad_(False)
+        self.use_graph = cfg.cuda_graph and cuda
         self.opt_g = make_optimizer(cfg.optimizer, self.G.parameters(), cfg.lr_g, cfg.beta1_g,
-                                    cfg.beta2_g, cfg.eps_g)
+                                    cfg.beta2_g, cfg.eps_g, self.device, self.use_graph)
         self.opt_d = make_optimizer(cfg.optimizer, self.D.parameters(), cfg.lr_d, cfg.beta1_d,
-                                    cfg.beta2_d, cfg.eps_d)
+                                    cfg.beta2_d, cfg.eps_d, self.device, self.use_graph)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        # On a GPU the training noise is drawn there (a CPU draw costs a blocking copy per
+        # step); on the CPU it is the CPU generator, as before.
+        self.dev_gen = (torch.Generator(device=self.device).manual_seed(cfg.seed) if cuda
+                        else self.gen)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_out: tuple[torch.Tensor, ...] | None = None
+        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._eager_graph_steps = 0
         self.gns = GradientNoiseScale()
         self.generator_params = count_params(self.G)
         self.progress = Progress(history=[])
-        self.losses: dict[str, float] = {}
+        self.losses: dict[str, float | torch.Tensor] = {}
         eval_gen = torch.Generator().manual_seed(cfg.seed + 0x0E7A1)
         self.eval_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=eval_gen)
         self.eval_y = torch.randint(self.data.num_classes, (cfg.eval_samples,),
@@ -148,8 +168,9 @@ class Trial:
             "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "dev_gen": self.dev_gen.get_state() if self.dev_gen is not self.gen else None,
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "gns": self.gns.state_dict(), "losses": dict(self.losses),
+            "gns": self.gns.state_dict(), "losses": self.loss_values(),
         }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
@@ -168,6 +189,8 @@ class Trial:
         self.opt_g.load_state_dict(s["opt_g"])
         self.opt_d.load_state_dict(s["opt_d"])
         self.gen.set_state(s["gen"])
+        if self.dev_gen is not self.gen and s.get("dev_gen") is not None:
+            self.dev_gen.set_state(s["dev_gen"])
         torch.set_rng_state(s["torch_rng"])
         if s["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda_rng"])
@@ -178,8 +201,21 @@ class Trial:
 
     # -- training ------------------------------------------------------------------------------
 
+    def loss_values(self) -> dict[str, float]:
+        """The last step's losses and gradient norms as numbers (a host synchronisation)."""
+        return {k: float(v) for k, v in self.losses.items()}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        # No weight cache: cached casts would go stale across CUDA-graph replays.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16,
+                              cache_enabled=False)
+
     def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = torch.randn(n, self.cfg.z_dim, generator=self.gen).to(self.device)
+        if self.dev_gen is self.gen:
+            z = torch.randn(n, self.cfg.z_dim, generator=self.gen).to(self.device)
+        else:
+            z = torch.empty(n, self.cfg.z_dim, device=self.device).normal_(
+                generator=self.dev_gen)
         y = None
         if self.conditional:
             y = torch.randint(self.data.num_classes, (n,), generator=self.gen).to(self.device)
@@ -193,46 +229,107 @@ class Trial:
         return biggan.d_loss, biggan.g_loss
 
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """One discriminator update (n_critic for WGAN-GP/BigGAN) and one generator update."""
+        """One discriminator update (n_critic for WGAN-GP/BigGAN) and one generator update.
+
+        Nothing here reads a value back to the host: losses and norms stay tensors.
+        """
         cfg, G, D = self.cfg, self.G, self.D
-        d_loss_fn, g_loss_fn = self._losses()
-        b = cfg.batch_size
-        D.requires_grad_(True)
         if cfg.model == "dcgan":
             x, y = next(batches)
-            z, yf = self._noise(b)
-            fake = G(z, yf)
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d = d_loss_fn(D(x, y), D(fake.detach(), yf))
-            loss_d.backward()
-            gd = _grad_norm(D)
-            self.opt_d.step()
+            if self.use_graph:
+                out = self._graph_step(x)
+            else:
+                z, yf = self._noise(cfg.batch_size)
+                out = self._dcgan_step(x, y, z, yf)
+            loss_g, loss_d, gg, gd = out
         else:
+            d_loss_fn, g_loss_fn = self._losses()
+            b = cfg.batch_size
+            D.requires_grad_(True)
             for _ in range(cfg.n_critic):
                 x, y = next(batches)
                 z, yf = self._noise(b)
-                with torch.no_grad():
+                with torch.no_grad(), self._autocast():
                     fake = G(z, yf)
                 self.opt_d.zero_grad(set_to_none=True)
-                loss_d = d_loss_fn(D(x, y), D(fake, yf))
-                if cfg.model == "wgan-gp":
-                    loss_d = loss_d + wgan.gradient_penalty(D, x, fake, cfg.gp_lambda, self.gen,
-                                                            y)
+                with self._autocast():
+                    loss_d = d_loss_fn(D(x, y), D(fake, yf))
+                    if cfg.model == "wgan-gp":
+                        loss_d = loss_d + wgan.gradient_penalty(D, x, fake, cfg.gp_lambda,
+                                                                self.gen, y)
                 loss_d.backward()
                 gd = _grad_norm(D)
                 self.opt_d.step()
             z, yf = self._noise(b)
+            with self._autocast():
+                fake = G(z, yf)
+            D.requires_grad_(False)
+            self.opt_g.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss_g = g_loss_fn(D(fake, yf))
+            loss_g.backward()
+            gg = _grad_norm(G)
+            self.opt_g.step()
+            loss_g, loss_d = loss_g.detach(), loss_d.detach()
+        if self.G_ema is not None:
+            self._update_ema()
+        self.losses = {"generator": loss_g, "discriminator": loss_d,
+                       "grad_generator": gg, "grad_discriminator": gd}
+
+    def _dcgan_step(self, x: torch.Tensor, y: torch.Tensor | None, z: torch.Tensor,
+                    yf: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The paper's DCGAN step on given data and noise; also the body a CUDA graph captures."""
+        G, D = self.G, self.D
+        D.requires_grad_(True)
+        with self._autocast():
             fake = G(z, yf)
+        self.opt_d.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss_d = dcgan.d_loss(D(x, y), D(fake.detach(), yf))
+        loss_d.backward()
+        gd = _grad_norm(D)
+        self.opt_d.step()
         D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g = g_loss_fn(D(fake, yf))
+        with self._autocast():
+            loss_g = dcgan.g_loss(D(fake, yf))
         loss_g.backward()
         gg = _grad_norm(G)
         self.opt_g.step()
-        if self.G_ema is not None:
-            self._update_ema()
-        self.losses = {"generator": loss_g.item(), "discriminator": loss_d.item(),
-                       "grad_generator": gg, "grad_discriminator": gd}
+        return loss_g.detach(), loss_d.detach(), gg, gd
+
+    def _graph_step(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The DCGAN step replayed as one CUDA graph: one launch instead of hundreds.
+
+        Data and noise go into static buffers outside the graph. The first GRAPH_WARMUP steps
+        run eagerly on a side stream (real steps, as the capture recipe asks); the next one
+        is captured and then replayed, so every step trains exactly once.
+        """
+        if self._static is None:
+            self._static = (torch.empty_like(x), torch.empty(
+                self.cfg.batch_size, self.cfg.z_dim, device=self.device))
+        sx, sz = self._static
+        sx.copy_(x)
+        sz.normal_(generator=self.dev_gen)
+        if self._graph is None:
+            main = torch.cuda.current_stream()
+            if self._eager_graph_steps < GRAPH_WARMUP:
+                side = torch.cuda.Stream()
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    out = self._dcgan_step(sx, None, sz, None)
+                main.wait_stream(side)
+                self._eager_graph_steps += 1
+                return out
+            self.opt_d.zero_grad(set_to_none=True)  # gradients then live in the graph's pool
+            self.opt_g.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._graph_out = self._dcgan_step(sx, None, sz, None)
+            self._graph = graph
+        self._graph.replay()
+        assert self._graph_out is not None
+        return self._graph_out
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -276,12 +373,8 @@ class Trial:
     def evaluate(self) -> float:
         """FID of eval_samples generated images (fixed noise) against the real statistics."""
         net = self.G_ema if self.G_ema is not None else self.G
-        stats = RunningStats()
-        for i in range(0, self.cfg.eval_samples, EVAL_CHUNK):
-            z = self.eval_z[i:i + EVAL_CHUNK].to(self.device)
-            y = self.eval_y[i:i + EVAL_CHUNK].to(self.device) if self.conditional else None
-            stats.add(self.extractor(net(z, y)))
-        mu, sigma = stats.result()
+        mu, sigma = generated_stats(net, self.extractor, self.eval_z,
+                                    self.eval_y if self.conditional else None, self.device)
         return self.reference.distance(mu, sigma)
 
     def _save(self) -> None:
@@ -332,13 +425,16 @@ class Trial:
                 if self.metrics is not None:
                     self.metrics.noise_scale(value)
             dt = time.perf_counter() - t0
+            evaluating = p.step % cfg.eval_every == 0 or p.step >= cfg.max_steps
             if self.metrics is not None:
                 self.metrics.step(p.step, cfg.batch_size, dt)
-                self.metrics.network("generator", self.losses["generator"],
-                                     self.losses["grad_generator"])
-                self.metrics.network("discriminator", self.losses["discriminator"],
-                                     self.losses["grad_discriminator"])
-            if p.step % cfg.eval_every == 0 or p.step >= cfg.max_steps:
+                if (self.device.type == "cpu" or evaluating or p.step % METRICS_EVERY == 0
+                        or self.stop_requested):
+                    v = self.loss_values()
+                    self.metrics.network("generator", v["generator"], v["grad_generator"])
+                    self.metrics.network("discriminator", v["discriminator"],
+                                         v["grad_discriminator"])
+            if evaluating:
                 self._after_evaluation(self.evaluate())
             if p.reached_at is not None or p.step >= cfg.max_steps:
                 p.finished = True
@@ -360,9 +456,10 @@ class Trial:
         if self.metrics is not None:
             self.metrics.evaluation(fid)
         gns = self.gns.value
+        losses = self.loss_values()
         self.log(f"step {p.step} fid {fid:.3f} (threshold {cfg.fid_threshold:g}) "
-                 f"loss_g {self.losses['generator']:.3f} loss_d "
-                 f"{self.losses['discriminator']:.3f}"
+                 f"loss_g {losses['generator']:.3f} loss_d "
+                 f"{losses['discriminator']:.3f}"
                  + (f" gns {gns:.1f}" if gns is not None else ""))
         if fid <= cfg.fid_threshold and p.reached_at is None:
             p.reached_at = p.step
