@@ -104,19 +104,23 @@ class BaselineTrainer:
         self.log = ((err_real + err_fake).item(), err_g.item())  # per-step host sync
 
 
-def fid_with_files(G: nn.Module, extractor: nn.Module, n: int, device: torch.device,
-                   directory: Path, gen_batch: int = 100, feat_batch: int = 50,
-                   reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
-    """The file-based FID protocol, timed by phase (seconds): write, read+extract, distance."""
+def fid_with_files(G: nn.Module, extractor: nn.Module, z: torch.Tensor, device: torch.device,
+                   directory: Path, reference: tuple[np.ndarray, np.ndarray],
+                   gen_batch: int = 100, feat_batch: int = 50) -> dict[str, float]:
+    """The file-based FID of G(z) against `reference` (mean, covariance), timed by phase.
+
+    Returns seconds per phase (write, read_extract, stats, distance) and the FID.
+    """
     from PIL import Image
     from scipy import linalg
     from torchvision.utils import save_image
 
     t0 = time.perf_counter()
+    n = len(z)
     with torch.no_grad():
         k = 0
         for i in range(0, n, gen_batch):
-            imgs = G(torch.randn(min(gen_batch, n - i), NZ, 1, 1, device=device))
+            imgs = G(z[i:i + gen_batch].to(device).view(-1, z.shape[1], 1, 1))
             for img in imgs:
                 save_image(img, directory / f"{k}.png", normalize=True, value_range=(-1, 1))
                 k += 1
@@ -133,7 +137,7 @@ def fid_with_files(G: nn.Module, extractor: nn.Module, n: int, device: torch.dev
     f = np.concatenate(feats).astype(np.float64)
     mu, sigma = f.mean(axis=0), np.cov(f, rowvar=False)
     t3 = time.perf_counter()
-    mu2, sigma2 = reference if reference is not None else (mu, sigma)
+    mu2, sigma2 = reference
     covmean, _ = linalg.sqrtm(sigma.dot(sigma2), disp=False)
     covmean = covmean.real
     diff = mu - mu2

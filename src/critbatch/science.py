@@ -166,10 +166,12 @@ class Fit:
 
 
 def _wls_lines(x: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted least squares of y=1/N on x=1/b with weights N^2 (var(1/N) ~ var(N)/N^4).
+    """The fit: weighted least squares of y = 1/N on x = 1/b, one line per row of `n`.
 
-    One line per row of `n` (shape (rounds, points)); vectorised so that a bootstrap refits
-    all its resamples at once.
+    The noise is in N, not in 1/N: var(1/N) ~ var(N)/N^4, so with noise proportional to N
+    the weights are N^2. That is the first-order form of least squares on log N, which the
+    bootstrap's coverage cannot tell apart from the full nonlinear fit, in closed form and
+    vectorised over the rows (a bootstrap refits all its resamples at once).
     """
     if np.ptp(x) <= 0:
         raise ScienceError("fit: needs at least two distinct batch sizes")
@@ -182,73 +184,9 @@ def _wls_lines(x: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ym[:, 0] - q * xm[:, 0], q
 
 
-def _log_residuals(x: np.ndarray, log_n: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """log N_i + log(p + q x_i) per row; +inf rows where some 1/N_i <= 0 (outside the model)."""
-    inv = p[:, None] + q[:, None] * x
-    out = log_n + np.log(np.where(inv > 0, inv, 1.0))
-    out[~np.all(inv > 0, axis=1)] = np.inf
-    return out
-
-
-def _fit_pq_many(
-    x: np.ndarray, n: np.ndarray, iterations: int = 100
-) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares on log N, i.e. multiplicative noise in N, started from the weighted line.
-
-    Minimises sum (log N_i + log(p + q x_i))^2 by Gauss-Newton with step halving, one problem
-    per row of `n`, all rows at once (a bootstrap's thousand refits cost about one). The
-    weighted line is the first-order approximation, so the refinement moves little; a row
-    whose line makes some 1/N_i <= 0 keeps the line, and the steps never leave the region
-    where every 1/N_i > 0.
-    """
-    p, q = _wls_lines(x, n)
-    log_n = np.log(n)
-    scale = x.max()  # solve for q*max(x): both Jacobian columns are then O(1/(p + q x))
-    xs, qs = x / scale, q * scale
-    resid = _log_residuals(xs, log_n, p, qs)
-    ssr = (resid**2).sum(axis=1)
-    rows = np.flatnonzero(np.isfinite(ssr))
-    for _ in range(iterations):
-        if rows.size == 0:
-            break
-        pr, qr, sr = p[rows], qs[rows], ssr[rows]
-        inv = pr[:, None] + qr[:, None] * xs
-        j1, j2, r = 1.0 / inv, xs / inv, resid[rows]
-        a11, a12, a22 = (j1 * j1).sum(axis=1), (j1 * j2).sum(axis=1), (j2 * j2).sum(axis=1)
-        g1, g2 = (j1 * r).sum(axis=1), (j2 * r).sum(axis=1)
-        det = a11 * a22 - a12 * a12
-        det = np.where(det > 0, det, np.inf)
-        dp, dq = -(a22 * g1 - a12 * g2) / det, -(a11 * g2 - a12 * g1) / det
-        step = np.ones_like(pr)
-        pending = np.ones(rows.size, dtype=bool)
-        moved = np.zeros(rows.size, dtype=bool)
-        for _halving in range(30):
-            rn = _log_residuals(xs, log_n[rows], pr + step * dp, qr + step * dq)
-            with np.errstate(invalid="ignore"):
-                sn = (rn**2).sum(axis=1)
-            ok = pending & (sn <= sr)
-            moved |= ok & (sr - sn > 1e-13 * sr)
-            p[rows] = np.where(ok, pr + step * dp, pr)
-            qs[rows] = np.where(ok, qr + step * dq, qr)
-            resid[rows] = np.where(ok[:, None], rn, r)
-            ssr[rows] = np.where(ok, sn, sr)
-            pending &= ~ok
-            if not pending.any():
-                break
-            step = np.where(pending, step / 2.0, step)
-        # Rows that no step improves, or improves by rounding only, are at their minimum.
-        rows = rows[moved]
-    return p, qs / scale
-
-
-def _fit_pq(x: np.ndarray, n: np.ndarray) -> tuple[float, float]:
-    """One fit of `_fit_pq_many`: the point estimate and its bootstrap share one estimator."""
-    p, q = _fit_pq_many(x, n[None, :])
-    return float(p[0]), float(q[0])
-
-
 def _fit_once(x: np.ndarray, n: np.ndarray) -> tuple[float, float, str | None]:
-    p, q = _fit_pq(x, n)
+    ps, qs = _wls_lines(x, n[None, :])
+    p, q = float(ps[0]), float(qs[0])
     if p <= 0:
         return p, q, (
             f"fit: intercept p = 1/N_min = {p:.3g} <= 0: N(b) does not level off with larger "
@@ -258,6 +196,12 @@ def _fit_once(x: np.ndarray, n: np.ndarray) -> tuple[float, float, str | None]:
         return p, q, (
             f"fit: slope q = -B/A = {q:.3g} >= 0: N(b) does not fall with larger batches, so the "
             "model N(b) = A*b/(K*b - B) does not hold"
+        )
+    if np.any(p + q * x <= 0):
+        smallest = round(1.0 / float(x.max()))
+        return p, q, (
+            f"fit: the fitted line puts batch size {smallest} at or below B/K, where the target "
+            "is out of reach, although a trial there reached it"
         )
     return p, q, None
 
@@ -311,8 +255,9 @@ def _bootstrap_interval(
         return None
     resid = (resid - resid.mean()) * math.sqrt(len(n) / dof)
     samples = np.exp(fitted_log + resid[gen.integers(0, len(n), size=(rounds, len(n)))])
-    bp, bq = _fit_pq_many(x, samples)
-    good = (bp > 0) & (bq < 0)  # the rounds that _fit_once would call identifiable
+    bp, bq = _wls_lines(x, samples)
+    # The rounds that _fit_once would call identifiable.
+    good = (bp > 0) & (bq < 0) & np.all(bp[:, None] + bq[:, None] * x > 0, axis=1)
     stars = -2.0 * bq[good] / bp[good]
     if len(stars) < rounds / 2:
         return None
