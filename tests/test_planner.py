@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from critbatch import planner, science
+from critbatch import science
 from critbatch.planner import (
     FINAL,
     Observation,
@@ -29,11 +29,6 @@ from critbatch.spec import SpecError, parse_sweep
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "tests" / "operator" / "sweep.yaml").read_text())
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-@pytest.fixture(autouse=True)
-def _few_bootstrap_rounds(monkeypatch):
-    monkeypatch.setattr(planner, "BOOTSTRAP_ROUNDS", 30)
 
 
 def make_sweep(**spec):

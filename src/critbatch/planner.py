@@ -15,7 +15,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 from critbatch import science
@@ -48,7 +47,6 @@ class Phase(StrEnum):
 
 
 FINAL = frozenset({Phase.Reached, Phase.Censored, Phase.Failed, Phase.Pruned})
-BOOTSTRAP_ROUNDS = 200  # residual-bootstrap rounds of the fitted b*'s interval
 
 
 @dataclass(frozen=True)
@@ -231,13 +229,6 @@ def _prune(records: dict[TrialKey, _Record], sweep: Sweep) -> list[TrialKey]:
 # ---------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=256)
-def _fit_cached(trials: tuple[tuple[int, float, bool, int], ...], rounds: int) -> science.Fit:
-    """The fit is the costly part of a plan; plans repeat with the same trials every tick."""
-    return science.fit([science.Trial(b, s, r, seed) for b, s, r, seed in trials],
-                       bootstrap=rounds, rng=0)
-
-
 def _science_trials(records: Iterable[_Record]) -> list[science.Trial]:
     """Reached trials are measurements; censored and pruned ones are right-censored."""
     out = []
@@ -287,8 +278,7 @@ def _critical(
     if failed:
         warnings.append("trials failed at batch size(s) " + ", ".join(map(str, failed))
                         + ": left out of the measurement")
-    key = tuple(sorted((t.batch_size, t.steps, t.reached, t.seed) for t in trials))
-    f = _fit_cached(key, BOOTSTRAP_ROUNDS)
+    f = science.fit(trials)
     out: dict[str, Any] = {
         "measured": m.batch_size,
         "measuredSfo": _round(next((p.sfo for p in m.points if p.batch_size == m.batch_size),
