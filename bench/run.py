@@ -101,19 +101,29 @@ def bench_training(sizes: list[int], device: torch.device, rounds: int, budget: 
             batches = t.data.batches(0, b, 0, t.device)
             trials[name] = t
             runners[name] = (lambda t=t, it=batches: t.train_step(it))
-        for run in runners.values():
-            for _ in range(warmup):
-                run()
-        _sync(device)
+        errors: dict[str, str] = {}
+        for name, run in list(runners.items()):
+            try:
+                for _ in range(warmup):
+                    run()
+                _sync(device)
+            except Exception as e:  # one broken variant must not cost the others' figures
+                errors[name] = f"{type(e).__name__}: {e}"
+                log(f"b={b}: {name} failed: {errors[name]}")
+                del runners[name]
+        if "baseline" not in runners:
+            raise RuntimeError(f"the baseline failed at b={b}: {errors['baseline']}")
         best = {name: 0.0 for name in runners}
         for _ in range(rounds):
             for name, run in runners.items():
                 best[name] = max(best[name], _timed(run, device, min_steps, budget))
         row: dict[str, Any] = {"batch_size": b, "steps_per_s": best}
+        if errors:
+            row["errors"] = errors
         row["ratio"] = {k: v / best["baseline"] for k, v in best.items() if k != "baseline"}
         log(f"b={b:5d} " + " ".join(f"{k}={v:9.2f}/s" for k, v in best.items())
             + "  ratio " + " ".join(f"{k}={v:.2f}x" for k, v in row["ratio"].items()))
-        if b == sizes[-1]:
+        if b == sizes[-1] and "ours" in runners:
             row["flops_per_step"] = _step_flops(trials["ours"])
         rows.append(row)
         del bl, runners, trials, base_images
@@ -229,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                               workers, cache, log)
     out["training"] = rows
     top = rows[-1]
-    flops = top["flops_per_step"]
+    flops = top.get("flops_per_step", 0)
     mfu = {}
     for name, sps in top["steps_per_s"].items():
-        if name == "baseline":
+        if name == "baseline" or not flops:
             continue
         achieved = flops * sps
         entry = {"tflops": achieved / 1e12}

@@ -141,6 +141,8 @@ INVALID_FOR_SCHEMA = [
     ("unknown metrics source", sweep(metrics={"source": "statsd"}), "source"),
     ("gpus negative", with_trainer(gpus=-1), "gpus"),
     ("image size 4", with_trainer(imageSize=4), "imageSize"),
+    ("checkpoint claim not a name", with_trainer(checkpoints={"pvc": "My_Claim"}), "pvc"),
+    ("checkpoints without a claim", with_trainer(checkpoints={}), "pvc"),
 ]
 
 
@@ -163,6 +165,21 @@ def cel_errors_safe(manifest):
         return cel_errors(manifest)
     except Exception:  # a rule touching a field the schema already rejected
         return []
+
+
+@pytest.mark.parametrize(("claim", "valid"), [
+    ("ckpt", True), ("sweep-checkpoints", True), ("ckpt.fast-1", True), ("a" * 253, True),
+    ("a" * 254, False), ("Ckpt", False), ("ckpt_1", False), ("-ckpt", False), ("ckpt-", False),
+    ("ckpt..a", False), ("ckpt.-a", False), ("ckpt.", False), ("", False),
+])
+def test_the_crd_and_parse_sweep_agree_on_checkpoint_claim_names(claim, valid):
+    manifest = with_trainer(checkpoints={"pvc": claim})
+    assert (schema_errors(manifest) == []) is valid, schema_errors(manifest)
+    if valid:
+        assert parse_sweep(manifest).trainer.checkpoints.pvc == claim
+    else:
+        with pytest.raises(SpecError, match=r"^spec\.trainer\.checkpoints\.pvc: "):
+            parse_sweep(manifest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +228,10 @@ CEL_CASES = [
     ("change the target", sweep(target={"fidThreshold": 40, "maxSteps": 4000,
                                         "evalEvery": 10}), SWEEP, "target is immutable"),
     ("change parallelism", sweep(parallelism=8), SWEEP, None),
+    ("move checkpoints to another claim", with_trainer(checkpoints={"pvc": "fast"}),
+     with_trainer(checkpoints={"pvc": "slow"}), None),
+    ("start persisting checkpoints", with_trainer(checkpoints={"pvc": "ckpt"}, checkpointEvery=50),
+     SWEEP, None),
     ("widen the range", {**SWEEP, "spec": {**{k: v for k, v in SWEEP["spec"].items()
                                               if k != "batchSizes"},
                                            "batchSizeRange": {"min": 2, "max": 128}}},

@@ -9,7 +9,14 @@ import pytest
 import yaml
 
 from critbatch.errors import InputError
-from critbatch.spec import SpecError, TrialKey, optimizer_defaults, parse_sweep, trainer_args
+from critbatch.spec import (
+    SpecError,
+    TrialKey,
+    optimizer_defaults,
+    parse_sweep,
+    resume_checkpoint_every,
+    trainer_args,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "tests" / "operator" / "sweep.yaml").read_text())
@@ -128,6 +135,11 @@ INVALID = [
     ("spec.pruning.sfoBound", manifest(pruning={"sfoBound": "yes"})),
     ("spec.trainer.podTemplate.volumeMounts[0].mountPath",
      with_trainer(podTemplate={"volumeMounts": [{"name": "x"}]})),
+    ("spec.trainer.checkpoints.pvc", with_trainer(checkpoints={"pvc": "Checkpoints_1"})),
+    ("spec.trainer.checkpoints.pvc", with_trainer(checkpoints={"pvc": "ckpt..a"})),
+    ("spec.trainer.checkpoints.pvc", with_trainer(checkpoints={"pvc": "c" * 254})),
+    ("spec.trainer.checkpoints.pvc", with_trainer(checkpoints={})),
+    ("spec.trainer.checkpoints.every", with_trainer(checkpoints={"pvc": "ckpt", "every": 5})),
     ("spec.trainer.resources.limits.nvidia.com/gpu",
      with_trainer(resources={"limits": {"nvidia.com/gpu": True}})),
     ("metadata.name", {**manifest(), "metadata": {"name": "Bad_Name"}}),
@@ -159,6 +171,20 @@ def test_a_dataset_size_allows_what_the_builtin_would_not():
     body["spec"]["batchSizes"] = [2048, 4096]
     s = parse_sweep(body)
     assert s.trainer.dataset.known_size == 5000 and s.batch_sizes == (2048, 4096)
+
+
+def test_persistent_checkpoints_name_a_claim_and_default_to_none():
+    assert parse_sweep(manifest()).trainer.checkpoints is None
+    s = parse_sweep(with_trainer(checkpoints={"pvc": "sweep-checkpoints.fast"}))
+    assert s.trainer.checkpoints.pvc == "sweep-checkpoints.fast"
+    assert s.trainer.checkpoint_every == 0  # the period stays checkpointEvery's
+
+
+def test_a_resumable_trial_checkpoints_at_least_once_per_evaluation():
+    assert resume_checkpoint_every(parse_sweep(manifest())) == 10  # evalEvery
+    assert resume_checkpoint_every(parse_sweep(with_trainer(checkpointEvery=7))) == 7
+    body = manifest(target={"fidThreshold": 50, "maxSteps": 4000})
+    assert resume_checkpoint_every(parse_sweep(body)) == 100  # the trainer's default period
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ import posixpath
 from typing import Any
 
 from critbatch.planner import job_name
-from critbatch.spec import API_VERSION, KIND, Sweep, TrialKey, trainer_args
+from critbatch.spec import (
+    API_VERSION,
+    KIND,
+    Sweep,
+    TrialKey,
+    resume_checkpoint_every,
+    trainer_args,
+)
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SWEEP_LABEL = "critbatch.dev/sweep"
@@ -24,6 +31,7 @@ TERMINATION_LOG = "/dev/termination-log"
 SCRATCH = "/scratch"
 DATA_MOUNT = "/data"
 INCEPTION_MOUNT = "/inception"
+CHECKPOINT_MOUNT = "/checkpoints"  # the trial's own directory of spec.trainer.checkpoints.pvc
 RUN_AS = 65532
 BAD_CONFIG_EXIT = 2  # the trainer's "bad configuration": retrying cannot help
 
@@ -89,17 +97,29 @@ def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100,
             "claimName": t.inception.pvc, "readOnly": True}})
         mounts.append({"name": "inception", "mountPath": INCEPTION_MOUNT, "readOnly": True})
         extractor = "inception:" + posixpath.join(INCEPTION_MOUNT, t.inception.file)
+    name = job_name(sweep.name, key)
+    checkpoint_dir = posixpath.join(SCRATCH, "checkpoints")  # lost with the pod
+    if t.checkpoints is not None:
+        # The Job's name is deterministic, so every retry of this trial, and only this trial,
+        # finds the same directory on the claim and resumes from it.
+        volumes.append({"name": "checkpoints", "persistentVolumeClaim": {
+            "claimName": t.checkpoints.pvc}})
+        mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT, "subPath": name})
+        checkpoint_dir = CHECKPOINT_MOUNT
     volumes += [dict(v) for v in tpl.volumes]
     mounts += [dict(m) for m in tpl.volume_mounts]
 
     args = trainer_args(
         sweep, key,
         metrics_port=metrics_port,
-        checkpoint_dir=posixpath.join(SCRATCH, "checkpoints"),
+        checkpoint_dir=checkpoint_dir,
         termination_log=TERMINATION_LOG,
         data_path=data_path,
         extractor=extractor,
     )
+    if t.checkpoints is not None and not t.checkpoint_every:
+        # Without a period the trainer checkpoints only on SIGTERM: a crash would start over.
+        args += ["--checkpoint-every", str(resume_checkpoint_every(sweep))]
     env = [
         {"name": "HOME", "value": SCRATCH},
         {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/cache"},
@@ -191,7 +211,7 @@ def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100,
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(sweep.name, key),
+            "name": name,
             "namespace": sweep.namespace,
             "labels": job_labels,
             "annotations": {"critbatch.dev/generation": str(sweep.generation)},

@@ -32,8 +32,10 @@ DEVICES = ("auto", "cpu", "cuda")
 METRIC_SOURCES = ("auto", "prometheus", "direct")
 MAX_BATCH = 1 << 20
 
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Dot-separated DNS-1123 labels, as the API server checks object names (and the CRD's pattern).
+_LABEL_RE = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_LABEL_RE}(\.{_LABEL_RE})*$")
+_DNS1123_LABEL = re.compile(rf"^{_LABEL_RE}$")
 _URL = re.compile(r"^https?://\S+$")
 
 
@@ -71,6 +73,14 @@ class Inception:
 
 
 @dataclass(frozen=True)
+class Checkpoints:
+    """Persistent checkpoints: claim `pvc` holds one directory per trial, named after its Job,
+    so a retried pod (a new pod) resumes instead of starting over."""
+
+    pvc: str
+
+
+@dataclass(frozen=True)
 class PodTemplate:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -98,6 +108,7 @@ class Trainer:
     gpus: int = 1
     resources: Mapping[str, Mapping[str, str | int]] = field(default_factory=dict)
     checkpoint_every: int = 0
+    checkpoints: Checkpoints | None = None  # None: checkpoints die with the pod (emptyDir)
     backoff_limit: int = 2
     active_deadline_seconds: int | None = None
     env: tuple[tuple[str, str], ...] = ()
@@ -319,7 +330,7 @@ def _parse_trainer(raw: Any) -> Trainer:
     t = _mapping(raw, path)
     _no_unknown(t, path, (
         "image", "imagePullPolicy", "model", "imageSize", "channels", "dataset", "inception",
-        "device", "gpus", "resources", "checkpointEvery", "backoffLimit",
+        "device", "gpus", "resources", "checkpointEvery", "checkpoints", "backoffLimit",
         "activeDeadlineSeconds", "env", "podTemplate",
     ))
     image = _str(t, "image", path)
@@ -372,6 +383,17 @@ def _parse_trainer(raw: Any) -> Trainer:
                    f"required for the {dataset.name} dataset: FID on real images needs "
                    "Inception weights (pvc and file)")
 
+    checkpoints = None
+    if t.get("checkpoints") is not None:
+        cpath = f"{path}.checkpoints"
+        c = _mapping(t["checkpoints"], cpath)
+        _no_unknown(c, cpath, ("pvc",))
+        pvc = _str(c, "pvc", cpath, required=True)
+        if len(pvc) > 253 or not _DNS1123_SUBDOMAIN.match(pvc):
+            raise _err(f"{cpath}.pvc", "must be a PersistentVolumeClaim's name "
+                                       f"(a DNS-1123 subdomain), got {pvc!r}")
+        checkpoints = Checkpoints(pvc)
+
     resources: dict[str, dict[str, str | int]] = {}
     rpath = f"{path}.resources"
     r = _mapping(t.get("resources"), rpath, default={})
@@ -407,6 +429,7 @@ def _parse_trainer(raw: Any) -> Trainer:
         gpus=_int(t, "gpus", path, default=1, lo=0, hi=16),
         resources=resources,
         checkpoint_every=_int(t, "checkpointEvery", path, default=0, lo=0),
+        checkpoints=checkpoints,
         backoff_limit=_int(t, "backoffLimit", path, default=2, lo=0, hi=20),
         active_deadline_seconds=_int(t, "activeDeadlineSeconds", path, lo=1),
         env=tuple(env),
@@ -672,6 +695,12 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
 # ---------------------------------------------------------------------------------------------
 # The trainer's command line
 # ---------------------------------------------------------------------------------------------
+
+
+def resume_checkpoint_every(sweep: Sweep) -> int:
+    """The checkpoint period where a restart resumes: spec.trainer.checkpointEvery, else one
+    checkpoint per FID evaluation (evalEvery, else 100), so a retry never starts over."""
+    return sweep.trainer.checkpoint_every or sweep.target.eval_every or 100
 
 
 def _fmt(x: float) -> str:

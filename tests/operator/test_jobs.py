@@ -121,6 +121,65 @@ def test_dataset_and_inception_claims_are_mounted_read_only():
     assert args[args.index("--extractor") + 1] == "inception:/inception/pt_inception.pth"
 
 
+def _checkpoint_mounts(job):
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = c["args"]
+    flags = {f: args[args.index(f) + 1] for f in ("--checkpoint-dir", "--checkpoint-every")
+             if f in args}
+    return pod, c, flags
+
+
+def test_persistent_checkpoints_give_each_trial_its_own_directory_on_the_claim():
+    body = sweep_manifest("demo")
+    body["spec"]["trainer"]["checkpoints"] = {"pvc": "ckpt"}
+    sweep = parse_sweep(body)
+    dirs = set()
+    for key in (TrialKey(8, 0), TrialKey(8, 1), TrialKey(16, 0)):
+        job = build_job(sweep, key)
+        pod, c, flags = _checkpoint_mounts(job)
+        (vol,) = [v for v in pod["volumes"] if v["name"] == "checkpoints"]
+        assert vol == {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt"}}
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "checkpoints"]
+        # Read-write, and a retry of the Job (same name) mounts the same directory again.
+        assert mount == {"name": "checkpoints", "mountPath": flags["--checkpoint-dir"],
+                         "subPath": job["metadata"]["name"]}
+        assert not mount["mountPath"].startswith("/scratch")  # not inside a pod-local emptyDir
+        dirs.add(mount["subPath"])
+    assert dirs == {"demo-b8-s0", "demo-b8-s1", "demo-b16-s0"}
+
+
+def test_persistent_checkpoints_are_written_at_every_evaluation_unless_a_period_is_set():
+    body = sweep_manifest("demo")  # evalEvery: 10, no checkpointEvery
+    body["spec"]["trainer"]["checkpoints"] = {"pvc": "ckpt"}
+    _, _, flags = _checkpoint_mounts(build_job(parse_sweep(body), TrialKey(8, 0)))
+    assert flags["--checkpoint-every"] == "10"
+    body["spec"]["trainer"]["checkpointEvery"] = 250
+    _, c, flags = _checkpoint_mounts(build_job(parse_sweep(body), TrialKey(8, 0)))
+    assert flags["--checkpoint-every"] == "250"
+    assert c["args"].count("--checkpoint-every") == 1
+
+
+def test_without_a_claim_checkpoints_stay_on_the_pods_scratch_space():
+    _, job = job_for()
+    pod, c, flags = _checkpoint_mounts(job)
+    assert flags == {"--checkpoint-dir": "/scratch/checkpoints"}
+    assert not any("subPath" in m for m in c["volumeMounts"])
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+
+
+def test_persistent_checkpoints_keep_the_pod_locked_down():
+    _, plain = job_for()
+    body = sweep_manifest("demo")
+    body["spec"]["trainer"]["checkpoints"] = {"pvc": "ckpt"}
+    job = build_job(parse_sweep(body), TrialKey(8, 1))
+    pod, c, _ = _checkpoint_mounts(job)
+    plain_pod, plain_c, _ = _checkpoint_mounts(plain)
+    assert pod["securityContext"] == plain_pod["securityContext"]
+    assert c["securityContext"] == plain_c["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+
+
 def test_kueue_queue_label_and_suspended_creation():
     _, job = job_for(queueName="gpu-queue")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
@@ -148,9 +207,15 @@ def test_long_sweep_names_give_valid_label_values_and_job_names():
     assert len(value) <= 63 and value == sweep_label_value("s" * 100) != "s" * 63
 
 
-@pytest.mark.parametrize("key", [TrialKey(2, 0), TrialKey(64, 1)])
-def test_job_manifest_passes_kubernetes_schema(key):
+@pytest.mark.parametrize(("key", "trainer"), [
+    (TrialKey(2, 0), {}),
+    (TrialKey(64, 1), {}),
+    (TrialKey(64, 1), {"checkpoints": {"pvc": "ckpt"}}),
+])
+def test_job_manifest_passes_kubernetes_schema(key, trainer):
     kv = pytest.importorskip("kubernetes_validate")
-    job = copy.deepcopy(build_job(parse_sweep(sweep_manifest("demo")), key))
+    body = sweep_manifest("demo")
+    body["spec"]["trainer"].update(trainer)
+    job = copy.deepcopy(build_job(parse_sweep(body), key))
     job["metadata"]["ownerReferences"][0]["uid"] = "0000"
     kv.validate(job, "1.30", strict=True)

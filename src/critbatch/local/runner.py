@@ -41,7 +41,7 @@ from critbatch.local import prometheus as prom
 from critbatch.local.processes import ExitKind, Supervisor, classify, log_tail, thread_limit
 from critbatch.local.progress import Progress, RateMeter, TrialView
 from critbatch.metrics import MetricsUnavailable, PrometheusClient, TrialMetrics, scrape
-from critbatch.spec import Sweep, TrialKey, parse_sweep, trainer_args
+from critbatch.spec import Sweep, TrialKey, parse_sweep, resume_checkpoint_every, trainer_args
 
 RUN_LABEL = "critbatch_run"  # a target label that tells this run's series from older ones
 
@@ -374,7 +374,7 @@ class LocalRun:
                             linger=math.ceil(self._linger()))
         if not self.sweep.trainer.checkpoint_every:
             # Locally a kill -9 should cost little: checkpoint at every FID evaluation.
-            args += ["--checkpoint-every", str(self.sweep.target.eval_every or 100)]
+            args += ["--checkpoint-every", str(resume_checkpoint_every(self.sweep))]
         args += ["--metrics-host", "127.0.0.1"]
         argv = [*self.options.trainer_command, *args]
         proc = self.supervisor.start(self._name(st.key), argv, st.log_file)
