@@ -138,8 +138,11 @@ def fid_with_files(G: nn.Module, extractor: nn.Module, z: torch.Tensor, device: 
     mu, sigma = f.mean(axis=0), np.cov(f, rowvar=False)
     t3 = time.perf_counter()
     mu2, sigma2 = reference
-    covmean, _ = linalg.sqrtm(sigma.dot(sigma2), disp=False)
-    covmean = covmean.real
+    try:
+        covmean, _ = linalg.sqrtm(sigma.dot(sigma2), disp=False)
+    except TypeError:  # scipy >= 1.16 dropped `disp`
+        covmean = linalg.sqrtm(sigma.dot(sigma2))
+    covmean = np.real(covmean)
     diff = mu - mu2
     value = float(diff.dot(diff) + np.trace(sigma) + np.trace(sigma2) - 2 * np.trace(covmean))
     t4 = time.perf_counter()

@@ -20,6 +20,7 @@ from critbatch.planner import (
     job_name,
     merge_conditions,
     plan,
+    reference_from_status,
     transitions,
 )
 from critbatch.spec import SpecError, parse_sweep
@@ -131,9 +132,7 @@ async def _reconcile(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cf
     ref_ratio = ref_params = ref_size = None
     if sweep.reference is not None and sweep.reference.sweep:
         ref = await asyncio.to_thread(kube.get_sweep, ns, sweep.reference.sweep)
-        cb = ((ref or {}).get("status") or {}).get("criticalBatchSize") or {}
-        ref_ratio, ref_params, ref_size = (cb.get("noiseRatio"), cb.get("generatorParams"),
-                                           cb.get("datasetSize"))
+        ref_ratio, ref_params, ref_size = reference_from_status((ref or {}).get("status"))
 
     p = plan(sweep, observations, reference_noise_ratio=ref_ratio, reference_params=ref_params,
              reference_dataset_size=ref_size, previous_status=old, problems=world.problems)

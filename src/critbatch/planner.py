@@ -31,6 +31,7 @@ __all__ = [
     "job_name",
     "merge_conditions",
     "plan",
+    "reference_from_status",
     "transitions",
 ]
 
@@ -468,6 +469,22 @@ def _num(x: float | None) -> float | int | None:
         return None
     x = float(x)
     return int(x) if x.is_integer() else x
+
+
+def reference_from_status(
+    status: Mapping[str, Any] | None,
+) -> tuple[float | None, int | None, int | None]:
+    """A reference sweep's (noise ratio, generator params, dataset size) from its status.
+
+    What `plan`'s reference_* arguments take, so the operator (a sweep in the namespace) and
+    `critbatch run` (a finished local run) read a reference the same way; None where absent.
+    """
+    cb = (status or {}).get("criticalBatchSize") or {}
+    ratio = cb.get("noiseRatio")
+    ok = isinstance(ratio, int | float) and not isinstance(ratio, bool) \
+        and math.isfinite(ratio) and ratio > 0
+    return (float(ratio) if ok else None, _int_or_none(cb.get("generatorParams")),
+            _int_or_none(cb.get("datasetSize")))
 
 
 def invalid_status(error: InputError | str, generation: int | None = None) -> dict:

@@ -36,7 +36,7 @@ def test_cuda_graph_steps_match_eager_steps(tmp_path, extra) -> None:
                 assert lg[k] == pytest.approx(le[k], rel=2e-2, abs=1e-4), (step, k)
         assert graph._graph is not None
         # A replay on stale inputs would move most weights by ~lr (1e-3) per step.
-        diff = [(pe - pg).abs().mean() for pe, pg in
+        diff = [(pe - pg).detach().abs().mean() for pe, pg in
                 zip(eager.G.parameters(), graph.G.parameters(), strict=True)]
         assert float(torch.stack(diff).max()) < 1e-5
     finally:

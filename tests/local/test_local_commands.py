@@ -42,6 +42,8 @@ def test_a_bad_manifest_exits_2_with_one_line_naming_the_field(tmp_path, capsys,
     (["--threads", "0"], "--threads"),
     (["--sd-file", "x.json"], "--sd-file"),
     (["--prometheus", "localhost:9090"], "--prometheus"),
+    (["--reference-noise-ratio", "-1"], "--reference-noise-ratio"),
+    (["--reference-noise-ratio", "nan"], "--reference-noise-ratio"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, args, field):
     code = main(["run", _write(tmp_path / "s.yaml", sweep_manifest()), "-o",

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output directory (default: runs/<sweep name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out; finished trials are not rerun")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: start the trials that failed (crash, bad exit) again; "
+                   "reached, censored and pruned trials are still never rerun")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prometheus", metavar="URL",
                      help="read metrics through this Prometheus server; it must scrape the "
@@ -42,8 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the trainer command (default: this Python's -m critbatch_trainer)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads per trial (default: CPU cores / parallelism)")
-    p.add_argument("--reference-noise-ratio", type=float, metavar="R",
-                   help="sigma^2/eps^3 from a reference sweep, for the predicted b*")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--reference-noise-ratio", type=float, metavar="R",
+                     help="sigma^2/eps^3 from a reference sweep, for the predicted b*")
+    ref.add_argument("--reference-run", type=Path, metavar="DIR",
+                     help="a finished run of the reference sweep (its directory, status.yaml "
+                     "or a resource YAML) whose noise ratio predicts b* (Proposition 3.4); "
+                     "default with spec.reference.sweep NAME: NAME's run beside --out "
+                     "(runs/NAME)")
     view = p.add_mutually_exclusive_group()
     view.add_argument("-q", "--quiet", action="store_true",
                       help="print only the result line")
@@ -57,8 +66,15 @@ def _options(args: argparse.Namespace, out: Path) -> RunOptions:
         raise RunError(f"--threads: must be >= 1, got {args.threads}")
     if args.sd_file is not None and not args.prometheus:
         raise RunError("--sd-file: only used with --prometheus URL")
+    if args.retry_failed and not args.resume:
+        raise RunError("--retry-failed: only with --resume (it restarts the failed trials of "
+                       "an earlier run)")
+    ratio = args.reference_noise_ratio
+    if ratio is not None and not (ratio > 0 and ratio != float("inf")):
+        raise RunError(f"--reference-noise-ratio: must be a positive number, got {ratio}")
     opts = RunOptions(out_dir=out, resume=args.resume, threads=args.threads,
-                      reference_noise_ratio=args.reference_noise_ratio)
+                      reference_noise_ratio=ratio, reference_run=args.reference_run,
+                      retry_failed=args.retry_failed)
     if args.prometheus:
         if not args.prometheus.startswith(("http://", "https://")):
             raise RunError(f"--prometheus: must be an http(s) URL, got {args.prometheus!r}")

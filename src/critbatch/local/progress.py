@@ -87,7 +87,7 @@ def duration(seconds: float | None) -> str:
 
 
 def headline(status: Mapping[str, Any]) -> str:
-    """One line: phase, trials done, b* measured and fitted."""
+    """One line: phase, trials done, b* measured, fitted and predicted."""
     cbs = status.get("criticalBatchSize") or {}
     parts = [f"{status.get('phase', 'Pending')}",
              f"trials {status.get('trialsDone', 0)}/{status.get('trialsTotal', '?')}",
@@ -100,6 +100,10 @@ def headline(status: Mapping[str, Any]) -> str:
         parts.append(text)
     elif cbs.get("notIdentifiable"):
         parts.append("fitted: not identifiable")
+    if cbs.get("predicted") is not None:  # known before any trial ends: worth the headline
+        grid = cbs.get("predictedGrid")
+        parts.append(f"predicted {fmt(cbs['predicted'])}"
+                     + (f" (grid {fmt(grid)})" if grid is not None else ""))
     return ", ".join(parts)
 
 
@@ -199,7 +203,8 @@ class RichProgress(Progress):
         return Group(table, foot)
 
     def event(self, kind: str, **fields: Any) -> None:
-        if kind in ("restart", "failed", "warning", "stopping"):
+        if kind in ("restart", "failed", "warning", "stopping", "reference", "predicted",
+                    "retry"):
             text = " ".join(f"{k}={v}" for k, v in fields.items())
             self.console.print(Text(f"{kind}: {text}", style="yellow"))
 

@@ -66,6 +66,10 @@ class RunOptions:
     linger: float | None = None
     scrape_interval: float = 1.0
     reference_noise_ratio: float | None = None
+    # A finished run (its directory or status file) whose noise ratio predicts b*; default:
+    # runs/<spec.reference.sweep>/ beside this run's output directory.
+    reference_run: Path | None = None
+    retry_failed: bool = False  # with resume: start Failed trials again
 
 
 @dataclass
@@ -146,6 +150,58 @@ def metrics_mode(sweep: Sweep) -> tuple[str, str | None]:
     return "direct", None
 
 
+@dataclass(frozen=True)
+class ReferenceRun:
+    """What a reference run's status gives Proposition 3.4, or why it gives nothing (yet)."""
+
+    path: Path
+    noise_ratio: float | None = None
+    generator_params: int | None = None
+    dataset_size: int | None = None
+    problem: str | None = None
+
+
+def reference_path(sweep: Sweep, options: RunOptions) -> Path | None:
+    """Where this run's reference status is: --reference-run, else spec.reference.sweep's run.
+
+    Locally there is no namespace; the sibling of the output directory named after the
+    reference sweep (runs/<name>/) is where `critbatch run` put that sweep by default.
+    """
+    if options.reference_run is not None:
+        path = Path(options.reference_run)
+        return path / "status.yaml" if path.is_dir() or not path.suffix else path
+    if sweep.reference is not None and sweep.reference.sweep:
+        return Path(options.out_dir).parent / sweep.reference.sweep / "status.yaml"
+    return None
+
+
+def read_reference(path: Path) -> ReferenceRun:
+    """The reference's noise ratio, Θ and |S|, read as the operator reads a reference sweep.
+
+    Takes a run's status.yaml or a whole resource (a run's sweep.yaml, `kubectl get -o yaml`).
+    A missing or unfinished reference is a problem to report, never an error: the sweep runs
+    and is measured anyway.
+    """
+    where = path.parent if path.name == "status.yaml" else path
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return ReferenceRun(path, problem=f"reference: no finished run in {where} (no "
+                            f"{path.name})")
+    except (OSError, yaml.YAMLError) as exc:
+        return ReferenceRun(path, problem=f"reference: cannot read {path}: "
+                            f"{str(exc).splitlines()[0]}")
+    if isinstance(data, dict) and isinstance(data.get("status"), dict) and "spec" in data:
+        data = data["status"]
+    if not isinstance(data, dict):
+        return ReferenceRun(path, problem=f"reference: {path} holds no sweep status")
+    ratio, params, size = planner.reference_from_status(data)
+    problem = None if ratio is not None else (
+        f"reference: {where} has no measured b* yet (phase {data.get('phase', 'unknown')}), "
+        "so no noise ratio")
+    return ReferenceRun(path, ratio, params, size, problem)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -183,11 +239,17 @@ class LocalRun:
         self._started = clock()
         self._last_metrics = -math.inf
         self._ports: set[int] = set()
+        # (the reference file's identity when read, what it said): reread only when it changes
+        self._reference: tuple[tuple[int, ...] | None, ReferenceRun] | None = None
+        self._announced: tuple | None = None  # the reference and prediction last logged
 
     # -- output directory ---------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Create or reopen the output directory; on --resume load what finished before."""
+        if self.options.retry_failed and not self.options.resume:
+            raise RunError("--retry-failed: only with --resume (it restarts the failed trials "
+                           "of an earlier run)")
         if self.options.metrics == "with-prometheus":
             prom.find_binary()  # fail before the output directory exists
         saved = self.out / "sweep.yaml"
@@ -199,6 +261,8 @@ class LocalRun:
             previous = yaml.safe_load((self.out / "status.yaml").read_text()) \
                 if (self.out / "status.yaml").exists() else None
             self.status = previous if isinstance(previous, dict) else {}
+            if self.options.retry_failed:
+                self._forget_failed()
             self._load_finished()
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_manifest()
@@ -222,6 +286,20 @@ class LocalRun:
             if old_value != new_value:
                 raise RunError(f"{name}: differs from the run in {self.out} "
                                "(a resumed run may only add batch sizes or seeds)")
+
+    def _forget_failed(self) -> None:
+        """Drop Failed trials from the planner's memory, so it plans them as Pending again.
+
+        Only Failed ones: a Reached, Censored or Pruned trial is a result and stays final.
+        """
+        kept, dropped = [], []
+        for t in self.status.get("trials") or []:
+            (dropped if t.get("phase") == planner.Phase.Failed.value else kept).append(t)
+        if dropped:
+            self.status = {**self.status, "trials": kept}
+        for t in dropped:
+            self.log_event("retry", batch_size=t.get("batchSize"), seed=t.get("seed"),
+                           reason=t.get("reason"))
 
     def _load_finished(self) -> None:
         by_key = {(t.get("batchSize"), t.get("seed")): t for t in self.status.get("trials", [])}
@@ -505,16 +583,70 @@ class LocalRun:
     def plan(self) -> planner.Plan:
         """The shared planner on what this run sees; the runner's own warnings added."""
         problems = [("MetricsUnavailable", self.metrics_problem)] if self.metrics_problem else []
+        ref = self.reference()
+        ratio, params, size = self.options.reference_noise_ratio, None, None
+        if ratio is None and ref is not None:
+            ratio, params, size = ref.noise_ratio, ref.generator_params, ref.dataset_size
         result = planner.plan(self.sweep, self.observations(),
-                              reference_noise_ratio=self.options.reference_noise_ratio,
+                              reference_noise_ratio=ratio, reference_params=params,
+                              reference_dataset_size=size,
                               previous_status=self.status or None, problems=problems)
         status = dict(result.status)
+        extra = list(self.warnings)
+        if ref is not None and ref.problem:
+            extra.append(ref.problem)  # where it looked: the planner's warning has the name only
+        self._announce_prediction(status.get("criticalBatchSize") or {}, ref, ratio)
         status["warnings"] = list(status.get("warnings") or []) + [
-            w for w in self.warnings if w not in (status.get("warnings") or [])]
+            w for w in extra if w not in (status.get("warnings") or [])]
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status["conditions"] = planner.merge_conditions(
             self.status.get("conditions"), status.get("conditions") or [], now)
         return replace(result, status=status)
+
+    def reference(self) -> ReferenceRun | None:
+        """The reference run's status, reread when it changes (it may still be running).
+
+        None when there is no reference run to read: none named, or a ratio given on the
+        command line (which wins over any run).
+        """
+        if self.options.reference_noise_ratio is not None:
+            return None
+        path = reference_path(self.sweep, self.options)
+        if path is None:
+            return None
+        if path.resolve() == (self.out / "status.yaml").resolve():
+            return ReferenceRun(path, problem="reference: names this run itself; a reference "
+                                "is another sweep of the same architecture")
+        try:
+            st = path.stat()  # a run replaces its status file whole: a new inode each write
+            ident: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            ident = None
+        if self._reference is None or ident is None or self._reference[0] != ident:
+            ref = read_reference(path)
+            if ref.problem and ident is None and self.options.reference_run is None:
+                ref = replace(ref, problem=f"{ref.problem}: run the reference sweep first (its "
+                              "output beside this run's), or pass --reference-run DIR")
+            self._reference = (ident, ref)
+        return self._reference[1]
+
+    def _announce_prediction(self, cbs: Mapping[str, Any], ref: ReferenceRun | None,
+                             ratio: float | None) -> None:
+        """An event when the reference or the predicted b* changes: it is known from the start,
+        long before a measurement, so the plain and JSON views should say it at once."""
+        said = (ref.path if ref else None, ratio, ref.problem if ref else None,
+                cbs.get("predicted"), cbs.get("predictedGrid"))
+        if said == self._announced:
+            return
+        self._announced = said
+        if ref is not None:
+            self.log_event("reference", path=str(ref.path), noise_ratio=ref.noise_ratio,
+                           generator_params=ref.generator_params,
+                           dataset_size=ref.dataset_size, problem=ref.problem)
+        if cbs.get("predicted") is not None:
+            self.log_event("predicted", b_star=cbs["predicted"], grid=cbs.get("predictedGrid"),
+                           noise_ratio=ratio if ratio is not None else
+                           self.sweep.reference.noise_ratio if self.sweep.reference else None)
 
     def views(self) -> list[TrialView]:
         rows = []
