@@ -8,7 +8,6 @@ checks below.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import jsonschema
@@ -26,23 +25,11 @@ from crd_tools import (
     schema_errors,
     to_json_schema,
 )
+from sweeps import BASE as SWEEP
+from sweeps import manifest as sweep
+from sweeps import with_trainer
 
 from critbatch.spec import SpecError, parse_sweep
-
-SWEEP = yaml.safe_load((ROOT / "tests" / "operator" / "sweep.yaml").read_text())
-
-
-def sweep(**spec) -> dict:
-    body = copy.deepcopy(SWEEP)
-    body["spec"].update(spec)
-    return body
-
-
-def with_trainer(**trainer) -> dict:
-    body = copy.deepcopy(SWEEP)
-    body["spec"]["trainer"].update(trainer)
-    return body
-
 
 # ---------------------------------------------------------------------------------------------
 # Shape

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import re
-from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sweeps import manifest
 
 from critbatch import science
 from critbatch.planner import (
@@ -26,15 +24,11 @@ from critbatch.planner import (
 )
 from critbatch.spec import SpecError, parse_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = yaml.safe_load((ROOT / "tests" / "operator" / "sweep.yaml").read_text())
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def make_sweep(**spec):
-    body = copy.deepcopy(BASE)
-    body["spec"].update(spec)
-    return parse_sweep(body)
+    return parse_sweep(manifest(**spec))
 
 
 def reached(b, s, steps, **kw):

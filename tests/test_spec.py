@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-
 import pytest
-import yaml
+from sweeps import BASE, manifest, with_trainer
 
 from critbatch.errors import InputError
 from critbatch.spec import (
@@ -17,21 +14,6 @@ from critbatch.spec import (
     resume_checkpoint_every,
     trainer_args,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-BASE = yaml.safe_load((ROOT / "tests" / "operator" / "sweep.yaml").read_text())
-
-
-def manifest(**spec) -> dict:
-    body = copy.deepcopy(BASE)
-    body["spec"].update(spec)
-    return body
-
-
-def with_trainer(**trainer) -> dict:
-    body = copy.deepcopy(BASE)
-    body["spec"]["trainer"].update(trainer)
-    return body
 
 
 def minimal() -> dict:
