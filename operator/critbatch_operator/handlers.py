@@ -7,11 +7,14 @@ tests use it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import urllib3
+from kubernetes.client.rest import ApiException
 
 from critbatch.spec import GROUP, PLURAL, VERSION
 from critbatch_operator import opmetrics
@@ -36,13 +39,28 @@ class Context:
         uid = body.get("metadata", {}).get("uid") or body.get("metadata", {}).get("name")
         state = self.states.setdefault(uid, SweepState())
 
-        def emit(type_: str, reason: str, message: str) -> None:
-            kopf.event(body, type=type_, reason=reason, message=message[:MAX_EVENT_MESSAGE])
+        events: list[tuple[str, str, str]] = []
 
-        outcome = await reconcile(dict(body), kube=self.kube, cfg=self.cfg, state=state,
-                                  emit=emit)
+        def emit(type_: str, reason: str, message: str) -> None:
+            events.append((type_, reason, message[:MAX_EVENT_MESSAGE]))
+
+        try:
+            outcome = await reconcile(dict(body), kube=self.kube, cfg=self.cfg, state=state,
+                                      emit=emit)
+        finally:
+            await asyncio.to_thread(self._post, body, events, logger)
         if outcome.created or outcome.deleted:
             logger.info("created %s, deleted %s", outcome.created, outcome.deleted)
+
+
+    def _post(self, body: kopf.Body, events: list[tuple[str, str, str]],
+              logger: logging.Logger | Any) -> None:
+        """Post the reconcile's Events now, not from a queue that a stopping operator drops."""
+        for type_, reason, message in events:
+            try:
+                self.kube.post_event(body, type_, reason, message)
+            except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+                logger.warning("could not post Event %s: %s", reason, exc)
 
 
 def register(registry: kopf.OperatorRegistry, cfg: Config | None = None) -> Context:

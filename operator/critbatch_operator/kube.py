@@ -7,6 +7,9 @@ returns plain dicts.
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -82,6 +85,24 @@ class Kube:
                 return None
             raise
         return _json(resp)
+
+    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str,
+                   message: str) -> None:
+        """A core/v1 Event about the sweep, with a unique name of its own (no generateName)."""
+        meta = involved.get("metadata") or {}
+        ns = meta.get("namespace") or "default"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.core.create_namespaced_event(ns, {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": ns},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"),
+                               "kind": involved.get("kind"), "name": meta.get("name"),
+                               "namespace": ns, "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "critbatch-operator"},
+            "reportingComponent": "critbatch-operator",
+        }, _preload_content=False)
 
     def patch_status(self, namespace: str, name: str, status: dict) -> None:
         """A JSON merge patch of the status subresource."""

@@ -230,10 +230,19 @@ class Behaviour:
     """How the fake cluster treats trials: speed, linger, and scripted pod failures."""
 
     steps_per_second: float = 2500.0
+    # When set, a step costs b samples as on real hardware: steps/s = samples_per_second / b.
+    # Big batches then run long enough past their SFO bound for pruning to catch them.
+    samples_per_second: float | None = None
     linger: float = 0.3
     failures: dict[tuple[int, int], int] = field(default_factory=dict)  # (b, seed) -> crashes
     steps: Callable[[int, int], float] = model_steps
     corrupt_messages: set[tuple[int, int]] = field(default_factory=set)
+
+    def rate(self, batch_size: int) -> float:
+        """Steps per second of a trial at this batch size."""
+        if self.samples_per_second is None:
+            return self.steps_per_second
+        return self.samples_per_second / batch_size
 
 
 class FakeCluster:
@@ -328,7 +337,7 @@ class FakeCluster:
         key = (trainer.batch_size, trainer.seed)
         crashes = self.behaviour.failures.get(key, 0)
         attempt = self.attempts.get(name, 0)
-        trainer.advance((now - self.started[name]) * self.behaviour.steps_per_second)
+        trainer.advance((now - self.started[name]) * self.behaviour.rate(trainer.batch_size))
         pod_key = (PODS, NS, self._pod_name(name))
         if attempt < crashes and trainer.step >= min(trainer.n, trainer.max_steps) / 2:
             self._crash(name, job, trainer, pod_key, now)
@@ -550,7 +559,9 @@ async def full_sweep_scenario(k: Any, *, batch_sizes: tuple[int, ...] = (2, 4, 8
     body = sweep_manifest("demo", batchSizes=list(batch_sizes), seeds=seeds,
                           parallelism=parallelism,
                           target={"fidThreshold": 50, "maxSteps": max_steps, "evalEvery": 10})
-    async with FakeCluster(k) as cluster:
+    # Paced by samples, b = 8 and 16 pass their SFO bound seconds before they would finish, so
+    # the operator (reconciling every 0.2 s) surely stops some running trial by deleting its Job.
+    async with FakeCluster(k, Behaviour(samples_per_second=4000.0)) as cluster:
         prom = FakePrometheus(cluster)
         overrides = {"prometheus_url": prom.url} if source == "prometheus" else {}
         try:
