@@ -138,11 +138,7 @@ def fid_with_files(G: nn.Module, extractor: nn.Module, z: torch.Tensor, device: 
     mu, sigma = f.mean(axis=0), np.cov(f, rowvar=False)
     t3 = time.perf_counter()
     mu2, sigma2 = reference
-    try:
-        covmean, _ = linalg.sqrtm(sigma.dot(sigma2), disp=False)
-    except TypeError:  # scipy >= 1.16 dropped `disp`
-        covmean = linalg.sqrtm(sigma.dot(sigma2))
-    covmean = np.real(covmean)
+    covmean = np.real(linalg.sqrtm(sigma.dot(sigma2)))
     diff = mu - mu2
     value = float(diff.dot(diff) + np.trace(sigma) + np.trace(sigma2) - 2 * np.trace(covmean))
     t4 = time.perf_counter()
