@@ -227,14 +227,21 @@ def _no_unknown(obj: Mapping[str, Any], path: str, known: Sequence[str]) -> None
             raise _err(f"{path}.{key}", f"unknown field (expected one of {', '.join(known)})")
 
 
+def _present(obj: Mapping[str, Any], key: str, p: str, required: bool) -> bool:
+    """Whether `key` holds a value; a missing required one is an error naming the field."""
+    if key in obj and obj[key] is not None:
+        return True
+    if required:
+        raise _err(p, "required")
+    return False
+
+
 def _int(
     obj: Mapping[str, Any], key: str, path: str, *, default: int | None = None,
     required: bool = False, lo: int | None = None, hi: int | None = None,
 ) -> int | None:
     p = f"{path}.{key}"
-    if key not in obj or obj[key] is None:
-        if required:
-            raise _err(p, "required")
+    if not _present(obj, key, p, required):
         return default
     v = obj[key]
     if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
@@ -253,9 +260,7 @@ def _num(
     le: float | None = None,
 ) -> float | None:
     p = f"{path}.{key}"
-    if key not in obj or obj[key] is None:
-        if required:
-            raise _err(p, "required")
+    if not _present(obj, key, p, required):
         return None
     v = obj[key]
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
@@ -277,9 +282,7 @@ def _str(
     required: bool = False, choices: Sequence[str] | None = None, max_len: int | None = None,
 ) -> str | None:
     p = f"{path}.{key}"
-    if key not in obj or obj[key] is None:
-        if required:
-            raise _err(p, "required")
+    if not _present(obj, key, p, required):
         return default
     v = obj[key]
     if not isinstance(v, str):
