@@ -44,9 +44,15 @@ class Context:
         def emit(type_: str, reason: str, message: str) -> None:
             events.append((type_, reason, message[:MAX_EVENT_MESSAGE]))
 
+        task = asyncio.ensure_future(reconcile(dict(body), kube=self.kube, cfg=self.cfg,
+                                               state=state, emit=emit))
         try:
-            outcome = await reconcile(dict(body), kube=self.kube, cfg=self.cfg, state=state,
-                                      emit=emit)
+            outcome = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # A stopping operator lets the reconcile finish its writes (they run in threads
+            # anyway), so that every Job it created gets its Event.
+            await asyncio.wait([task])
+            raise
         finally:
             await asyncio.to_thread(self._post, body, events, logger)
         if outcome.created or outcome.deleted:

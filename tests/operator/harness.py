@@ -233,6 +233,8 @@ class Behaviour:
     # When set, a step costs b samples as on real hardware: steps/s = samples_per_second / b.
     # Big batches then run long enough past their SFO bound for pruning to catch them.
     samples_per_second: float | None = None
+    # Steps per second for these batch sizes, whatever the pacing above.
+    steps_per_second_at: dict[int, float] = field(default_factory=dict)
     linger: float = 0.3
     failures: dict[tuple[int, int], int] = field(default_factory=dict)  # (b, seed) -> crashes
     steps: Callable[[int, int], float] = model_steps
@@ -240,6 +242,8 @@ class Behaviour:
 
     def rate(self, batch_size: int) -> float:
         """Steps per second of a trial at this batch size."""
+        if batch_size in self.steps_per_second_at:
+            return self.steps_per_second_at[batch_size]
         if self.samples_per_second is None:
             return self.steps_per_second
         return self.samples_per_second / batch_size
@@ -559,9 +563,11 @@ async def full_sweep_scenario(k: Any, *, batch_sizes: tuple[int, ...] = (2, 4, 8
     body = sweep_manifest("demo", batchSizes=list(batch_sizes), seeds=seeds,
                           parallelism=parallelism,
                           target={"fidThreshold": 50, "maxSteps": max_steps, "evalEvery": 10})
-    # Paced by samples, b = 8 and 16 pass their SFO bound seconds before they would finish, so
-    # the operator (reconciling every 0.2 s) surely stops some running trial by deleting its Job.
-    async with FakeCluster(k, Behaviour(samples_per_second=4000.0)) as cluster:
+    # b = 2 finishes first and b = 4 next (both reach, so the fit has two points whatever the
+    # timing); paced by samples, b = 8 and 16 pass their SFO bound seconds before they would
+    # finish, so the operator (reconciling every 0.2 s) surely stops some running trial.
+    pace = Behaviour(samples_per_second=4000.0, steps_per_second_at={2: 40_000.0, 4: 4000.0})
+    async with FakeCluster(k, pace) as cluster:
         prom = FakePrometheus(cluster)
         overrides = {"prometheus_url": prom.url} if source == "prometheus" else {}
         try:
