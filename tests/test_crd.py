@@ -119,6 +119,8 @@ INVALID_FOR_SCHEMA = [
     ("negative threshold", sweep(target={"fidThreshold": -1, "maxSteps": 10}), None),
     ("no maxSteps", sweep(target={"fidThreshold": 50}), "target"),
     ("parallelism 0", sweep(parallelism=0), "parallelism"),
+    ("trialsPerGPU 0", sweep(trialsPerGPU=0), "trialsPerGPU"),
+    ("trialsPerGPU 9", sweep(trialsPerGPU=9), "trialsPerGPU"),
     ("seeds too many", sweep(seeds=100), "seeds"),
     ("unknown optimizer", sweep(optimizer={"name": "sgd"}), "optimizer.name"),
     ("beta1 = 1", sweep(optimizer={"generator": {"beta1": 1.0}}), "beta1"),
@@ -197,6 +199,11 @@ CEL_CASES = [
     ("reference with both", sweep(reference={"sweep": "a", "noiseRatio": 2.0}), None,
      "exactly one of sweep and noiseRatio"),
     ("reference by name", sweep(reference={"sweep": "a"}), None, None),
+    ("four trials per GPU", sweep(trialsPerGPU=4), None, None),
+    ("four trials per GPU on two GPUs", {**with_trainer(gpus=2), "spec": {
+        **with_trainer(gpus=2)["spec"], "trialsPerGPU": 4}}, None, "trialsPerGPU: must be 1"),
+    ("change trialsPerGPU", sweep(trialsPerGPU=2), sweep(trialsPerGPU=4),
+     "trialsPerGPU is immutable"),
     # Transition rules (oldSelf)
     ("append a batch size", sweep(batchSizes=[2, 4, 8, 16, 32, 64, 128]), SWEEP, None),
     ("remove a batch size", sweep(batchSizes=[2, 4, 8]), SWEEP, "appended, not removed"),

@@ -36,8 +36,13 @@ def reached(b, s, steps, **kw):
                        result={"generator_params": 1000, "dataset_size": 1797}, **kw)
 
 
-def running(b, s, steps=None):
-    return Observation(TrialKey(b, s), Phase.Running, steps=steps, source="direct")
+def running(b, s, steps=None, **kw):
+    return Observation(TrialKey(b, s), Phase.Running, steps=steps, source="direct", **kw)
+
+
+def started(p):
+    """The trials a plan starts, whatever Jobs they are packed into."""
+    return [k for group in p.create for k in group]
 
 
 def n_of(b):
@@ -76,7 +81,7 @@ def test_job_name_is_always_a_short_label(name, b, s):
 def test_a_new_sweep_starts_the_first_trials_up_to_parallelism_in_order():
     s = make_sweep(parallelism=3)
     p = plan(s, {})
-    assert p.create == (TrialKey(2, 0), TrialKey(2, 1), TrialKey(4, 0))
+    assert started(p) == [TrialKey(2, 0), TrialKey(2, 1), TrialKey(4, 0)]
     assert p.stop == ()
     assert p.status["phase"] == "Running" and p.status["progress"] == "0/12"
     assert {t["phase"] for t in p.status["trials"]} == {"Pending"}
@@ -86,7 +91,7 @@ def test_running_trials_count_against_parallelism_and_are_not_recreated():
     s = make_sweep(parallelism=3)
     obs = {k: running(k.batch_size, k.seed, 10) for k in (TrialKey(2, 0), TrialKey(4, 1))}
     p = plan(s, obs)
-    assert p.create == (TrialKey(2, 1),)
+    assert started(p) == [TrialKey(2, 1)]
 
 
 def test_a_finished_trial_whose_job_is_gone_stays_finished_and_is_not_rerun():
@@ -94,7 +99,7 @@ def test_a_finished_trial_whose_job_is_gone_stays_finished_and_is_not_rerun():
     first = plan(s, {TrialKey(2, 0): reached(2, 0, 2000)}).status
     # The Job was garbage-collected; only the previous status remembers the result.
     p = plan(s, {}, previous_status=first)
-    assert TrialKey(2, 0) not in p.create
+    assert TrialKey(2, 0) not in started(p)
     row = next(t for t in p.status["trials"] if (t["batchSize"], t["seed"]) == (2, 0))
     assert row["phase"] == "Reached" and row["steps"] == 2000 and row["sfo"] == 4000
 
@@ -106,14 +111,61 @@ def test_appending_batch_sizes_starts_only_the_new_trials():
     assert done["phase"] == "Succeeded"
     bigger = make_sweep(batchSizes=[2, 4, 8, 16], seeds=1, parallelism=4)
     p = plan(bigger, {}, previous_status=done)
-    assert p.create == (TrialKey(8, 0), TrialKey(16, 0))
+    assert started(p) == [TrialKey(8, 0), TrialKey(16, 0)]
     assert p.status["phase"] == "Running" and p.status["trialsDone"] == 2
 
 
 def test_a_job_that_exists_but_is_pending_counts_as_active():
     s = make_sweep(parallelism=1, batchSizes=[2, 4], seeds=1, queueName="gpus")
     obs = {TrialKey(2, 0): Observation(TrialKey(2, 0), Phase.Pending, reason="suspended")}
-    assert plan(s, obs).create == ()
+    assert started(plan(s, obs)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Several trials per GPU: one Job for a pod's trials
+# ---------------------------------------------------------------------------------------------
+
+
+def test_trials_are_packed_trials_per_gpu_to_a_job_in_sweep_order():
+    s = make_sweep(batchSizes=[2, 4, 8], seeds=2, parallelism=4, trialsPerGPU=2)
+    p = plan(s, {})
+    assert p.create == ((TrialKey(2, 0), TrialKey(2, 1)), (TrialKey(4, 0), TrialKey(4, 1)))
+    jobs = {(t["batchSize"], t["seed"]): t["job"] for t in p.status["trials"]}
+    assert jobs[(2, 0)] == jobs[(2, 1)] == "demo-b2-s0"
+    assert jobs[(4, 0)] == jobs[(4, 1)] == "demo-b4-s0"
+
+
+def test_parallelism_counts_a_running_job_as_trials_per_gpu_trials():
+    s = make_sweep(batchSizes=[2, 4, 8], seeds=2, parallelism=4, trialsPerGPU=2)
+    # One trial of the first pod is done; its pod still holds the GPU for the other.
+    obs = {TrialKey(2, 0): reached(2, 0, 2000, job="demo-b2-s0"),
+           TrialKey(2, 1): running(2, 1, 1900, job="demo-b2-s0")}
+    assert plan(s, obs).create == ((TrialKey(4, 0), TrialKey(4, 1)),)
+    # Fewer slots than a pod's trials still start one pod.
+    assert plan(make_sweep(parallelism=1, trialsPerGPU=4), {}).create == (
+        (TrialKey(2, 0), TrialKey(2, 1), TrialKey(4, 0), TrialKey(4, 1)),)
+
+
+def test_a_trial_that_cannot_win_runs_on_while_its_pod_holds_one_that_can():
+    s = make_sweep(batchSizes=[2, 4, 8], seeds=1, parallelism=2, trialsPerGPU=2,
+                   target={"fidThreshold": 50, "maxSteps": 4000})
+    best = {TrialKey(2, 0): reached(2, 0, 500, job="demo-b2-s0")}
+
+    def pod(steps4, steps8):
+        return {**best, TrialKey(4, 0): running(4, 0, steps4, job="demo-b4-s0"),
+                TrialKey(8, 0): running(8, 0, steps8, job="demo-b4-s0")}
+
+    # b = 4 is past the bound (4 * 300 >= 2 * 500), b = 8 is not (8 * 10): the pod runs on.
+    p = plan(s, pod(300, 10))
+    rows = {(t["batchSize"], t["seed"]): t for t in p.status["trials"]}
+    assert p.stop == ()
+    assert rows[(4, 0)]["phase"] == "Running" and "runs on" in rows[(4, 0)]["reason"]
+    assert rows[(8, 0)]["phase"] == "Running"
+    # Once neither can win, the pod's Job is stopped and both are pruned.
+    p = plan(s, pod(320, 200), previous_status=p.status)
+    assert sorted(k for k, _ in p.stop) == [TrialKey(4, 0), TrialKey(8, 0)]
+    rows = {(t["batchSize"], t["seed"]): t for t in p.status["trials"]}
+    assert rows[(4, 0)]["phase"] == rows[(8, 0)]["phase"] == "Pruned"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +240,7 @@ def test_pending_trials_of_a_hopeless_batch_size_are_pruned_without_starting():
     obs = {TrialKey(4, 0): reached(4, 0, 800), TrialKey(4, 1): reached(4, 1, 800),
            TrialKey(64, 0): running(64, 0, 200)}
     p = plan(s, obs)
-    assert p.create == ()
+    assert started(p) == []
     assert [k for k, _ in p.stop] == [TrialKey(64, 0)]
     assert [t["phase"] for t in p.status["trials"]][2:] == ["Pruned", "Pruned"]
 
@@ -353,17 +405,20 @@ def scenarios(draw):
                           unique=True))
     seeds = draw(st.integers(1, 3))
     parallelism = draw(st.integers(1, 5))
+    per_gpu = draw(st.integers(1, 3))
     max_steps = 4000
-    s = make_sweep(batchSizes=sizes, seeds=seeds, parallelism=parallelism,
+    s = make_sweep(batchSizes=sizes, seeds=seeds, parallelism=parallelism, trialsPerGPU=per_gpu,
                    target={"fidThreshold": 50, "maxSteps": max_steps})
     obs, prev_rows = {}, []
     for k in s.trials():
         state = draw(st.sampled_from(STATES))
         steps = draw(st.integers(1, max_steps))
+        # Trials packed into a few shared Jobs, or each in its own.
+        job = f"job-{draw(st.integers(0, 2))}" if per_gpu > 1 else None
         if state == "pending":
-            obs[k] = Observation(k, Phase.Pending)
+            obs[k] = Observation(k, Phase.Pending, job=job)
         elif state == "running":
-            obs[k] = running(k.batch_size, k.seed, steps)
+            obs[k] = Observation(k, Phase.Running, steps=steps, source="direct", job=job)
         elif state == "reached":
             obs[k] = reached(k.batch_size, k.seed, steps)
         elif state == "censored":
@@ -399,19 +454,27 @@ def test_plan_invariants(scenario):
     active = sum(1 for k, o in obs.items() if o.phase in (Phase.Pending, Phase.Running)
                  and (k.batch_size, k.seed) not in prev_final)
 
-    # Never exceeds parallelism (a trial stopped now frees its slot); never duplicates; never
-    # starts what has a Job or finished.
-    stopped = sum(1 for k, _ in p.stop if (k.batch_size, k.seed) not in prev_final)
-    assert len(p.create) <= max(0, s.parallelism - (active - stopped))
-    assert len(set(p.create)) == len(p.create)
-    for k in p.create:
+    # Never more than parallelism / trialsPerGPU Jobs (at least one; a Job stopped now frees its
+    # slot); never duplicates; never starts what has a Job or finished.
+    stopped = {k for k, _ in p.stop}
+    live_jobs = {o.job or str(k) for k, o in obs.items()
+                 if o.phase in (Phase.Pending, Phase.Running)
+                 and (k.batch_size, k.seed) not in prev_final and k not in stopped}
+    assert len(p.create) <= max(0, max(1, s.parallelism // s.trials_per_gpu) - len(live_jobs))
+    if s.trials_per_gpu == 1:
+        assert len(started(p)) <= max(0, s.parallelism - (active - len(stopped - set(
+            TrialKey(*t) for t in prev_final))))
+    assert all(1 <= len(g) <= s.trials_per_gpu for g in p.create)
+    assert all(len(g) == s.trials_per_gpu for g in p.create[:-1])
+    assert len(set(started(p))) == len(started(p))
+    for k in started(p):
         assert k not in obs
         assert (k.batch_size, k.seed) not in prev_final
     # Starts in sweep order: the created ones are the first startable trials.
     rows = {(t["batchSize"], t["seed"]): t for t in p.status["trials"]}
     startable = [k for k in s.trials() if k not in obs and rows[(k.batch_size, k.seed)]["phase"]
                  == "Pending"]
-    assert list(p.create) == startable[:len(p.create)]
+    assert list(started(p)) == startable[:len(started(p))]
 
     # Prunes only trials that cannot win: their batch size's least possible mean SFO is already
     # at or above the best complete one.
@@ -425,6 +488,14 @@ def test_plan_invariants(scenario):
     for k, _ in p.stop:
         assert rows[(k.batch_size, k.seed)]["phase"] == "Pruned"
         assert k in obs
+        # Stopping a Job never stops a trial that can still win.
+        for other, o in obs.items():
+            if o.job is not None and o.job == obs[k].job:
+                assert rows[(other.batch_size, other.seed)]["phase"] not in ("Pending",
+                                                                             "Running")
+    # A pod's trials share its Job's name.
+    for g in p.create:
+        assert {rows[(k.batch_size, k.seed)]["job"] for k in g} == {job_name(s.name, g[0])}
 
     # Finished stays finished; the table covers every trial once; counts add up.
     for k, o in obs.items():
@@ -448,12 +519,13 @@ def test_replanning_after_acting_creates_nothing_twice(scenario):
     s, obs, prev = scenario
     p1 = plan(s, obs, previous_status=prev)
     after = dict(obs)
-    for k in p1.create:
-        after[k] = Observation(k, Phase.Pending)
+    for g in p1.create:
+        for k in g:
+            after[k] = Observation(k, Phase.Pending, job=job_name(s.name, g[0]))
     for k, _ in p1.stop:
         after.pop(k, None)
     p2 = plan(s, after, previous_status=p1.status)
-    assert not set(p2.create) & set(p1.create)
+    assert not set(started(p2)) & set(started(p1))
     assert p2.stop == ()
     pruned1 = {(t["batchSize"], t["seed"]) for t in p1.status["trials"] if t["phase"] == "Pruned"}
     pruned2 = {(t["batchSize"], t["seed"]) for t in p2.status["trials"] if t["phase"] == "Pruned"}
@@ -467,6 +539,6 @@ def test_an_observed_pruned_trial_is_not_stopped_again():
     obs = {TrialKey(4, 0): reached(4, 0, 800),
            k: Observation(k, Phase.Pruned, steps=60, reason="cannot win")}
     p = plan(s, obs)
-    assert p.stop == () and p.create == ()
+    assert p.stop == () and started(p) == []
     assert p.status["trials"][1]["phase"] == "Pruned"
     assert p.status["sfoSaved"] == 64 * (4000 - 60)

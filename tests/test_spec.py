@@ -43,6 +43,16 @@ def test_trials_are_ordered_by_batch_size_then_seed():
                           TrialKey(16, 0), TrialKey(16, 1)]
 
 
+def test_a_pods_trials_run_as_one_trainer_group():
+    s = parse_sweep(manifest(batchSizes=[2, 4, 8], seeds=1, trialsPerGPU=2))
+    assert s.trials_per_gpu == 2 and parse_sweep(manifest()).trials_per_gpu == 1
+    pod = (TrialKey(2, 0), TrialKey(4, 0))
+    f = _flags(trainer_args(s, pod, metrics_port=9100, checkpoint_dir="/ck"))
+    assert f["--trials"] == "2:0,4:0" and "--batch-size" not in f and "--seed" not in f
+    one = _flags(trainer_args(s, (TrialKey(8, 0),), metrics_port=9100, checkpoint_dir="/ck"))
+    assert (one["--batch-size"], one["--seed"]) == ("8", "0") and "--trials" not in one
+
+
 def test_a_range_expands_to_powers_of_its_factor():
     body = manifest(batchSizeRange={"min": 8, "max": 256, "factor": 2})
     del body["spec"]["batchSizes"]
@@ -104,6 +114,9 @@ INVALID = [
      manifest(optimizer={"discriminator": {"learningRate": -1}})),
     ("spec.optimizer.generator.momentum", manifest(optimizer={"generator": {"momentum": 0.9}})),
     ("spec.parallelism", manifest(parallelism=0)),
+    ("spec.trialsPerGPU", manifest(trialsPerGPU=9)),
+    ("spec.trialsPerGPU", {**with_trainer(gpus=2), "spec": {**with_trainer(gpus=2)["spec"],
+                                                           "trialsPerGPU": 2}}),
     ("spec.seeds", manifest(seeds="two")),
     ("spec.reference", manifest(reference={"sweep": "a", "noiseRatio": 3.0})),
     ("spec.reference", manifest(reference={})),

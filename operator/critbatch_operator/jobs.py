@@ -1,14 +1,16 @@
 """Kubernetes Job manifests for trials: pure functions of the sweep, no API calls.
 
-Every trial is one batch/v1 Job with a deterministic name (so a restart cannot create a
-duplicate), owned by its sweep (so deleting the sweep deletes its Jobs), running the trainer
-with its arguments as a list, as a non-root user on a read-only root filesystem.
+Every trial runs in one batch/v1 Job (a Job runs `spec.trialsPerGPU` trials in its one pod)
+with a deterministic name (so a restart cannot create a duplicate), owned by its sweep (so
+deleting the sweep deletes its Jobs), running the trainer with its arguments as a list, as a
+non-root user on a read-only root filesystem.
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
+from collections.abc import Sequence
 from typing import Any
 
 from critbatch.planner import job_name
@@ -25,6 +27,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 SWEEP_LABEL = "critbatch.dev/sweep"
 BATCH_LABEL = "critbatch.dev/batch-size"
 SEED_LABEL = "critbatch.dev/seed"
+TRIALS_ANNOTATION = "critbatch.dev/trials"  # "b:s,b:s": every trial the Job's pod runs
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 TERMINATION_LOG = "/dev/termination-log"
@@ -65,9 +68,16 @@ def owner_reference(sweep: Sweep) -> dict[str, Any]:
     }
 
 
-def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100,
+def trials_annotation(keys: Sequence[TrialKey]) -> str:
+    return ",".join(f"{k.batch_size}:{k.seed}" for k in keys)
+
+
+def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_port: int = 9100,
               default_image: str | None = None) -> dict[str, Any]:
-    """The batch/v1 Job of one trial; `default_image` serves sweeps that name no image."""
+    """The batch/v1 Job of one trial, or of a pod's trials (labelled as its first, all of them
+    in the `critbatch.dev/trials` annotation); `default_image` serves sweeps that name none."""
+    keys = [trials] if isinstance(trials, TrialKey) else list(trials)
+    key = keys[0]
     t = sweep.trainer
     tpl = t.pod_template
     labels = trial_labels(sweep, key)
@@ -100,7 +110,7 @@ def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100,
     name = job_name(sweep.name, key)
     checkpoint_dir = posixpath.join(SCRATCH, "checkpoints")  # lost with the pod
     if t.checkpoints is not None:
-        # The Job's name is deterministic, so every retry of this trial, and only this trial,
+        # The Job's name is deterministic, so every retry of its trials, and only of them,
         # finds the same directory on the claim and resumes from it.
         volumes.append({"name": "checkpoints", "persistentVolumeClaim": {
             "claimName": t.checkpoints.pvc}})
@@ -110,7 +120,7 @@ def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100,
     mounts += [dict(m) for m in tpl.volume_mounts]
 
     args = trainer_args(
-        sweep, key,
+        sweep, keys,
         metrics_port=metrics_port,
         checkpoint_dir=checkpoint_dir,
         termination_log=TERMINATION_LOG,
@@ -187,6 +197,7 @@ def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100,
         "prometheus.io/port": str(metrics_port),
         "prometheus.io/path": "/metrics",
         **tpl.annotations,
+        TRIALS_ANNOTATION: trials_annotation(keys),
     }
     job_spec: dict[str, Any] = {
         "backoffLimit": t.backoff_limit,
@@ -214,7 +225,8 @@ def build_job(sweep: Sweep, key: TrialKey, *, metrics_port: int = 9100,
             "name": name,
             "namespace": sweep.namespace,
             "labels": job_labels,
-            "annotations": {"critbatch.dev/generation": str(sweep.generation)},
+            "annotations": {"critbatch.dev/generation": str(sweep.generation),
+                            TRIALS_ANNOTATION: trials_annotation(keys)},
             "ownerReferences": [owner_reference(sweep)],
         },
         "spec": job_spec,

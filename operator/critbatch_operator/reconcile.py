@@ -17,7 +17,6 @@ from typing import Any
 
 from critbatch.planner import (
     invalid_status,
-    job_name,
     merge_conditions,
     plan,
     reference_from_status,
@@ -143,19 +142,21 @@ async def _reconcile(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cf
     state.last_status = status
 
     outcome = Outcome(status, patched=patched)
-    for key, _ in p.stop:
-        job = job_name(sweep.name, key)
+    jobs = {(t["batchSize"], t["seed"]): t["job"] for t in status["trials"]}
+    # A pod's trials share one Job: delete it once.
+    for job in dict.fromkeys(jobs[(key.batch_size, key.seed)] for key, _ in p.stop):
         if await asyncio.to_thread(kube.delete_job, ns, job):
             opmetrics.JOBS_DELETED.inc()
             outcome.deleted.append(job)
-    for key in p.create:
-        manifest = build_job(sweep, key, metrics_port=cfg.trainer_metrics_port,
+    for trials in p.create:
+        manifest = build_job(sweep, trials, metrics_port=cfg.trainer_metrics_port,
                              default_image=cfg.trainer_image)
         if await asyncio.to_thread(kube.create_job, ns, manifest):
             opmetrics.JOBS_CREATED.inc()
             outcome.created.append(manifest["metadata"]["name"])
+            which = ", ".join(f"batch size {k.batch_size} seed {k.seed}" for k in trials)
             emit("Normal", "TrialCreated", f"created Job {manifest['metadata']['name']} for "
-                                           f"batch size {key.batch_size} seed {key.seed}")
+                                           f"{which}")
     _emit_changes(old, status, emit)
     for key, note in notes:
         if key not in state.warned:

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from critbatch.metrics import MetricsUnavailable, PrometheusClient, TrialMetrics, scrape
@@ -22,6 +22,7 @@ from critbatch_operator.jobs import (
     CONTAINER,
     SEED_LABEL,
     SWEEP_LABEL,
+    TRIALS_ANNOTATION,
     sweep_label_value,
 )
 from critbatch_operator.kube import Kube
@@ -49,28 +50,36 @@ def metrics_source(sweep: Sweep, default_url: str | None) -> tuple[str, str | No
     return "prometheus", url
 
 
-def _key(obj: Mapping[str, Any], sweep: Sweep) -> TrialKey | None:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+def _keys(obj: Mapping[str, Any], sweep: Sweep) -> list[TrialKey]:
+    """The trials a Job or pod runs: its `critbatch.dev/trials` annotation, else its labels."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
     if labels.get(SWEEP_LABEL) != sweep_label_value(sweep.name):
-        return None
+        return []
     try:
-        return TrialKey(int(labels[BATCH_LABEL]), int(labels[SEED_LABEL]))
-    except (KeyError, ValueError):
-        return None
+        listed = (meta.get("annotations") or {}).get(TRIALS_ANNOTATION)
+        if listed:
+            return [TrialKey(*map(int, pair.split(":"))) for pair in listed.split(",")]
+        return [TrialKey(int(labels[BATCH_LABEL]), int(labels[SEED_LABEL]))]
+    except (KeyError, ValueError, TypeError):
+        return []
 
 
 def group_objects(sweep: Sweep, jobs: Sequence[dict], pods: Sequence[dict]) -> World:
-    """Jobs and pods of this sweep by trial (labels are checked here too, not only by selector)."""
+    """Jobs and pods of this sweep by trial (labels are checked here too, not only by selector);
+    a Job and its pods appear under each trial they run."""
     world = World()
     wanted = set(sweep.trials())
     for job in jobs:
-        key = _key(job, sweep)
-        if key in wanted and not (job.get("metadata") or {}).get("deletionTimestamp"):
-            world.jobs[key] = job
+        if (job.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for key in _keys(job, sweep):
+            if key in wanted:
+                world.jobs[key] = job
     for pod in pods:
-        key = _key(pod, sweep)
-        if key in wanted:
-            world.pods.setdefault(key, []).append(pod)
+        for key in _keys(pod, sweep):
+            if key in wanted:
+                world.pods.setdefault(key, []).append(pod)
     for group in world.pods.values():
         group.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
     return world
@@ -128,19 +137,21 @@ def read_world(
     world.source = "direct"
     targets = scrape_targets(world, trainer_port)
 
-    def one(item: tuple[TrialKey, str]) -> tuple[TrialKey, TrialMetrics | None]:
-        key, url = item
+    def one(url: str) -> dict[tuple[int, int], TrialMetrics]:
         try:
-            return key, scrape(url, timeout).get((key.batch_size, key.seed))
+            return scrape(url, timeout)
         except MetricsUnavailable:
-            return key, None  # a starting or finishing pod; its termination message remains
+            return {}  # a starting or finishing pod; its termination message remains
 
-    if targets:
+    urls = sorted(set(targets.values()))  # a pod's trials share its one endpoint
+    if urls:
         # Concurrently: one slow pod must not hold up the reconcile by `timeout` per pod.
-        with ThreadPoolExecutor(max_workers=min(SCRAPE_WORKERS, len(targets))) as pool:
-            for key, m in pool.map(one, targets.items()):
-                if m is not None:
-                    world.metrics[(key.batch_size, key.seed)] = m
+        with ThreadPoolExecutor(max_workers=min(SCRAPE_WORKERS, len(urls))) as pool:
+            pages = dict(zip(urls, pool.map(one, urls), strict=True))
+        for key, url in targets.items():
+            m = pages[url].get((key.batch_size, key.seed))
+            if m is not None:
+                world.metrics[(key.batch_size, key.seed)] = m
     return world
 
 
@@ -162,18 +173,22 @@ def _terminated(pod: Mapping[str, Any]) -> dict | None:
     return None
 
 
-def termination_result(pods: Sequence[Mapping[str, Any]]) -> dict | None:
-    """The trainer's result JSON from the newest pod that exited 0 with one."""
+def termination_result(key: TrialKey, pods: Sequence[Mapping[str, Any]]) -> dict | None:
+    """The trial's result JSON from the newest pod that exited 0 with one (a pod running several
+    trials writes one line each)."""
     for pod in reversed(pods):
         term = _terminated(pod)
         if not term or term.get("exitCode") != 0 or not term.get("message"):
             continue
-        try:
-            result = json.loads(term["message"].strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            continue
-        if isinstance(result, dict) and "reached" in result and "steps" in result:
-            return result
+        for line in reversed(term["message"].strip().splitlines()):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                continue
+            if (isinstance(result, dict) and "reached" in result and "steps" in result
+                    and (result.get("batch_size"), result.get("seed")) == (key.batch_size,
+                                                                            key.seed)):
+                return result
     return None
 
 
@@ -214,7 +229,7 @@ def observe_trial(
     status = job.get("status") or {}
     restarts = int(status.get("failed") or 0)
     conds = _true_conditions(job)
-    result = termination_result(pods)
+    result = termination_result(key, pods)
     note = None
 
     decided = _from_metrics(metrics) if metrics is not None else None
@@ -277,7 +292,7 @@ def observe(
     for key, job in world.jobs.items():
         m = world.metrics.get((key.batch_size, key.seed))
         obs, note = observe_trial(key, job, world.pods.get(key, []), m, world.source)
-        out[key] = obs
+        out[key] = replace(obs, job=(job.get("metadata") or {}).get("name"))
         if note:
             notes.append((key, f"trial batch size {key.batch_size} seed {key.seed}: {note}"))
     return out, notes
@@ -296,7 +311,7 @@ def late_disagreements(previous_status: Mapping[str, Any],
                 "prometheus", "direct"):
             continue
         key = TrialKey(int(row["batchSize"]), int(row["seed"]))
-        result = termination_result(world.pods.get(key, []))
+        result = termination_result(key, world.pods.get(key, []))
         if result is None:
             continue
         steps = _finite(result.get("steps"))

@@ -62,11 +62,12 @@ class Observation:
     source: str | None = None
     reason: str | None = None
     restarts: int = 0
+    job: str | None = None  # the Job (or process group) running it, shared by a pod's trials
 
 
 @dataclass(frozen=True)
 class Plan:
-    create: tuple[TrialKey, ...]
+    create: tuple[tuple[TrialKey, ...], ...]  # each tuple: the trials of one new Job
     stop: tuple[tuple[TrialKey, str], ...]
     status: dict
 
@@ -112,6 +113,7 @@ class _Record:
     params: int | None = None
     dataset_size: int | None = None
     seen: bool = False  # the backend sees a Job/process for it now
+    job: str | None = None
 
 
 def _previous_records(previous_status: Mapping[str, Any] | None) -> dict[TrialKey, dict]:
@@ -157,6 +159,7 @@ def _record(key: TrialKey, obs: Observation | None, prev: Mapping[str, Any] | No
             or _int_or_none(result.get("generator_params")),
             _int_or_none(prev.get("datasetSize")) or _int_or_none(result.get("dataset_size")),
             seen=obs is not None and obs.phase not in FINAL,
+            job=(obs.job if obs is not None else None) or prev.get("job"),
         )
     if obs is None:
         return _Record(key, Phase.Pending)
@@ -165,6 +168,7 @@ def _record(key: TrialKey, obs: Observation | None, prev: Mapping[str, Any] | No
         key, Phase(obs.phase), obs.steps, obs.fid, obs.source, obs.reason, obs.restarts,
         _int_or_none(result.get("generator_params")), _int_or_none(result.get("dataset_size")),
         seen=obs.phase not in FINAL,  # a finished trial's Job or process needs no stopping
+        job=obs.job or (prev or {}).get("job"),
     )
     if prev and rec.phase in (Phase.Pending, Phase.Running):
         # Metrics may be unreachable for a while: keep the last progress we knew.
@@ -367,24 +371,22 @@ def plan(
     prev = _previous_records(previous_status)
     records = {k: _record(k, observations.get(k), prev.get(k)) for k in keys}
 
+    was = {k: r.phase for k, r in records.items()}
+    doomed = _prune(records, sweep) if sweep.pruning.sfo_bound else []
+    # Pruned before (maybe by an operator that stopped before deleting): stop it again.
+    doomed += [k for k, r in records.items() if r.phase is Phase.Pruned and r.seen
+               and k not in doomed]
     stop: list[tuple[TrialKey, str]] = []
-    if sweep.pruning.sfo_bound:
-        for k in _prune(records, sweep):
-            stop.append((k, records[k].reason or "pruned"))
-    for k, r in records.items():
-        # Pruned before (maybe by an operator that stopped before deleting): stop it again.
-        if r.phase is Phase.Pruned and r.seen and all(k != s for s, _ in stop):
+    for k in doomed:
+        r = records[k]
+        if _shares_live_job(r, records.values()):
+            # Stopping its Job would stop trials that can still win: it runs on with them.
+            r.phase = was[k] if was[k] not in FINAL else Phase.Running
+            r.reason = f"cannot win, runs on with the other trials of Job {r.job}"
+        else:
             stop.append((k, r.reason or "pruned"))
 
-    active = sum(1 for r in records.values()
-                 if r.seen and r.phase in (Phase.Pending, Phase.Running))
-    create: list[TrialKey] = []
-    for k in keys:
-        r = records[k]
-        if active + len(create) >= sweep.parallelism:
-            break
-        if r.phase is Phase.Pending and not r.seen:
-            create.append(k)
+    create = _new_jobs(sweep, records)
 
     # Recomputed, not accumulated: a pruned trial keeps the steps it was stopped at.
     sfo_saved = sum(k.batch_size * max(0.0, sweep.target.max_steps - float(r.steps or 0.0))
@@ -432,7 +434,7 @@ def plan(
     else:
         degraded = _condition("Degraded", False, "AsExpected", "no problems", gen)
 
-    jobs = {k: job_name(sweep.name, k) for k in keys}
+    jobs = {k: records[k].job or job_name(sweep.name, k) for k in keys}
     status = {
         "observedGeneration": gen,
         "phase": phase,
@@ -461,7 +463,30 @@ def plan(
         "criticalBatchSize": critical,
         "conditions": [ready, progressing, degraded],
     }
-    return Plan(tuple(create), tuple(stop), status)
+    return Plan(create, tuple(stop), status)
+
+
+def _shares_live_job(r: _Record, records: Iterable[_Record]) -> bool:
+    return r.job is not None and any(
+        o is not r and o.job == r.job and o.seen and o.phase in (Phase.Pending, Phase.Running)
+        for o in records)
+
+
+def _new_jobs(sweep: Sweep,
+              records: Mapping[TrialKey, _Record]) -> tuple[tuple[TrialKey, ...], ...]:
+    """Pending trials in `Sweep.trials()` order, packed `trialsPerGPU` to a Job, while fewer
+    than parallelism / trialsPerGPU Jobs (at least one) run; names them in `records`."""
+    per_job = sweep.trials_per_gpu
+    live = {r.job or str(k) for k, r in records.items()
+            if r.seen and r.phase in (Phase.Pending, Phase.Running)}
+    free = max(1, sweep.parallelism // per_job) - len(live)
+    waiting = [k for k, r in records.items() if r.phase is Phase.Pending and not r.seen]
+    groups = [tuple(waiting[i:i + per_job]) for i in range(0, len(waiting), per_job)]
+    groups = groups[:max(0, free)]
+    for group in groups:
+        for k in group:
+            records[k].job = job_name(sweep.name, group[0])
+    return tuple(groups)
 
 
 def _num(x: float | None) -> float | int | None:

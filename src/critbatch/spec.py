@@ -31,6 +31,7 @@ KNOWN_DATASET_SIZES = {"digits": 1797}
 DEVICES = ("auto", "cpu", "cuda")
 METRIC_SOURCES = ("auto", "prometheus", "direct")
 MAX_BATCH = 1 << 20
+MAX_TRIALS_PER_GPU = 8  # their result lines must fit one 4 KiB termination message
 
 # Dot-separated DNS-1123 labels, as the API server checks object names (and the CRD's pattern).
 _LABEL_RE = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -198,6 +199,7 @@ class Sweep:
     reference: Reference | None = None
     metrics: Metrics = field(default_factory=Metrics)
     queue_name: str | None = None
+    trials_per_gpu: int = 1
 
     def trials(self) -> list[TrialKey]:
         """Every trial, batch size ascending, then seed."""
@@ -654,7 +656,8 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
     spec = _mapping(manifest["spec"], "spec")
     _no_unknown(spec, "spec", (
         "trainer", "optimizer", "batchSizes", "batchSizeRange", "seeds", "target",
-        "parallelism", "pruning", "estimate", "reference", "metrics", "queueName",
+        "parallelism", "trialsPerGPU", "pruning", "estimate", "reference", "metrics",
+        "queueName",
     ))
     trainer = _parse_trainer(spec.get("trainer") if "trainer" in spec else {})
     optimizer = _parse_optimizer(spec.get("optimizer"), trainer.model)
@@ -673,6 +676,10 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
     sfo_bound = pruning.get("sfoBound", True)
     if not isinstance(sfo_bound, bool):
         raise _err("spec.pruning.sfoBound", f"must be true or false, got {sfo_bound!r}")
+    per_gpu = _int(spec, "trialsPerGPU", "spec", default=1, lo=1, hi=MAX_TRIALS_PER_GPU)
+    if per_gpu > 1 and trainer.gpus > 1:
+        raise _err("spec.trialsPerGPU", f"must be 1 when spec.trainer.gpus is {trainer.gpus} "
+                                        "(trials share one GPU)")
     queue = _str(spec, "queueName", "spec", max_len=63)
     if queue and not _DNS1123_SUBDOMAIN.match(queue):
         raise _err("spec.queueName", f"must be a LocalQueue's name, got {queue!r}")
@@ -692,6 +699,7 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
         reference=_parse_reference(spec.get("reference")),
         metrics=_parse_metrics(spec.get("metrics")),
         queue_name=queue or None,
+        trials_per_gpu=per_gpu,
     )
 
 
@@ -713,7 +721,7 @@ def _fmt(x: float) -> str:
 
 def trainer_args(
     sweep: Sweep,
-    key: TrialKey,
+    key: TrialKey | Sequence[TrialKey],
     *,
     metrics_port: int,
     checkpoint_dir: str | None,
@@ -722,7 +730,8 @@ def trainer_args(
     extractor: str | None = None,
     linger: int | None = None,
 ) -> list[str]:
-    """The argv after the trainer executable for one trial (docs/contracts.md), as a list.
+    """The argv after the trainer executable for one trial, or for several sharing one process
+    group (`--trials B:S,...`), as a list (docs/contracts.md).
 
     `data_path` and `extractor` override what the spec says (the Kubernetes backend mounts
     the dataset and Inception claims at its own paths); `linger` defaults to
@@ -737,8 +746,12 @@ def trainer_args(
         args += ["--image-size", str(t.image_size)]
     if t.channels is not None:
         args += ["--channels", str(t.channels)]
-    args += ["--batch-size", str(key.batch_size), "--seed", str(key.seed),
-             "--optimizer", o.name]
+    keys = [key] if isinstance(key, TrialKey) else list(key)
+    if len(keys) == 1:
+        args += ["--batch-size", str(keys[0].batch_size), "--seed", str(keys[0].seed)]
+    else:
+        args += ["--trials", ",".join(f"{k.batch_size}:{k.seed}" for k in keys)]
+    args += ["--optimizer", o.name]
     for flag, side in (("g", o.generator), ("d", o.discriminator)):
         args += [f"--lr-{flag}", _fmt(side.learning_rate), f"--beta1-{flag}", _fmt(side.beta1),
                  f"--beta2-{flag}", _fmt(side.beta2), f"--eps-{flag}", _fmt(side.eps)]

@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ import kmock as kmock_lib
 import kopf
 import yaml
 from kopf.testing import KopfRunner
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from critbatch_operator.config import Config
 from critbatch_operator.handlers import register
@@ -152,29 +153,12 @@ def expected_measured(grid: Iterable[int], seeds: int, max_steps: int) -> int:
 
 
 class FakeTrainer:
-    """One trial's trainer: a real /metrics endpoint with the trainer's metric names."""
+    """One trial's trainer state, with the trainer's metric names (served by its FakePod)."""
 
     def __init__(self, sweep: str, batch_size: int, seed: int, n: float, max_steps: int,
                  threshold: float = 50.0) -> None:
         self.sweep, self.batch_size, self.seed = sweep, batch_size, seed
         self.n, self.max_steps, self.threshold = n, max_steps, threshold
-        self.registry = CollectorRegistry()
-        labels = ["sweep", "batch_size", "seed"]
-        values = (sweep, str(batch_size), str(seed))
-
-        def gauge(name: str, doc: str) -> Any:
-            return Gauge(f"critbatch_trainer_{name}", doc, labels,
-                         registry=self.registry).labels(*values)
-
-        self.g_step = gauge("step", "steps done")
-        self.g_fid = gauge("fid", "last FID")
-        self.g_reached = gauge("reached", "1 once FID <= threshold")
-        self.g_finished = gauge("finished", "1 once the run ended")
-        self.g_max = gauge("max_steps", "step budget")
-        self.g_stt = None
-        self.g_max.set(max_steps)
-        self.server, self.thread = start_http_server(0, addr="127.0.0.1", registry=self.registry)
-        self.port = self.server.server_port
         self.step = 0.0
         self.fid = 400.0
         self.reached = False
@@ -189,15 +173,8 @@ class FakeTrainer:
         if self.step >= self.n:
             self.reached, self.finished = True, True
             self.fid = self.threshold * 0.98
-            self.g_stt = Gauge("critbatch_trainer_steps_to_threshold", "N(b)",
-                               ["sweep", "batch_size", "seed"], registry=self.registry)
-            self.g_stt.labels(self.sweep, str(self.batch_size), str(self.seed)).set(self.n)
-            self.g_reached.set(1)
         elif self.step >= self.max_steps:
             self.finished = True
-        self.g_step.set(self.step)
-        self.g_fid.set(self.fid)
-        self.g_finished.set(1 if self.finished else 0)
 
     def result(self) -> dict:
         steps = int(self.n if self.reached else self.step)
@@ -207,18 +184,54 @@ class FakeTrainer:
                 "max_steps": self.max_steps, "wall_seconds": 1.0, "generator_params": 3_576_704,
                 "dataset_size": 1797}
 
+    def values(self) -> dict[str, float]:
+        """The trainer's gauges by metric name suffix."""
+        out = {"step": self.step, "fid": self.fid, "reached": float(self.reached),
+               "finished": float(self.finished), "max_steps": float(self.max_steps)}
+        if self.reached:
+            out["steps_to_threshold"] = self.n
+        return out
+
     def samples(self) -> list[tuple[dict, float]]:
         """What Prometheus would hold for this trainer (name and labels, value)."""
         base = {"sweep": self.sweep, "batch_size": str(self.batch_size), "seed": str(self.seed),
                 "namespace": NS, "pod": f"pod-{self.batch_size}-{self.seed}"}
-        out = [({**base, "__name__": "critbatch_trainer_step"}, self.step),
-               ({**base, "__name__": "critbatch_trainer_fid"}, self.fid),
-               ({**base, "__name__": "critbatch_trainer_reached"}, float(self.reached)),
-               ({**base, "__name__": "critbatch_trainer_finished"}, float(self.finished)),
-               ({**base, "__name__": "critbatch_trainer_max_steps"}, float(self.max_steps))]
-        if self.reached:
-            out.append(({**base, "__name__": "critbatch_trainer_steps_to_threshold"}, self.n))
-        return out
+        return [({**base, "__name__": f"critbatch_trainer_{name}"}, value)
+                for name, value in self.values().items()]
+
+
+class FakePod:
+    """A pod's trainers (one, or a Job's several trials) behind one real /metrics endpoint."""
+
+    def __init__(self, trainers: list[FakeTrainer]) -> None:
+        self.trainers = trainers
+        registry = CollectorRegistry()
+        registry.register(self)
+        self.server, self.thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+        self.port = self.server.server_port
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for t in self.trainers:
+            for name, value in t.values().items():
+                family = families.setdefault(name, GaugeMetricFamily(
+                    f"critbatch_trainer_{name}", name, labels=["sweep", "batch_size", "seed"]))
+                family.add_metric([t.sweep, str(t.batch_size), str(t.seed)], value)
+        yield from families.values()
+
+    @property
+    def finished(self) -> bool:
+        return all(t.finished for t in self.trainers)
+
+    def message(self, corrupt: set[tuple[int, int]]) -> str:
+        """The termination message: one result line per trial."""
+        lines = []
+        for t in self.trainers:
+            result = t.result()
+            if (t.batch_size, t.seed) in corrupt:
+                result["steps"] += 7
+            lines.append(json.dumps(result))
+        return "\n".join(lines)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -255,7 +268,7 @@ class FakeCluster:
     def __init__(self, k: Any, behaviour: Behaviour | None = None) -> None:
         self.k = k
         self.behaviour = behaviour or Behaviour()
-        self.trainers: dict[str, FakeTrainer] = {}
+        self.pods: dict[str, FakePod] = {}  # by Job name
         self.started: dict[str, float] = {}
         self.finished_at: dict[str, float] = {}
         self.attempts: dict[str, int] = {}
@@ -269,7 +282,7 @@ class FakeCluster:
         return out
 
     def live_trainers(self) -> list[FakeTrainer]:
-        return list(self.trainers.values())
+        return [t for pod in list(self.pods.values()) for t in pod.trainers]
 
     async def __aenter__(self) -> FakeCluster:
         self._task = asyncio.create_task(self._loop())
@@ -280,9 +293,9 @@ class FakeCluster:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for t in self.trainers.values():
-            t.close()
-        self.trainers.clear()
+        for pod in self.pods.values():
+            pod.close()
+        self.pods.clear()
 
     async def _loop(self) -> None:
         while True:
@@ -295,33 +308,38 @@ class FakeCluster:
     def tick(self) -> None:
         now = time.monotonic()
         jobs = self.jobs()
-        for name in list(self.trainers):
+        for name in list(self.pods):
             if name not in jobs:  # the Job was deleted: its pod goes too (background propagation)
-                self.trainers.pop(name).close()
+                self.pods.pop(name).close()
                 with contextlib.suppress(KeyError, ValueError):
                     self.k.objects[PODS, NS, self._pod_name(name)].delete()
         for name, job in jobs.items():
             conds = {c["type"] for c in (job.get("status") or {}).get("conditions") or []}
             if conds & {"Complete", "Failed"} or (job.get("spec") or {}).get("suspend"):
                 continue
-            if name not in self.trainers:
+            if name not in self.pods:
                 self._start(name, job, now)
                 continue
             self._progress(name, job, now)
 
     def _start(self, name: str, job: dict, now: float) -> None:
-        labels = job["spec"]["template"]["metadata"]["labels"]
-        b, s = int(labels["critbatch.dev/batch-size"]), int(labels["critbatch.dev/seed"])
         args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        if "--trials" in args:
+            pairs = args[args.index("--trials") + 1].split(",")
+            keys = [tuple(map(int, pair.split(":"))) for pair in pairs]
+        else:
+            keys = [(int(args[args.index("--batch-size") + 1]),
+                     int(args[args.index("--seed") + 1]))]
         max_steps = int(args[args.index("--max-steps") + 1])
         sweep = args[args.index("--sweep") + 1]
         threshold = float(args[args.index("--fid-threshold") + 1])
-        trainer = FakeTrainer(sweep, b, s, self.behaviour.steps(b, s), max_steps, threshold)
-        self.trainers[name] = trainer
+        fake = FakePod([FakeTrainer(sweep, b, s, self.behaviour.steps(b, s), max_steps,
+                                    threshold) for b, s in keys])
+        self.pods[name] = fake
         self.started[name] = now
         pod = copy.deepcopy(job["spec"]["template"])
         container = pod["spec"]["containers"][0]
-        container["ports"] = [{"name": "metrics", "containerPort": trainer.port}]
+        container["ports"] = [{"name": "metrics", "containerPort": fake.port}]
         pod.update({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {**pod["metadata"], "name": self._pod_name(name), "namespace": NS,
@@ -337,39 +355,36 @@ class FakeCluster:
         self.k.objects[JOBS, NS, name].patch({"status": {"active": 1, "startTime": _ts()}})
 
     def _progress(self, name: str, job: dict, now: float) -> None:
-        trainer = self.trainers[name]
-        key = (trainer.batch_size, trainer.seed)
-        crashes = self.behaviour.failures.get(key, 0)
+        fake = self.pods[name]
         attempt = self.attempts.get(name, 0)
-        trainer.advance((now - self.started[name]) * self.behaviour.rate(trainer.batch_size))
         pod_key = (PODS, NS, self._pod_name(name))
-        if attempt < crashes and trainer.step >= min(trainer.n, trainer.max_steps) / 2:
-            self._crash(name, job, trainer, pod_key, now)
-            return
-        if not trainer.finished:
+        for trainer in fake.trainers:
+            trainer.advance((now - self.started[name]) * self.behaviour.rate(trainer.batch_size))
+            crashes = self.behaviour.failures.get((trainer.batch_size, trainer.seed), 0)
+            if attempt < crashes and trainer.step >= min(trainer.n, trainer.max_steps) / 2:
+                self._crash(name, job, pod_key)
+                return
+        if not fake.finished:
             return
         done = self.finished_at.setdefault(name, now)
         if now - done < self.behaviour.linger:
-            return  # the trainer lingers, still serving its final metrics
-        message = json.dumps(trainer.result())
-        if key in self.behaviour.corrupt_messages:
-            message = json.dumps({**trainer.result(), "steps": int(trainer.result()["steps"]) + 7})
+            return  # the trainers linger, still serving their final metrics
+        message = fake.message(self.behaviour.corrupt_messages)
         self.k.objects[pod_key].patch({"status": {"phase": "Succeeded", "containerStatuses": [
             {"name": "trainer", "ready": False, "restartCount": 0,
              "state": {"terminated": {"exitCode": 0, "reason": "Completed",
                                       "message": message}}}]}})
-        self.trainers.pop(name).close()
+        self.pods.pop(name).close()
         self.k.objects[JOBS, NS, name].patch({"status": {
             "active": None, "succeeded": 1, "completionTime": _ts(),
             "conditions": [{"type": "Complete", "status": "True"}]}})
 
-    def _crash(self, name: str, job: dict, trainer: FakeTrainer, pod_key: tuple,
-               now: float) -> None:
+    def _crash(self, name: str, job: dict, pod_key: tuple) -> None:
         self.k.objects[pod_key].patch({"status": {"phase": "Failed", "containerStatuses": [
             {"name": "trainer", "ready": False, "restartCount": 0,
              "state": {"terminated": {"exitCode": 1, "reason": "Error",
                                       "message": "RuntimeError: CUDA error: out of memory"}}}]}})
-        self.trainers.pop(name).close()
+        self.pods.pop(name).close()
         attempt = self.attempts.get(name, 0) + 1
         self.attempts[name] = attempt
         limit = int(job["spec"].get("backoffLimit", 6))
@@ -557,11 +572,12 @@ class ScenarioResult:
 
 async def full_sweep_scenario(k: Any, *, batch_sizes: tuple[int, ...] = (2, 4, 8, 16, 32, 64),
                               seeds: int = 2, parallelism: int = 4, max_steps: int = 4000,
-                              source: str = "direct", restart_after: int = 4) -> ScenarioResult:
+                              source: str = "direct", restart_after: int = 4,
+                              trials_per_gpu: int = 1) -> ScenarioResult:
     """Create a sweep, restart the operator after `restart_after` trials are done, run it to
     the end. Needs `setup_kmock(k)` first."""
     body = sweep_manifest("demo", batchSizes=list(batch_sizes), seeds=seeds,
-                          parallelism=parallelism,
+                          parallelism=parallelism, trialsPerGPU=trials_per_gpu,
                           target={"fidThreshold": 50, "maxSteps": max_steps, "evalEvery": 10})
     # b = 2 finishes first and b = 4 next (both reach, so the fit has two points whatever the
     # timing); paced by samples, b = 8 and 16 pass their SFO bound seconds before they would

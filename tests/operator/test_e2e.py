@@ -18,6 +18,7 @@ from harness import (
     delete_sweep,
     full_sweep_scenario,
     job_posts,
+    model_steps,
     operator,
     patch_spec,
     phase_is,
@@ -83,6 +84,27 @@ async def test_six_batch_sizes_two_seeds_with_a_restart_measure_b_star(k):
     assert sample("critbatch_operator_sweeps", {"phase": "Succeeded"}) >= 1
     # The operator made no API call beyond what its RBAC grants.
     assert set(r.calls) <= OPERATOR_RBAC, set(r.calls) - OPERATOR_RBAC
+
+
+async def test_two_trials_per_gpu_share_a_job_and_still_measure_b_star(k):
+    r = await full_sweep_scenario(k, restart_after=4, trials_per_gpu=2)
+    st = r.status
+    assert st["phase"] == "Succeeded" and st["trialsDone"] == 12
+    assert st["criticalBatchSize"]["measured"] == r.expected_measured == 4
+    assert st["criticalBatchSize"]["fitted"] == pytest.approx(3.0, rel=0.1)
+    # Each Job runs a pair of trials, and each was POSTed once.
+    assert [n for n, c in Counter(r.posts).items() if c > 1] == []
+    assert len(r.posts) <= 6
+    jobs = Counter(t["job"] for t in st["trials"])
+    assert set(jobs.values()) == {2}
+    for job in r.jobs.values():
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert len(args[args.index("--trials") + 1].split(",")) == 2
+    # Their pods' shared endpoint told each trial's result apart.
+    rows = [t for t in st["trials"] if t["phase"] == "Reached"]
+    assert rows and all(t["steps"] == model_steps(t["batchSize"], t["seed"]) for t in rows)
+    assert {t["phase"] for t in st["trials"]} <= {"Reached", "Pruned"}
+    assert Counter(reason for _, reason, _ in r.events)["TrialCreated"] == len(r.posts)
 
 
 async def test_results_from_prometheus_and_a_disagreement_is_an_event(k):

@@ -33,6 +33,22 @@ def test_name_labels_and_owner_reference():
     assert meta["annotations"]["critbatch.dev/generation"] == "3"
 
 
+def test_a_pods_trials_share_one_job_named_and_labelled_after_the_first():
+    body = sweep_manifest("demo", trialsPerGPU=2)
+    body["spec"]["trainer"]["gpus"] = 1
+    job = build_job(parse_sweep(body), (TrialKey(8, 0), TrialKey(16, 0)))
+    meta, tpl = job["metadata"], job["spec"]["template"]
+    assert meta["name"] == "demo-b8-s0"
+    assert (meta["labels"]["critbatch.dev/batch-size"], meta["labels"]["critbatch.dev/seed"]) == (
+        "8", "0")
+    assert meta["annotations"]["critbatch.dev/trials"] == "8:0,16:0"
+    assert tpl["metadata"]["annotations"]["critbatch.dev/trials"] == "8:0,16:0"
+    args = tpl["spec"]["containers"][0]["args"]
+    assert args[args.index("--trials") + 1] == "8:0,16:0" and "--batch-size" not in args
+    # One pod, one GPU, whatever the number of trials in it.
+    assert tpl["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
 def test_pod_is_locked_down():
     _, job = job_for()
     pod = job["spec"]["template"]["spec"]

@@ -113,10 +113,35 @@ def test_suspended_and_unscheduled_jobs_are_pending():
 
 
 def test_termination_result_ignores_crashes_and_garbage():
-    assert termination_result([pod("Failed", 1, json.dumps(RESULT))]) is None
-    assert termination_result([pod("Succeeded", 0, "{\"foo\": 1}")]) is None
-    assert termination_result([pod("Succeeded", 0, "log line\n" + json.dumps(RESULT))])[
+    assert termination_result(KEY, [pod("Failed", 1, json.dumps(RESULT))]) is None
+    assert termination_result(KEY, [pod("Succeeded", 0, "{\"foo\": 1}")]) is None
+    assert termination_result(KEY, [pod("Succeeded", 0, "log line\n" + json.dumps(RESULT))])[
         "steps"] == 620
+
+
+def test_a_pods_termination_message_holds_one_result_line_per_trial():
+    other = {**RESULT, "batch_size": 16, "steps": 555}
+    message = json.dumps(RESULT) + "\n" + json.dumps(other)
+    assert termination_result(KEY, [pod("Succeeded", 0, message)])["steps"] == 620
+    assert termination_result(TrialKey(16, 0), [pod("Succeeded", 0, message)])["steps"] == 555
+    assert termination_result(TrialKey(32, 0), [pod("Succeeded", 0, message)]) is None
+
+
+def test_a_job_running_several_trials_stands_for_each_and_its_pod_is_scraped_once():
+    sweep = parse_sweep(sweep_manifest("demo", trialsPerGPU=2))
+    both = (KEY, TrialKey(16, 0))
+    j = build_job(sweep, both)
+    tpl = j["spec"]["template"]["metadata"]
+    p = {**pod(), "metadata": {"name": "x", "labels": tpl["labels"],
+                               "annotations": tpl["annotations"]}}
+    world = group_objects(sweep, [j], [p])
+    assert list(world.jobs) == list(world.pods) == list(both)
+    assert set(scrape_targets(world, 9100).values()) == {"http://10.0.0.7:9100/metrics"}
+    world.source = "direct"
+    world.metrics = {(8, 0): TrialMetrics(step=100.0), (16, 0): TrialMetrics(step=40.0)}
+    obs, _ = observe(sweep, world)
+    assert {k: (o.steps, o.job) for k, o in obs.items()} == {
+        KEY: (100.0, "demo-b8-s0"), TrialKey(16, 0): (40.0, "demo-b8-s0")}
 
 
 def test_objects_are_grouped_by_trial_labels_and_strangers_ignored():

@@ -559,7 +559,8 @@ class LocalRun:
                 self.log_event("stopping", batch_size=key.batch_size, seed=key.seed,
                                reason=reason)
                 self.supervisor.request_stop(self._name(key))
-        for key in result.create:
+        # Locally every trial is a process of its own, a pod's trials too.
+        for key in (k for group in result.create for k in group):
             st = self.trials[key]
             if st.final is None and self._name(key) not in self.supervisor.processes:
                 self.start_trial(st)
