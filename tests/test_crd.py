@@ -200,6 +200,10 @@ CEL_CASES = [
      "exactly one of sweep and noiseRatio"),
     ("reference by name", sweep(reference={"sweep": "a"}), None, None),
     ("four trials per GPU", sweep(trialsPerGPU=4), None, None),
+    ("a CUDA graph for dcgan", with_trainer(cudaGraph=True), None, None),
+    ("a CUDA graph for biggan", with_trainer(model="biggan", cudaGraph=True), None,
+     "cudaGraph: only dcgan"),
+    ("turn bf16 on", with_trainer(bf16=True), SWEEP, "bf16 is immutable"),
     ("four trials per GPU on two GPUs", {**with_trainer(gpus=2), "spec": {
         **with_trainer(gpus=2)["spec"], "trialsPerGPU": 4}}, None, "trialsPerGPU: must be 1"),
     ("change trialsPerGPU", sweep(trialsPerGPU=2), sweep(trialsPerGPU=4),

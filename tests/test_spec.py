@@ -43,6 +43,15 @@ def test_trials_are_ordered_by_batch_size_then_seed():
                           TrialKey(16, 0), TrialKey(16, 1)]
 
 
+def test_the_fast_paths_are_asked_for_by_name():
+    plain = _flags(trainer_args(parse_sweep(manifest()), TrialKey(2, 0), metrics_port=0,
+                                checkpoint_dir=None))
+    assert "--cuda-graph" not in plain and "--bf16" not in plain
+    fast = parse_sweep(with_trainer(cudaGraph=True, bf16=True))
+    args = trainer_args(fast, TrialKey(2, 0), metrics_port=0, checkpoint_dir=None)
+    assert args[-2:] == ["--cuda-graph", "--bf16"]
+
+
 def test_a_pods_trials_run_as_one_trainer_group():
     s = parse_sweep(manifest(batchSizes=[2, 4, 8], seeds=1, trialsPerGPU=2))
     assert s.trials_per_gpu == 2 and parse_sweep(manifest()).trials_per_gpu == 1
@@ -115,6 +124,8 @@ INVALID = [
     ("spec.optimizer.generator.momentum", manifest(optimizer={"generator": {"momentum": 0.9}})),
     ("spec.parallelism", manifest(parallelism=0)),
     ("spec.trialsPerGPU", manifest(trialsPerGPU=9)),
+    ("spec.trainer.cudaGraph", with_trainer(model="wgan-gp", cudaGraph=True)),
+    ("spec.trainer.bf16", with_trainer(bf16="yes")),
     ("spec.trialsPerGPU", {**with_trainer(gpus=2), "spec": {**with_trainer(gpus=2)["spec"],
                                                            "trialsPerGPU": 2}}),
     ("spec.seeds", manifest(seeds="two")),

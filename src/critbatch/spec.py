@@ -114,6 +114,8 @@ class Trainer:
     active_deadline_seconds: int | None = None
     env: tuple[tuple[str, str], ...] = ()
     pod_template: PodTemplate = field(default_factory=PodTemplate)
+    cuda_graph: bool = False
+    bf16: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,14 @@ def _int(
     return v
 
 
+def _bool(obj: Mapping[str, Any], key: str, path: str, *, default: bool = False) -> bool:
+    if not _present(obj, key, f"{path}.{key}", False):
+        return default
+    if not isinstance(obj[key], bool):
+        raise _err(f"{path}.{key}", f"must be true or false, got {obj[key]!r}")
+    return obj[key]
+
+
 def _num(
     obj: Mapping[str, Any], key: str, path: str, *, required: bool = False,
     gt: float | None = None, ge: float | None = None, lt: float | None = None,
@@ -336,7 +346,7 @@ def _parse_trainer(raw: Any) -> Trainer:
     _no_unknown(t, path, (
         "image", "imagePullPolicy", "model", "imageSize", "channels", "dataset", "inception",
         "device", "gpus", "resources", "checkpointEvery", "checkpoints", "backoffLimit",
-        "activeDeadlineSeconds", "env", "podTemplate",
+        "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "bf16",
     ))
     image = _str(t, "image", path)
     if image is not None and not image.strip():
@@ -421,6 +431,10 @@ def _parse_trainer(raw: Any) -> Trainer:
             raise _err(f"{epath}.name", "must not be empty")
         env.append((name, _str(e, "value", epath, default="")))
 
+    cuda_graph = _bool(t, "cudaGraph", path)
+    if cuda_graph and model != "dcgan":
+        raise _err(f"{path}.cudaGraph", f"only dcgan captures its step as a CUDA graph, "
+                                        f"not {model}")
     return Trainer(
         image=image,
         image_pull_policy=_str(t, "imagePullPolicy", path,
@@ -439,6 +453,8 @@ def _parse_trainer(raw: Any) -> Trainer:
         active_deadline_seconds=_int(t, "activeDeadlineSeconds", path, lo=1),
         env=tuple(env),
         pod_template=_parse_pod_template(t.get("podTemplate")),
+        cuda_graph=cuda_graph,
+        bf16=_bool(t, "bf16", path),
     )
 
 
@@ -673,9 +689,7 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
                            f"{size} training examples")
     pruning = _mapping(spec.get("pruning"), "spec.pruning", default={})
     _no_unknown(pruning, "spec.pruning", ("sfoBound",))
-    sfo_bound = pruning.get("sfoBound", True)
-    if not isinstance(sfo_bound, bool):
-        raise _err("spec.pruning.sfoBound", f"must be true or false, got {sfo_bound!r}")
+    sfo_bound = _bool(pruning, "sfoBound", "spec.pruning", default=True)
     per_gpu = _int(spec, "trialsPerGPU", "spec", default=1, lo=1, hi=MAX_TRIALS_PER_GPU)
     if per_gpu > 1 and trainer.gpus > 1:
         raise _err("spec.trialsPerGPU", f"must be 1 when spec.trainer.gpus is {trainer.gpus} "
@@ -776,4 +790,5 @@ def trainer_args(
     if termination_log:
         args += ["--termination-log", termination_log]
     args += ["--device", t.device]
+    args += ["--cuda-graph"] * t.cuda_graph + ["--bf16"] * t.bf16
     return args
