@@ -44,7 +44,8 @@ from critbatch_trainer.loop import Trial
 PEAKS = {"tf32": 494.7e12, "bf16": 989.4e12}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queue, so that a clock read after it means the work is done."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -52,19 +53,20 @@ def _sync(device: torch.device) -> None:
 def _timed(step: Callable[[], None], device: torch.device, min_steps: int,
            budget: float) -> float:
     """Steps per second over at least min_steps steps and about `budget` seconds."""
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     n = 0
     while n < min_steps or time.perf_counter() - t0 < budget:
         step()
         n += 1
         if n % 8 == 0 or n >= min_steps:
-            _sync(device)  # bound the queue so the clock check means something
-    _sync(device)
+            sync(device)  # bound the queue so the clock check means something
+    sync(device)
     return n / (time.perf_counter() - t0)
 
 
-def _trial(b: int, device: torch.device, cache: str, extra: list[str]) -> Trial:
+def build_trial(b: int, device: torch.device, cache: str, extra: list[str]) -> Trial:
+    """The trainer's Trial with the paper's DCGAN 64x64 on digits; `extra` flags override."""
     cfg = parse_args(["--dataset", "digits", "--image-size", "64", "--channels", "3",
                       "--width", "64", "--z-dim", "100", "--lr-g", "1e-4", "--lr-d", "3e-4",
                       "--batch-size", str(b), "--fid-threshold", "1", "--max-steps", "1",
@@ -72,6 +74,14 @@ def _trial(b: int, device: torch.device, cache: str, extra: list[str]) -> Trial:
                       "--device", device.type, "--stats-cache", cache,
                       "--termination-log", "", *extra])
     return Trial(cfg, log=lambda _m: None)
+
+
+def stepper(trial: Trial) -> Callable[[], None]:
+    """One call = one `Trial.train_step`, the code path a trial runs, on seed 0's batches."""
+    trial.G.train()
+    trial.D.train()
+    batches = trial.data.batches(0, trial.cfg.batch_size, 0, trial.device)
+    return lambda: trial.train_step(batches)
 
 
 def variants(device: torch.device) -> dict[str, list[str]]:
@@ -95,18 +105,15 @@ def bench_training(sizes: list[int], device: torch.device, rounds: int, budget: 
         runners["baseline"] = bl.step
         trials = {}
         for name, flags in variants(device).items():
-            t = _trial(b, device, cache, flags)
-            t.G.train()
-            t.D.train()
-            batches = t.data.batches(0, b, 0, t.device)
+            t = build_trial(b, device, cache, flags)
             trials[name] = t
-            runners[name] = (lambda t=t, it=batches: t.train_step(it))
+            runners[name] = stepper(t)
         errors: dict[str, str] = {}
         for name, run in list(runners.items()):
             try:
                 for _ in range(warmup):
                     run()
-                _sync(device)
+                sync(device)
             except Exception as e:  # one broken variant must not cost the others' figures
                 errors[name] = f"{type(e).__name__}: {e}"
                 log(f"b={b}: {name} failed: {errors[name]}")
@@ -156,7 +163,7 @@ def bench_fid(samples: int, baseline_samples: int, device: torch.device,
     mu, sigma = generated_stats(_Flat(G), ours_ex, z_ref, None, device)
     reference = FrechetReference(mu, sigma)
     z = torch.randn(samples, baseline.NZ)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     mu, sigma = generated_stats(_Flat(G), ours_ex, z, None, device)
     value = reference.distance(mu, sigma)

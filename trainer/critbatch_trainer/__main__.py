@@ -1,4 +1,7 @@
-"""critbatch-trainer: run one trial and print its result as JSON (docs/contracts.md)."""
+"""critbatch-trainer: run one trial and print its result as JSON (docs/contracts.md).
+
+With --trials it runs a group of trials as processes instead (critbatch_trainer.group).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROG = "critbatch-trainer"
+from critbatch_trainer.config import PROG
 
 
 def _error(message: str) -> int:
@@ -30,10 +33,15 @@ def write_termination_log(path: str | None, line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from critbatch_trainer import group
     from critbatch_trainer.config import ConfigError, parse_args
 
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cfg = parse_args(argv)
+        split = group.split_trials(args)
+        if split is not None:
+            return group.run(*split)
+        cfg = parse_args(args)
     except ConfigError as e:
         return _error(str(e))
 

@@ -24,6 +24,7 @@ DATASETS = ("digits", "faces", "imagefolder", "lsun", "celeba")
 EMBEDDED = ("digits", "faces")
 OPTIMIZERS = ("adam", "adabelief", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
+PROG = "critbatch-trainer"
 
 
 class ConfigError(InputError):
@@ -352,8 +353,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(names: list[str]) -> _Parser:
-    p = _Parser(prog="critbatch-trainer", add_help=True,
-                description="Train one TTUR GAN trial until its FID reaches a threshold.")
+    p = _Parser(prog=PROG, add_help=True,
+                description="Train one TTUR GAN trial until its FID reaches a threshold.",
+                epilog="--trials B:S[,B:S...] instead of --batch-size/--seed runs 1 to 8 "
+                       "trials as concurrent processes sharing this device (docs/trainer.md).")
     p.add_argument("--config", help="YAML or JSON file of flag names (with _ for -)")
     for name in names:
         if name in _BOOL:
@@ -380,6 +383,13 @@ def load_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping of flag names to values")
     return data
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """Settings set by flags in argv (not by --config): what a trial group may not override."""
+    names = [f.name for f in fields(TrainerConfig)]
+    ns = _parser(names).parse_args(argv)
+    return {name for name in names if getattr(ns, name) is not None}
 
 
 def parse_args(argv: list[str] | None = None) -> TrainerConfig:

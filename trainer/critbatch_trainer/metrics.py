@@ -1,14 +1,23 @@
-"""The trainer's Prometheus metrics (docs/contracts.md), in a registry of their own per run."""
+"""The trainer's Prometheus metrics (docs/contracts.md), in a registry of their own per run.
+
+In a trial group (`--trials`, critbatch_trainer.group) each child writes its values to the
+group's PROMETHEUS_MULTIPROC_DIR and the parent serves them all; gauges therefore use the
+`mostrecent` mode, which keeps a finished child's values and adds no `pid` label. In a single
+trial the mode changes nothing.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import Gauge as _Gauge
 
 LABELS = ("sweep", "batch_size", "seed")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 30.0)
+Gauge = partial(_Gauge, multiprocess_mode="mostrecent")
 
 
 class TrainerMetrics:
