@@ -68,6 +68,18 @@ def owner_reference(sweep: Sweep) -> dict[str, Any]:
     }
 
 
+def cpu_threads(resources: dict[str, dict[str, Any]]) -> int | None:
+    """Whole CPUs of the container's limit, else its request ("2", 2, "2500m"); None if unset."""
+    for kind in ("limits", "requests"):
+        value = str((resources.get(kind) or {}).get("cpu", "")).strip()
+        try:
+            cores = int(value[:-1]) / 1000 if value.endswith("m") else float(value)
+        except ValueError:
+            continue
+        return max(1, int(cores))
+    return None
+
+
 def trials_annotation(keys: Sequence[TrialKey]) -> str:
     return ",".join(f"{k.batch_size}:{k.seed}" for k in keys)
 
@@ -139,6 +151,10 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
     ] + [{"name": n, "value": v} for n, v in t.env]
 
     resources: dict[str, dict[str, Any]] = {k: dict(v) for k, v in t.resources.items()}
+    threads = cpu_threads(resources)
+    if threads and not {n for n, _ in t.env} & {"CRITBATCH_THREADS", "OMP_NUM_THREADS"}:
+        # torch would start a thread per core of the node; a trial group splits these.
+        env.append({"name": "CRITBATCH_THREADS", "value": str(threads)})
     named = any("nvidia.com/gpu" in v for v in resources.values())
     if t.gpus and not named:
         resources.setdefault("limits", {})["nvidia.com/gpu"] = t.gpus

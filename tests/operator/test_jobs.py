@@ -49,6 +49,21 @@ def test_a_pods_trials_share_one_job_named_and_labelled_after_the_first():
     assert tpl["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+@pytest.mark.parametrize(("resources", "env", "threads"), [
+    ({"requests": {"cpu": "1"}, "limits": {"cpu": "4"}}, [], "4"),
+    ({"requests": {"cpu": "2500m"}}, [], "2"),
+    ({"requests": {"cpu": 3}}, [], "3"),
+    ({"requests": {"cpu": "100m"}}, [], "1"),
+    ({"requests": {"memory": "1Gi"}}, [], None),
+    ({"limits": {"cpu": "4"}}, [{"name": "OMP_NUM_THREADS", "value": "2"}], None),
+])
+def test_trainer_threads_follow_the_cpu_it_gets(resources, env, threads):
+    _, job = job_for(trainer={**sweep_manifest()["spec"]["trainer"], "resources": resources,
+                              "env": env})
+    got = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert got.get("CRITBATCH_THREADS") == threads
+
+
 def test_pod_is_locked_down():
     _, job = job_for()
     pod = job["spec"]["template"]["spec"]
