@@ -24,6 +24,8 @@ DATASETS = ("digits", "faces", "imagefolder", "lsun", "celeba")
 EMBEDDED = ("digits", "faces")
 OPTIMIZERS = ("adam", "adabelief", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
+RESIDENT = ("auto", "on", "off")
+GROUP_SIZE_ENV = "CRITBATCH_GROUP_SIZE"  # set for the children of a trial group
 PROG = "critbatch-trainer"
 
 
@@ -78,6 +80,7 @@ class TrainerConfig:
     device: str = "auto"
     threads: int | None = None
     workers: int = 2
+    resident: str = "auto"
     cuda_graph: bool = False
     bf16: bool = False
 
@@ -130,6 +133,7 @@ def resolve(cfg: TrainerConfig) -> TrainerConfig:
     _check_choice("dataset", cfg.dataset, DATASETS)
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("device", cfg.device, DEVICES)
+    _check_choice("resident", cfg.resident, RESIDENT)
     digits = cfg.dataset == "digits"
     if cfg.dataset in EMBEDDED:
         size_default, ch_default = (16, 1) if digits else (32, 1)
@@ -342,6 +346,8 @@ HELP: dict[str, str] = {
     "device": "auto | cpu | cuda (default auto)",
     "threads": "torch CPU threads (default CRITBATCH_THREADS or OMP_NUM_THREADS)",
     "workers": "data-loader processes for real datasets (default 2)",
+    "resident": "auto | on | off: decode a real dataset once and keep it as uint8 on the "
+                "device (auto: on cuda when it fits a quarter of the free memory)",
     "cuda_graph": "replay each DCGAN step as one CUDA graph (cuda only; default off)",
     "bf16": "bfloat16 autocast in training steps; changes numerics, so N(b) (default off)",
 }

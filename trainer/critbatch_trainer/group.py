@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from critbatch_trainer.config import PROG, ConfigError, TrainerConfig, given_flags, parse_args
+from critbatch_trainer.config import (
+    GROUP_SIZE_ENV,
+    PROG,
+    ConfigError,
+    TrainerConfig,
+    given_flags,
+    parse_args,
+)
 
 MAX_TRIALS = 8
 TERMINATION_LIMIT = 4000  # bytes; Kubernetes keeps 4096 of a termination message
@@ -217,7 +224,9 @@ def run(trials: str, rest: list[str]) -> int:
         metrics_dir.mkdir()
         if cfg.metrics_port:
             server = _serve(metrics_dir, cfg.metrics_port, cfg.metrics_host)
-        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+        # The group's size lets a child's `--resident auto` leave room for its siblings.
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+                   **{GROUP_SIZE_ENV: str(len(pairs))})
         if threads is not None:
             env.update(OMP_NUM_THREADS=str(threads), CRITBATCH_THREADS=str(threads))
         print(f"{PROG}: {len(pairs)} trials as processes: " + ", ".join(p.tag for p in pairs)

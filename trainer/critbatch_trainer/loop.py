@@ -41,6 +41,7 @@ CHECKPOINT_VERSION = 1
 METRICS_EVERY = 10
 GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuDNN autotuning, lazy init)
 # Settings that define N(b): a checkpoint written under other values belongs to another run.
+# Not `resident`: it serves the same images in the same order (bit for bit on the CPU).
 IDENTITY = ("model", "dataset", "data_path", "lsun_classes", "image_size", "channels",
             "batch_size", "seed", "optimizer", "lr_g", "lr_d", "beta1_g", "beta2_g", "eps_g",
             "beta1_d", "beta2_d", "eps_d", "fid_threshold", "eval_every", "eval_samples",
@@ -99,7 +100,8 @@ class Trial:
         self.device = resolve_device(cfg.device)
         try:
             self.data = TrainingData(cfg.dataset, cfg.image_size, cfg.channels, cfg.data_path,
-                                     cfg.lsun_classes, cfg.workers)
+                                     cfg.lsun_classes, cfg.workers, cfg.resident, self.device,
+                                     cfg.stats_cache)
         except (FileNotFoundError, RuntimeError, OSError) as e:
             raise ConfigError(f"data-path: cannot read {cfg.dataset} at {cfg.data_path}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
