@@ -32,6 +32,9 @@ DEVICES = ("auto", "cpu", "cuda")
 METRIC_SOURCES = ("auto", "prometheus", "direct")
 MAX_BATCH = 1 << 20
 MAX_TRIALS_PER_GPU = 8  # their result lines must fit one 4 KiB termination message
+# What the trial Job already has (critbatch_operator.jobs): a pod template must not reuse them.
+JOB_VOLUMES = ("scratch", "tmp", "dshm", "dataset", "inception", "checkpoints")
+JOB_MOUNT_PATHS = ("/scratch", "/tmp", "/dev/shm", "/data", "/inception", "/checkpoints")
 
 # Dot-separated DNS-1123 labels, as the API server checks object names (and the CRD's pattern).
 _LABEL_RE = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -476,9 +479,14 @@ def _parse_pod_template(raw: Any) -> PodTemplate:
     for i, m in enumerate(objects("volumeMounts")):
         mp = f"{path}.volumeMounts[{i}]"
         _str(m, "name", mp, required=True)
-        _str(m, "mountPath", mp, required=True)
+        mount = _str(m, "mountPath", mp, required=True).rstrip("/") or "/"
+        if mount in JOB_MOUNT_PATHS:
+            raise _err(f"{mp}.mountPath", f"{mount} is the trial's own; mount elsewhere")
     for i, v in enumerate(objects("volumes")):
-        _str(v, "name", f"{path}.volumes[{i}]", required=True)
+        name = _str(v, "name", f"{path}.volumes[{i}]", required=True)
+        if name in JOB_VOLUMES:
+            raise _err(f"{path}.volumes[{i}].name", f"{name!r} is a volume the trial Job already "
+                                                    f"has; choose another name")
     affinity = p.get("affinity")
     return PodTemplate(
         labels=_str_map(p.get("labels"), f"{path}.labels"),

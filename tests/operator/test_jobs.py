@@ -7,7 +7,7 @@ import copy
 import pytest
 from harness import sweep_manifest
 
-from critbatch.spec import TrialKey, parse_sweep, trainer_args
+from critbatch.spec import JOB_MOUNT_PATHS, JOB_VOLUMES, TrialKey, parse_sweep, trainer_args
 from critbatch_operator.jobs import build_job, sweep_label_value
 
 
@@ -209,6 +209,17 @@ def test_persistent_checkpoints_keep_the_pod_locked_down():
     assert pod["securityContext"] == plain_pod["securityContext"]
     assert c["securityContext"] == plain_c["securityContext"]
     assert pod["automountServiceAccountToken"] is False
+
+
+def test_the_spec_knows_every_volume_and_mount_path_a_job_has():
+    """parse_sweep refuses pod-template volumes that would clash with these."""
+    body = sweep_manifest("demo")
+    body["spec"]["trainer"].update(dataset={"name": "lsun", "pvc": "lsun"},
+                                   inception={"pvc": "weights", "file": "pt_inception.pth"},
+                                   checkpoints={"pvc": "ckpt"})
+    pod = build_job(parse_sweep(body), TrialKey(8, 1))["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} == set(JOB_VOLUMES)
+    assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == set(JOB_MOUNT_PATHS)
 
 
 def test_kueue_queue_label_and_suspended_creation():
