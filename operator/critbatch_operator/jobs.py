@@ -35,6 +35,8 @@ SCRATCH = "/scratch"
 DATA_MOUNT = "/data"
 INCEPTION_MOUNT = "/inception"
 CHECKPOINT_MOUNT = "/checkpoints"  # the trial's own directory of spec.trainer.checkpoints.pvc
+CACHE_MOUNT = f"{SCRATCH}/cache"  # XDG_CACHE_HOME: FID statistics, decoded datasets
+CACHE_SUBPATH = ".cache"  # on the checkpoints claim, shared by all Jobs (no Job has this name)
 RUN_AS = 65532
 BAD_CONFIG_EXIT = 2  # the trainer's "bad configuration": retrying cannot help
 
@@ -127,6 +129,9 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
         volumes.append({"name": "checkpoints", "persistentVolumeClaim": {
             "claimName": t.checkpoints.pvc}})
         mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT, "subPath": name})
+        # The real statistics and a decoded dataset are computed once per claim, not per Job.
+        mounts.append({"name": "checkpoints", "mountPath": CACHE_MOUNT,
+                       "subPath": CACHE_SUBPATH})
         checkpoint_dir = CHECKPOINT_MOUNT
     volumes += [dict(v) for v in tpl.volumes]
     mounts += [dict(m) for m in tpl.volume_mounts]
@@ -144,8 +149,8 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
         args += ["--checkpoint-every", str(resume_checkpoint_every(sweep))]
     env = [
         {"name": "HOME", "value": SCRATCH},
-        {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/cache"},
-        {"name": "TORCH_HOME", "value": f"{SCRATCH}/cache/torch"},
+        {"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
+        {"name": "TORCH_HOME", "value": f"{CACHE_MOUNT}/torch"},
         {"name": "MPLCONFIGDIR", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ] + [{"name": n, "value": v} for n, v in t.env]

@@ -34,7 +34,8 @@ MAX_BATCH = 1 << 20
 MAX_TRIALS_PER_GPU = 8  # their result lines must fit one 4 KiB termination message
 # What the trial Job already has (critbatch_operator.jobs): a pod template must not reuse them.
 JOB_VOLUMES = ("scratch", "tmp", "dshm", "dataset", "inception", "checkpoints")
-JOB_MOUNT_PATHS = ("/scratch", "/tmp", "/dev/shm", "/data", "/inception", "/checkpoints")
+JOB_MOUNT_PATHS = ("/scratch", "/scratch/cache", "/tmp", "/dev/shm", "/data", "/inception",
+                   "/checkpoints")
 
 # Dot-separated DNS-1123 labels, as the API server checks object names (and the CRD's pattern).
 _LABEL_RE = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"

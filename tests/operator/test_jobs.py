@@ -171,10 +171,14 @@ def test_persistent_checkpoints_give_each_trial_its_own_directory_on_the_claim()
         pod, c, flags = _checkpoint_mounts(job)
         (vol,) = [v for v in pod["volumes"] if v["name"] == "checkpoints"]
         assert vol == {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt"}}
-        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "checkpoints"]
+        mount, cache = [m for m in c["volumeMounts"] if m["name"] == "checkpoints"]
         # Read-write, and a retry of the Job (same name) mounts the same directory again.
         assert mount == {"name": "checkpoints", "mountPath": flags["--checkpoint-dir"],
                          "subPath": job["metadata"]["name"]}
+        # The caches (FID statistics, decoded datasets) are the claim's, shared by every Job.
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert cache == {"name": "checkpoints", "mountPath": env["XDG_CACHE_HOME"],
+                         "subPath": ".cache"}
         assert not mount["mountPath"].startswith("/scratch")  # not inside a pod-local emptyDir
         dirs.add(mount["subPath"])
     assert dirs == {"demo-b8-s0", "demo-b8-s1", "demo-b16-s0"}
