@@ -303,6 +303,19 @@ def test_a_reference_noise_ratio_predicts_b_star_before_any_trial_finishes():
     assert any("adam-ref" in w for w in p.status["warnings"])
 
 
+def test_a_reference_of_another_architecture_is_a_warning():
+    s = make_sweep(reference={"sweep": "adam-ref"})
+    # reached() reports a generator of 1000 parameters.
+    same = plan(s, {TrialKey(2, 0): reached(2, 0, 900)}, reference_noise_ratio=5000.0,
+                reference_params=1000, reference_dataset_size=1797).status
+    assert not any("architecture" in w for w in same["warnings"])
+    other = plan(s, {TrialKey(2, 0): reached(2, 0, 900)}, reference_noise_ratio=5000.0,
+                 reference_params=4000, reference_dataset_size=1797).status
+    (w,) = [w for w in other["warnings"] if "architecture" in w]
+    assert "1000" in w and "4000" in w
+    assert other["criticalBatchSize"]["predicted"] is not None  # still said, with the warning
+
+
 def test_a_known_noise_ratio_in_the_spec_predicts_too():
     s = make_sweep(reference={"noiseRatio": 5000.0, "generatorParams": 1000})
     cb = plan(s, {}).status["criticalBatchSize"]

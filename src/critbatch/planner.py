@@ -316,6 +316,10 @@ def _critical(
             value = science.estimate_batch_size(reference_noise_ratio, setting, p, s)
             out["predicted"] = _round(value)
             out["predictedGrid"] = science.snap_to_grid(value, sorted(sweep.batch_sizes))
+            if params and reference_params and params != reference_params:
+                warnings.append(f"predicted: this sweep's generator has {params} parameters, "
+                                f"the reference's {reference_params}: the noise ratio carries "
+                                "over to the same architecture only (Proposition 3.4)")
         else:
             warnings.append("predicted: needs the generator's parameter count and the dataset "
                             "size (from a trial, the reference, or spec.reference)")
