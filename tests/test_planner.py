@@ -432,6 +432,10 @@ def scenarios(draw):
             obs[k] = Observation(k, Phase.Pending, job=job)
         elif state == "running":
             obs[k] = Observation(k, Phase.Running, steps=steps, source="direct", job=job)
+            # Pruned by an earlier plan whose stop has not landed yet.
+            if draw(st.booleans()) and draw(st.booleans()):
+                prev_rows.append({"batchSize": k.batch_size, "seed": k.seed, "phase": "Pruned",
+                                  "steps": steps, "source": "direct", "job": job})
         elif state == "reached":
             obs[k] = reached(k.batch_size, k.seed, steps)
         elif state == "censored":

@@ -384,9 +384,11 @@ def plan(
     for k in doomed:
         r = records[k]
         if _shares_live_job(r, records.values()):
-            # Stopping its Job would stop trials that can still win: it runs on with them.
-            r.phase = was[k] if was[k] not in FINAL else Phase.Running
-            r.reason = f"cannot win, runs on with the other trials of Job {r.job}"
+            # Stopping its Job would stop trials that can still win: it runs on with them (one
+            # pruned before stays pruned).
+            if was[k] not in FINAL:
+                r.phase = was[k]
+                r.reason = f"cannot win, runs on with the other trials of Job {r.job}"
         else:
             stop.append((k, r.reason or "pruned"))
 
