@@ -21,6 +21,7 @@ from critbatch.spec import (
     TrialKey,
     resume_checkpoint_every,
     trainer_args,
+    trials_text,
 )
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -82,16 +83,13 @@ def cpu_threads(resources: dict[str, dict[str, Any]]) -> int | None:
     return None
 
 
-def trials_annotation(keys: Sequence[TrialKey]) -> str:
-    return ",".join(f"{k.batch_size}:{k.seed}" for k in keys)
-
-
 def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_port: int = 9100,
               default_image: str | None = None) -> dict[str, Any]:
     """The batch/v1 Job of one trial, or of a pod's trials (labelled as its first, all of them
     in the `critbatch.dev/trials` annotation); `default_image` serves sweeps that name none."""
     keys = [trials] if isinstance(trials, TrialKey) else list(trials)
     key = keys[0]
+    listed = trials_text(keys)
     t = sweep.trainer
     tpl = t.pod_template
     labels = trial_labels(sweep, key)
@@ -218,7 +216,7 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
         "prometheus.io/port": str(metrics_port),
         "prometheus.io/path": "/metrics",
         **tpl.annotations,
-        TRIALS_ANNOTATION: trials_annotation(keys),
+        TRIALS_ANNOTATION: listed,
     }
     job_spec: dict[str, Any] = {
         "backoffLimit": t.backoff_limit,
@@ -247,7 +245,7 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
             "namespace": sweep.namespace,
             "labels": job_labels,
             "annotations": {"critbatch.dev/generation": str(sweep.generation),
-                            TRIALS_ANNOTATION: trials_annotation(keys)},
+                            TRIALS_ANNOTATION: listed},
             "ownerReferences": [owner_reference(sweep)],
         },
         "spec": job_spec,

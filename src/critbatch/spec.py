@@ -742,6 +742,11 @@ def _fmt(x: float) -> str:
     return repr(float(x))
 
 
+def trials_text(keys: Sequence[TrialKey]) -> str:
+    """`B:S,B:S,...`: how the trainer's `--trials` and a Job's annotation list a pod's trials."""
+    return ",".join(f"{k.batch_size}:{k.seed}" for k in keys)
+
+
 def trainer_args(
     sweep: Sweep,
     key: TrialKey | Sequence[TrialKey],
@@ -773,7 +778,7 @@ def trainer_args(
     if len(keys) == 1:
         args += ["--batch-size", str(keys[0].batch_size), "--seed", str(keys[0].seed)]
     else:
-        args += ["--trials", ",".join(f"{k.batch_size}:{k.seed}" for k in keys)]
+        args += ["--trials", trials_text(keys)]
     args += ["--optimizer", o.name]
     for flag, side in (("g", o.generator), ("d", o.discriminator)):
         args += [f"--lr-{flag}", _fmt(side.learning_rate), f"--beta1-{flag}", _fmt(side.beta1),
