@@ -161,6 +161,38 @@ def test_estimate_bad_counts_exit_2(capsys, argv: list[str], field: str) -> None
     assert_bad_input(capsys, ["estimate", "--reference", REFERENCE, *argv], field)
 
 
+@pytest.mark.parametrize(
+    ("target", "grid", "warning"),
+    [
+        ("optimizer=adam,lr=10", 65536, "--target[0]: the estimate 3200000 is above the grid's "
+         "largest batch size 65536: its grid b* is clamped to 65536"),
+        ("optimizer=adam,lr=1e306", 65536, "--target[0]: the estimate overflows (infinite): its "
+         "grid b* is clamped to 65536"),
+        ("optimizer=rmsprop,lr=1e-9", 1, "--target[0]: the estimate 0.001265 is below the "
+         "grid's smallest batch size 1: its grid b* is clamped to 1"),
+    ],
+)
+def test_estimate_beyond_the_grid_is_clamped_with_a_warning(capsys, target, grid, warning):
+    got = run_json(capsys, "estimate", "--reference", REFERENCE, *DCGAN, "--target", target)
+    assert got["estimates"][0]["grid_batch_size"] == grid
+    assert got["warnings"] == [warning]
+    code, out, _ = run(capsys, "estimate", "--reference", REFERENCE, *DCGAN, "--target", target)
+    assert code == 0 and f"warning: {warning}" in out.replace("\n", "")
+
+
+def test_estimate_within_the_grid_has_no_warning(capsys):
+    got = run_json(capsys, "estimate", "--reference", REFERENCE, *DCGAN, "--target",
+                   "optimizer=adam,lr=1e-4")
+    assert got["warnings"] == []
+
+
+def test_estimate_an_overflowing_noise_ratio_is_exit_2(capsys):
+    assert_bad_input(capsys, ["estimate", "--reference",
+                              "optimizer=adam,lr=1e-300,batch=1e300", *DCGAN,
+                              "--target", "optimizer=adam,lr=1e-4"],
+                     "--reference: the noise ratio sigma^2/eps^3 overflows")
+
+
 # ---------------------------------------------------------------------------------------------
 # analyze
 # ---------------------------------------------------------------------------------------------
@@ -189,21 +221,37 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = No
 
 def test_analyze_json_shape(tmp_path, capsys) -> None:
     got = run_json(capsys, "analyze", str(write_csv(tmp_path / "r.csv", _rows())))
-    assert set(got) >= {"measured_batch_size", "fitted_batch_size", "fitted_interval", "n_min",
+    assert set(got) >= {"most_probable_batch_size", "plausible_batch_sizes",
+                        "argmin_probabilities", "resolved", "reach_fraction", "confidence",
+                        "measured_batch_size", "fitted_batch_size", "fitted_interval", "n_min",
                         "sfo", "censored", "warnings"}
     # SFO = N(b)*b = 1000 b^2/(b - 32): least at 64 on this grid.
+    assert got["most_probable_batch_size"] == 64 and 64 in got["plausible_batch_sizes"]
+    assert got["resolved"] == (got["plausible_batch_sizes"] == [64])
+    assert set(got["argmin_probabilities"]) == {"32", *map(str, MODEL)}
+    assert sum(got["argmin_probabilities"].values()) == pytest.approx(1.0)
+    assert got["reach_fraction"] == {"32": 0.0, **{str(b): 1.0 for b in MODEL}}
     assert got["measured_batch_size"] == 64
-    assert got["fitted_batch_size"] == pytest.approx(64, rel=0.02)
+    assert got["fitted_batch_size"] == pytest.approx(64, rel=0.05)
     lo, hi = got["fitted_interval"]
     assert lo < got["fitted_batch_size"] < hi
-    assert got["n_min"] == pytest.approx(1000, rel=0.02)
+    assert got["n_min"] == pytest.approx(1000, rel=0.05)
     assert [p["batch_size"] for p in got["sfo"]] == sorted(MODEL)
     for p in got["sfo"]:
         assert set(p) >= {"batch_size", "steps", "sfo"}
         assert p["steps"] == pytest.approx(MODEL[p["batch_size"]])  # the seeds' +-2% cancel
         assert p["sfo"] == pytest.approx(p["steps"] * p["batch_size"])
     assert got["censored"] == [32]
-    assert any("32" in w and "censored" in w for w in got["warnings"])
+
+
+def test_analyze_plausible_set_follows_the_confidence(tmp_path, capsys) -> None:
+    path = str(write_csv(tmp_path / "r.csv", _rows(seeds=1)))
+    loose = run_json(capsys, "analyze", path, "--confidence", "0.6")
+    strict = run_json(capsys, "analyze", path, "--confidence", "0.999")
+    assert set(loose["plausible_batch_sizes"]) <= set(strict["plausible_batch_sizes"])
+    assert loose["plausible_batch_sizes"] == sorted(loose["plausible_batch_sizes"])
+    held = sum(strict["argmin_probabilities"][str(b)] for b in strict["plausible_batch_sizes"])
+    assert held >= 0.999 - 1e-9
 
 
 def test_analyze_reads_csv_json_yaml_jsonl_and_stdin_alike(tmp_path, capsys, monkeypatch) -> None:
@@ -231,9 +279,9 @@ def test_analyze_seed_is_optional_and_extra_columns_are_ignored(tmp_path, capsys
     rows = [{**r, "fid": 42.0, "sfo": 0} for r in _rows(seeds=1)]
     path = write_csv(tmp_path / "r.csv", rows, ("batch_size", "fid", "steps", "reached", "sfo"))
     got = run_json(capsys, "analyze", str(path))
-    assert got["measured_batch_size"] == 64
-    assert got["fitted_interval"] is None  # one seed per batch size: no bootstrap
-    assert any("no interval" in w for w in got["warnings"])
+    assert got["most_probable_batch_size"] == 64 and got["measured_batch_size"] == 64
+    lo, hi = got["fitted_interval"]  # one seed per batch size still has an interval
+    assert lo < got["fitted_batch_size"] < hi
 
 
 def test_analyze_not_identifiable_gives_no_number_and_a_reason(tmp_path, capsys) -> None:
@@ -248,9 +296,9 @@ def test_analyze_not_identifiable_gives_no_number_and_a_reason(tmp_path, capsys)
 def test_analyze_table(tmp_path, capsys) -> None:
     code, out, err = run(capsys, "analyze", str(write_csv(tmp_path / "r.csv", _rows())))
     assert code == 0, err
-    assert "measured b*: 64" in out
-    assert "fitted b*" in out and "bootstrap interval" in out
-    assert "censored" in out and "warning:" in out
+    assert out.startswith("b*: 64 (probability ")
+    assert "fitted b*" in out and "credible interval" in out
+    assert "censored >= 20000" in out and "min mean SFO" in out
 
 
 @pytest.mark.parametrize(
@@ -305,13 +353,76 @@ def test_analyze_malformed_files(tmp_path, capsys, name, text, field) -> None:
     assert_bad_input(capsys, ["analyze", str(tmp_path / name)], field)
 
 
+def test_analyze_refuses_a_trial_given_twice_naming_both_rows(tmp_path, capsys) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("batch_size,steps,reached,seed\n16,100,true,0\n32,50,true,0\n"
+                    "16,120,true,0\n")
+    line = assert_bad_input(capsys, ["analyze", str(path)], "row 1 (line 2) and row 3 (line 4) "
+                            "are both batch_size 16, seed 0: each trial must appear once")
+    assert "add a seed column" not in line
+
+
+def test_analyze_rows_without_a_seed_are_seed_0_and_the_message_says_so(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    path.write_text("batch_size,steps,reached\n16,100,true\n32,50,true\n16,120,true\n")
+    assert_bad_input(capsys, ["analyze", str(path)], "add a seed column")
+    rows = [{"batch_size": 16, "steps": 1, "reached": True},
+            {"batch_size": 16, "steps": 2, "reached": True, "seed": 0}]
+    (tmp_path / "r.json").write_text(json.dumps(rows))
+    assert_bad_input(capsys, ["analyze", str(tmp_path / "r.json")],
+                     "row 1 and row 2 are both batch_size 16, seed 0")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "field"),
+    [
+        ("deep.json", b"[" * 100_000, "deep.json: nested too deeply"),
+        ("deep.yaml", b"[" * 100_000, "deep.yaml: nested too deeply"),
+        ("deep.jsonl", b'{"a": 1}\n' + b"[" * 100_000, "not valid JSON at line 2"),
+        ("huge.json", b'[{"batch_size": 1' + b"0" * 400 + b', "steps": 1, "reached": true}]',
+         "column batch_size: too large"),
+        ("big.csv", b"batch_size,steps,reached\n100000000000000,10,true\n",
+         "column batch_size: must be in 1..1048576"),
+        ("latin1.csv", "batch_size,steps,reached,note\n16,10,true,caf\xe9\n".encode("latin-1"),
+         "RESULTS: {path} is not UTF-8 text"),
+        ("dir", None, "RESULTS: {path} is a directory"),
+    ],
+)
+def test_analyze_hostile_files_exit_2(tmp_path, capsys, name, content, field) -> None:
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert_bad_input(capsys, ["analyze", str(path)], field.format(path=path))
+
+
+def test_analyze_caps_what_it_reads(tmp_path, capsys, monkeypatch) -> None:
+    from critbatch.commands import analyze
+
+    monkeypatch.setattr(analyze, "MAX_BYTES", 100)
+    path = write_csv(tmp_path / "r.csv", _rows())
+    assert_bad_input(capsys, ["analyze", str(path)], f"RESULTS: {path} is larger than 0 KiB")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(path.read_text()))
+    assert_bad_input(capsys, ["analyze", "-"], "<stdin>: larger than 0 MiB")
+
+
+def test_analyze_non_utf8_stdin_exit_2(capsys, monkeypatch) -> None:
+    class Stdin(io.StringIO):
+        buffer = io.BytesIO(b"batch_size,steps,reached\n\xff,1,true\n")
+
+    monkeypatch.setattr(sys, "stdin", Stdin())
+    assert_bad_input(capsys, ["analyze", "-"], "<stdin>: not UTF-8 text")
+
+
 def test_analyze_missing_file(tmp_path, capsys) -> None:
     line = assert_bad_input(capsys, ["analyze", str(tmp_path / "nope.csv")], "RESULTS")
     assert "nope.csv" in line
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--bootstrap", "-1"), ("--confidence", "1.5")])
+    ("flag", "value"), [("--eval-every", "-1"), ("--eval-every", "inf"), ("--confidence", "1.5"),
+                        ("--confidence", "0.5")])
 def test_analyze_bad_options(tmp_path, capsys, flag, value) -> None:
     path = write_csv(tmp_path / "r.csv", _rows())
     assert_bad_input(capsys, ["analyze", str(path), flag, value], flag)

@@ -57,6 +57,9 @@ def test_printer_columns_show_readiness_progress_and_b_star():
     assert cols["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
     assert cols["Phase"] == ".status.phase"
     assert cols["Trials"] == ".status.progress"
+    assert cols["B*"] == ".status.criticalBatchSize.mostProbable"
+    assert cols["Resolved"] == ".status.criticalBatchSize.resolved"
+    assert cols["Plausible"] == ".status.criticalBatchSize.plausible"
     assert cols["Measured"] == ".status.criticalBatchSize.measured"
     assert cols["Fitted"] == ".status.criticalBatchSize.fitted"
     assert cols["Age"] == ".metadata.creationTimestamp"
@@ -132,6 +135,11 @@ INVALID_FOR_SCHEMA = [
     ("image size 4", with_trainer(imageSize=4), "imageSize"),
     ("checkpoint claim not a name", with_trainer(checkpoints={"pvc": "My_Claim"}), "pvc"),
     ("checkpoints without a claim", with_trainer(checkpoints={}), "pvc"),
+    ("width 0", with_trainer(width=0), "width"),
+    ("zDim above 1024", with_trainer(zDim=4096), "zDim"),
+    ("emaStart negative", with_trainer(model="biggan", emaStart=-1), "emaStart"),
+    ("unknown strategy", sweep(strategy={"type": "random"}), "strategy.type"),
+    ("maxTrials 0", sweep(strategy={"type": "adaptive", "maxTrials": 0}), "maxTrials"),
 ]
 
 
@@ -204,11 +212,34 @@ CEL_CASES = [
     ("a CUDA graph for biggan", with_trainer(model="biggan", cudaGraph=True), None,
      "cudaGraph: only dcgan"),
     ("turn bf16 on", with_trainer(bf16=True), SWEEP, "bf16 is immutable"),
+    ("turn reproducible CPU numerics on", with_trainer(reproducibleCPU=True), SWEEP,
+     "reproducibleCPU is immutable"),
+    ("keep reproducible CPU numerics", with_trainer(reproducibleCPU=True),
+     with_trainer(reproducibleCPU=True), None),
+    ("the paper's BigGAN", with_trainer(model="biggan", width=96, zDim=120, emaStart=20000),
+     None, None),
+    ("an EMA start for dcgan", with_trainer(emaStart=20000), None, "emaStart: only biggan"),
+    ("keep the width", with_trainer(width=96), with_trainer(width=96), None),
+    ("change the width", with_trainer(width=96), with_trainer(width=32), "width is immutable"),
+    ("set a width", with_trainer(width=96), SWEEP, "width is immutable"),
+    ("drop zDim", SWEEP, with_trainer(zDim=120), "zDim is immutable"),
+    ("change emaStart", with_trainer(model="biggan", emaStart=20000),
+     with_trainer(model="biggan", emaStart=1000), "emaStart is immutable"),
     ("four trials per GPU on two GPUs", {**with_trainer(gpus=2), "spec": {
         **with_trainer(gpus=2)["spec"], "trialsPerGPU": 4}}, None, "trialsPerGPU: must be 1"),
     ("change trialsPerGPU", sweep(trialsPerGPU=2), sweep(trialsPerGPU=4),
      "trialsPerGPU is immutable"),
+    ("an adaptive sweep with a cap", sweep(strategy={"type": "adaptive", "maxTrials": 8}),
+     None, None),
+    ("a cap on a grid", sweep(strategy={"maxTrials": 8}), None,
+     "maxTrials: only with type adaptive"),
+    ("confidence 0.4", sweep(strategy={"confidence": 0.4}), None, "confidence: must be > 0.5"),
+    ("confidence 0.9", sweep(strategy={"type": "adaptive", "confidence": 0.9}), None, None),
     # Transition rules (oldSelf)
+    ("grid to adaptive", sweep(strategy={"type": "adaptive"}), sweep(strategy={"type": "grid"}),
+     "strategy.type is immutable"),
+    ("raise maxTrials", sweep(strategy={"type": "adaptive", "maxTrials": 12}),
+     sweep(strategy={"type": "adaptive", "maxTrials": 8}), None),
     ("append a batch size", sweep(batchSizes=[2, 4, 8, 16, 32, 64, 128]), SWEEP, None),
     ("remove a batch size", sweep(batchSizes=[2, 4, 8]), SWEEP, "appended, not removed"),
     ("add seeds", sweep(seeds=3), SWEEP, None),

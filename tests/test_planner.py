@@ -254,22 +254,50 @@ def _complete(s, steps=n_of):
     return {k: reached(k.batch_size, k.seed, steps(k.batch_size)) for k in s.trials()}
 
 
-def test_a_complete_sweep_reports_measured_and_fitted_b_star_and_is_ready():
+def test_a_complete_sweep_reports_its_answer_and_how_sure_and_is_ready_when_resolved():
     s = make_sweep(pruning={"sfoBound": False})
     st_ = plan(s, _complete(s)).status
     cb = st_["criticalBatchSize"]
     trials = [science.Trial(k.batch_size, n_of(k.batch_size), True, k.seed) for k in s.trials()]
+    assert cb["mostProbable"] == 4 and cb["plausible"] == [4] and cb["resolved"] is True
+    assert cb["probabilities"]["4"] >= 0.95 and sum(cb["probabilities"].values()) == \
+        pytest.approx(1.0, abs=1e-3)
+    assert cb["reachFraction"] == {str(b): 1.0 for b in s.batch_sizes}
     assert cb["measured"] == science.measure(trials).batch_size == 4
-    assert cb["fitted"] == pytest.approx(science.fit(trials, bootstrap=0).batch_size, rel=1e-5)
-    assert cb["fitted"] == pytest.approx(3.0, rel=0.02)
+    assert cb["fitted"] == pytest.approx(3.0, rel=0.05)
+    assert cb["interval"][0] <= 3.0 <= cb["interval"][1]
     assert cb["measuredSfo"] == 4 * n_of(4)
     assert cb["generatorParams"] == 1000 and cb["datasetSize"] == 1797
     assert cb["noiseRatio"] == pytest.approx(science.noise_ratio(
         s.optimizer.setting(), 4, 1000, 1797), rel=1e-5)
     assert st_["phase"] == "Succeeded" and st_["trialsDone"] == st_["trialsTotal"] == 12
     ready = st_["conditions"][0]
-    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "Measured")
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "Resolved")
     assert all(c["observedGeneration"] == s.generation for c in st_["conditions"])
+
+
+def test_a_finished_sweep_with_several_plausible_batch_sizes_is_not_ready():
+    """One noisy seed per batch size cannot tell 8 from 16: the sweep finishes, unresolved."""
+    s = make_sweep(batchSizes=[4, 8, 16, 32], seeds=1, pruning={"sfoBound": False})
+    steps = {4: 1000, 8: 480, 16: 250, 32: 150}
+    st_ = plan(s, {k: reached(k.batch_size, 0, steps[k.batch_size]) for k in s.trials()}).status
+    cb = st_["criticalBatchSize"]
+    ready = st_["conditions"][0]
+    assert st_["phase"] == "Succeeded" and cb["resolved"] is False and len(cb["plausible"]) > 1
+    assert (ready["status"], ready["reason"]) == ("False", "Unresolved")
+    assert all(str(b) in ready["message"] for b in cb["plausible"])
+    assert transitions(None, st_)[-1][1] == "CriticalBatchSizeUnresolved"
+
+
+def test_a_censored_seed_keeps_its_batch_sizes_reached_seed_as_evidence():
+    s = make_sweep(batchSizes=[4, 8, 16], seeds=2, pruning={"sfoBound": False})
+    obs = _complete(s)
+    obs[TrialKey(4, 1)] = Observation(TrialKey(4, 1), Phase.Censored, steps=4000,
+                                      source="direct")
+    cb = plan(s, obs).status["criticalBatchSize"]
+    assert cb["reachFraction"]["4"] == 0.5
+    assert cb["measured"] != 4  # the descriptive rule drops it ...
+    assert cb["probabilities"]["4"] > 0  # ... the answer does not
 
 
 def test_estimates_for_other_optimizers_once_b_star_is_measured():
@@ -394,7 +422,7 @@ def test_transitions_name_what_happened():
     reasons = [r for _, r, _ in transitions(None, a)]
     assert reasons == ["TrialStarted", "TrialStarted"]
     reasons = [r for _, r, _ in transitions(a, b)]
-    assert reasons == ["TrialReached", "TrialPruned", "CriticalBatchSizeMeasured"]
+    assert reasons == ["TrialReached", "TrialPruned", "CriticalBatchSizeResolved"]
     assert transitions(b, b) == []
 
 
@@ -559,3 +587,48 @@ def test_an_observed_pruned_trial_is_not_stopped_again():
     assert p.stop == () and started(p) == []
     assert p.status["trials"][1]["phase"] == "Pruned"
     assert p.status["sfoSaved"] == 64 * (4000 - 60)
+
+
+def test_a_failed_trial_that_could_still_be_the_answer_fails_the_sweep():
+    s = make_sweep(pruning={"sfoBound": False})
+    obs = _complete(s)
+    obs[TrialKey(4, 1)] = Observation(TrialKey(4, 1), Phase.Failed, reason="exit 1 (crash)")
+    st_ = plan(s, obs).status
+    ready = st_["conditions"][0]
+    assert st_["phase"] == "Failed" and (ready["status"], ready["reason"]) == (
+        "False", "TrialsFailed")
+    assert "batch size(s) 4," in ready["message"]
+    # A failed seed far from the answer, beside one that finished there, leaves it sound.
+    obs = _complete(s)
+    obs[TrialKey(64, 1)] = Observation(TrialKey(64, 1), Phase.Failed, reason="exit 1 (crash)")
+    st_ = plan(s, obs).status
+    assert st_["phase"] == "Succeeded" and st_["conditions"][0]["reason"] == "Resolved"
+    assert any("failed at batch size(s) 64" in w for w in st_["warnings"])
+    # A batch size whose only trials failed has no evidence at all: it could be the answer.
+    obs = {k: o for k, o in _complete(s).items() if k.batch_size != 64}
+    for seed in (0, 1):
+        obs[TrialKey(64, seed)] = Observation(TrialKey(64, seed), Phase.Failed, reason="oom")
+    assert plan(s, obs).status["conditions"][0]["reason"] == "TrialsFailed"
+
+
+def test_each_trial_says_where_it_ran_and_mixed_hardware_is_a_warning():
+    s = make_sweep(batchSizes=[4, 8], seeds=1, pruning={"sfoBound": False})
+    intel = {"device": "cpu", "cpu": "Intel Xeon Platinum", "isa": "AVX512", "torch": "2.14.1",
+             "threads": 1}
+    amd = {**intel, "cpu": "AMD EPYC 7763", "isa": "AVX2"}
+    obs = {TrialKey(4, 0): Observation(TrialKey(4, 0), Phase.Reached, steps=900,
+                                       result={"hardware": intel}),
+           TrialKey(8, 0): Observation(TrialKey(8, 0), Phase.Reached, steps=500,
+                                       result={"hardware": {**amd, "cpu": "x" * 500}})}
+    rows = {t["batchSize"]: t for t in plan(s, obs).status["trials"]}
+    assert rows[4]["hardware"].startswith("cpu Intel Xeon Platinum (AVX512), 1 thread")
+    assert "hardware" not in rows[8] or "x" * 50 not in rows[8]["hardware"]
+    obs[TrialKey(8, 0)] = Observation(TrialKey(8, 0), Phase.Reached, steps=500,
+                                      result={"hardware": amd})
+    status = plan(s, obs).status
+    (warning,) = [w for w in status["warnings"] if "different hardware" in w]
+    assert "Intel Xeon Platinum" in warning and "AMD EPYC 7763" in warning
+    assert "(b=4/s0)" in warning and "(b=8/s0)" in warning
+    # Kept when the result is gone (the Job deleted): the status remembers it.
+    again = plan(s, {}, previous_status=status).status
+    assert {t["batchSize"]: t["hardware"] for t in again["trials"]}[8].startswith("cpu AMD")

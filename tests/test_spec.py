@@ -52,6 +52,32 @@ def test_the_fast_paths_are_asked_for_by_name():
     assert args[-2:] == ["--cuda-graph", "--bf16"]
 
 
+def test_reproducible_cpu_numerics_are_asked_for_by_name():
+    plain = trainer_args(parse_sweep(manifest()), TrialKey(2, 0), metrics_port=0,
+                         checkpoint_dir=None)
+    assert "--reproducible-cpu" not in plain
+    pinned = parse_sweep(with_trainer(reproducibleCPU=True))
+    assert pinned.trainer.reproducible_cpu is True
+    keys = [TrialKey(2, 0), TrialKey(4, 0)]
+    assert trainer_args(pinned, keys, metrics_port=0, checkpoint_dir=None)[-1] == (
+        "--reproducible-cpu")
+
+
+def test_the_network_is_the_trainers_default_unless_the_spec_sets_it():
+    plain = _flags(trainer_args(parse_sweep(manifest()), TrialKey(2, 0), metrics_port=0,
+                                checkpoint_dir=None))
+    assert not {"--width", "--z-dim", "--ema-start"} & set(plain)
+    s = parse_sweep(with_trainer(model="biggan", imageSize=128, width=96, zDim=120,
+                                 emaStart=20000))
+    assert (s.trainer.width, s.trainer.z_dim, s.trainer.ema_start) == (96, 120, 20000)
+    f = _flags(trainer_args(s, TrialKey(2, 0), metrics_port=0, checkpoint_dir=None))
+    assert (f["--width"], f["--z-dim"], f["--ema-start"]) == ("96", "120", "20000")
+    # z splits into one chunk per generator block plus one: 4 at 32x32 (faces), 5 at 64x64.
+    assert parse_sweep(with_trainer(model="biggan", dataset={"name": "faces"},
+                                    zDim=128)).trainer.z_dim == 128
+    assert parse_sweep(with_trainer(model="biggan", imageSize=64, zDim=100)).trainer.z_dim == 100
+
+
 def test_a_pods_trials_run_as_one_trainer_group():
     s = parse_sweep(manifest(batchSizes=[2, 4, 8], seeds=1, trialsPerGPU=2))
     assert s.trials_per_gpu == 2 and parse_sweep(manifest()).trials_per_gpu == 1
@@ -97,6 +123,10 @@ INVALID = [
     ("spec.batchSizes[2]", manifest(batchSizes=[2, 4, 2])),
     ("spec.batchSizes[1]", manifest(batchSizes=[2, 4096])),  # digits has 1797 examples
     ("spec.batchSizes[0]", manifest(batchSizes=[1.5])),
+    ("spec.batchSizes[1]", manifest(batchSizes=[2, float("inf")])),
+    ("spec.batchSizes[0]", manifest(batchSizes=[float("nan")])),
+    ("spec.seeds", manifest(seeds=float("inf"))),
+    ("spec.target.maxSteps", manifest(target={"fidThreshold": 50, "maxSteps": float("nan")})),
     ("spec.batchSizes", manifest(batchSizes=[])),
     ("spec.batchSizes", manifest(batchSizeRange={"min": 2, "max": 8})),
     ("spec.batchSizeRange.max", {**manifest(), "spec": {
@@ -126,6 +156,13 @@ INVALID = [
     ("spec.trialsPerGPU", manifest(trialsPerGPU=9)),
     ("spec.trainer.cudaGraph", with_trainer(model="wgan-gp", cudaGraph=True)),
     ("spec.trainer.bf16", with_trainer(bf16="yes")),
+    ("spec.trainer.reproducibleCPU", with_trainer(reproducibleCPU="yes")),
+    ("spec.trainer.width", with_trainer(width=0)),
+    ("spec.trainer.zDim", with_trainer(zDim=2048)),
+    ("spec.trainer.zDim", with_trainer(model="biggan", imageSize=128, zDim=100)),
+    ("spec.trainer.zDim", with_trainer(model="biggan", dataset={"name": "faces"}, zDim=30)),
+    ("spec.trainer.emaStart", with_trainer(emaStart=20000)),
+    ("spec.trainer.emaStart", with_trainer(model="biggan", emaStart=-1)),
     ("spec.trialsPerGPU", {**with_trainer(gpus=2), "spec": {**with_trainer(gpus=2)["spec"],
                                                            "trialsPerGPU": 2}}),
     ("spec.seeds", manifest(seeds="two")),
@@ -250,3 +287,8 @@ def test_trainer_args_round_trip_through_the_trainers_parser():
     cfg = cfg[0] if isinstance(cfg, tuple) else cfg
     assert cfg.batch_size == 4 and cfg.seed == 1 and cfg.sweep == "demo"
     assert cfg.lr_g == 1e-4 and cfg.max_steps == 4000
+    s = parse_sweep(with_trainer(model="biggan", dataset={"name": "faces"}, width=8, zDim=64,
+                                 emaStart=5))
+    cfg = parse(trainer_args(s, TrialKey(4, 1), metrics_port=0, checkpoint_dir=None))
+    cfg = cfg[0] if isinstance(cfg, tuple) else cfg
+    assert (cfg.width, cfg.z_dim, cfg.ema_start) == (8, 64, 5)

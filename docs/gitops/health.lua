@@ -1,6 +1,7 @@
 -- Argo CD health of a CriticalBatchSweep (critbatch.dev/v1alpha1), from its status.
---   Healthy      Ready=True: every trial is final and b* is measured
---   Degraded     an invalid spec or a failed sweep, or Degraded=True (e.g. Prometheus unreachable)
+--   Healthy      Ready=True: every trial is final and one batch size holds the confidence
+--   Degraded     an invalid spec, a failed sweep, a finished sweep whose answer is not
+--                resolved (Ready reason Unresolved), or Degraded=True (e.g. Prometheus unreachable)
 --   Progressing  anything else: not yet seen by the operator, or trials still running
 -- Argo CD runs it as Lua 5.1 with `obj` bound to the resource.
 local hs = {}
@@ -42,6 +43,11 @@ local degraded = condition("Degraded")
 if status.phase == "Invalid" or status.phase == "Failed" then
   hs.status = "Degraded"
   hs.message = (ready and ready.message) or ("Sweep " .. status.phase)
+  return hs
+end
+if status.phase == "Succeeded" and ready ~= nil and ready.reason == "Unresolved" then
+  hs.status = "Degraded"
+  hs.message = ready.message or "Finished without a resolved critical batch size"
   return hs
 end
 if ready ~= nil and ready.status == "True" then

@@ -8,7 +8,13 @@ import random
 import sys
 from collections.abc import Sequence
 
-from critbatch_operator.config import ENV_PREFIX, Config
+from critbatch.spec import POD_TEMPLATE_ALLOWANCES
+from critbatch_operator.config import (
+    ENV_PREFIX,
+    Config,
+    pod_template_allowances,
+    prometheus_url_prefixes,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
@@ -52,6 +58,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
                    help="this replica's peering priority (env "
                         f"{ENV_PREFIX}PRIORITY; default: random, since kopf pauses every "
                         "replica when two share a priority)")
+    p.add_argument("--allow-pod-template", action="append", default=None, metavar="NAME",
+                   help="let sweeps' pod templates add NAME (repeatable or comma-separated; "
+                        f"env {ENV_PREFIX}ALLOW_POD_TEMPLATE; default: none, only what cannot "
+                        f"widen access): {', '.join(POD_TEMPLATE_ALLOWANCES)}")
+    p.add_argument("--allow-prometheus-url", action="append", default=None, metavar="PREFIX",
+                   help="let sweeps' spec.metrics.prometheusURL use URLs under PREFIX "
+                        f"(repeatable; env {ENV_PREFIX}ALLOW_PROMETHEUS_URLS, comma-separated; "
+                        "default: only --prometheus-url)")
     p.add_argument("--server", default=env.kube_server, metavar="URL",
                    help="Kubernetes API server URL (default: in-cluster, then kubeconfig)")
     p.add_argument("--verbose", action="store_true", help="log more")
@@ -62,6 +76,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
     for name in ("metrics_port", "health_port", "trainer_metrics_port"):
         if not 0 <= getattr(args, name) <= 65535:
             p.error(f"--{name.replace('_', '-')}: must be in 0..65535")
+    allow_pod_template, allow_prometheus_urls = env.allow_pod_template, env.allow_prometheus_urls
+    try:
+        if args.allow_pod_template is not None:
+            names = [n.strip() for a in args.allow_pod_template for n in a.split(",")]
+            allow_pod_template = pod_template_allowances(filter(None, names),
+                                                         "--allow-pod-template")
+        if args.allow_prometheus_url is not None:
+            allow_prometheus_urls = prometheus_url_prefixes(args.allow_prometheus_url,
+                                                            "--allow-prometheus-url")
+    except ValueError as exc:
+        p.error(str(exc))
     cfg = Config(
         prometheus_url=args.prometheus_url,
         prometheus_namespace_label=args.prometheus_namespace_label,
@@ -76,6 +101,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         trainer_image=args.trainer_image,
         peering=args.peering,
         priority=args.priority,
+        allow_pod_template=allow_pod_template,
+        allow_prometheus_urls=allow_prometheus_urls,
     )
     return cfg, args
 

@@ -6,7 +6,11 @@ The Helm chart sets the environment; `critbatch-operator --help` lists the flags
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from critbatch.spec import POD_TEMPLATE_ALLOWANCES
 
 ENV_PREFIX = "CRITBATCH_"
 
@@ -28,6 +32,10 @@ class Config:
     trainer_image: str | None = None  # for sweeps whose spec.trainer.image is unset
     peering: str | None = None  # kopf peering name (several replicas); None: standalone
     priority: int | None = None  # kopf peering priority; None: random (replicas must differ)
+    # What the cluster administrator lets sweeps ask for beyond the safe defaults: names of
+    # POD_TEMPLATE_ALLOWANCES, and URL prefixes a sweep's spec.metrics.prometheusURL may use.
+    allow_pod_template: frozenset[str] = field(default_factory=frozenset)
+    allow_prometheus_urls: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -67,7 +75,43 @@ class Config:
             trainer_image=get("TRAINER_IMAGE"),
             peering=get("PEERING"),
             priority=_optional_int(get("PRIORITY"), ENV_PREFIX + "PRIORITY"),
+            allow_pod_template=pod_template_allowances(
+                _split(get("ALLOW_POD_TEMPLATE")), ENV_PREFIX + "ALLOW_POD_TEMPLATE"),
+            allow_prometheus_urls=prometheus_url_prefixes(
+                _split(get("ALLOW_PROMETHEUS_URLS")), ENV_PREFIX + "ALLOW_PROMETHEUS_URLS"),
         )
+
+
+def _split(raw: str | None) -> list[str]:
+    return [x.strip() for x in (raw or "").split(",") if x.strip()]
+
+
+def pod_template_allowances(names: Iterable[str], source: str) -> frozenset[str]:
+    """Validated names of what sweeps' pod templates may add (a misspelt one would allow
+    nothing and hide the mistake)."""
+    names = frozenset(names)
+    unknown = sorted(names - set(POD_TEMPLATE_ALLOWANCES))
+    if unknown:
+        raise ValueError(f"{source}: unknown {', '.join(unknown)} (expected some of "
+                         f"{', '.join(POD_TEMPLATE_ALLOWANCES)})")
+    return names
+
+
+def prometheus_url_prefixes(prefixes: Iterable[str], source: str) -> tuple[str, ...]:
+    """Validated http(s) URL prefixes: a scheme and host, no credentials, query or fragment."""
+    out = []
+    for prefix in prefixes:
+        try:
+            u = urlsplit(prefix)
+            ok = (u.scheme in ("http", "https") and bool(u.hostname) and u.username is None
+                  and not u.query and not u.fragment and u.port != 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{source}: {prefix!r} is not an http(s) URL prefix "
+                             "(scheme://host[:port][/path])")
+        out.append(prefix)
+    return tuple(out)
 
 
 def _optional_int(raw: str | None, name: str) -> int | None:

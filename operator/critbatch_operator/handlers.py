@@ -33,7 +33,9 @@ class Context:
     kube: Kube | None = None
     states: dict[str, SweepState] = field(default_factory=dict)
 
-    async def run(self, body: kopf.Body, logger: logging.Logger | Any) -> None:
+    async def run(self, body: kopf.Body, logger: logging.Logger | Any, force: bool = False,
+                  ) -> None:
+        """Reconcile the sweep (`force`: even while backing off after a failed reconcile)."""
         if self.kube is None:
             self.kube = Kube(make_api_client(self.cfg.kube_server))
         uid = body.get("metadata", {}).get("uid") or body.get("metadata", {}).get("name")
@@ -45,7 +47,7 @@ class Context:
             events.append((type_, reason, message[:MAX_EVENT_MESSAGE]))
 
         task = asyncio.ensure_future(reconcile(dict(body), kube=self.kube, cfg=self.cfg,
-                                               state=state, emit=emit))
+                                               state=state, emit=emit, force=force))
         try:
             outcome = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -57,6 +59,8 @@ class Context:
             await asyncio.to_thread(self._post, body, events, logger)
         if outcome.created or outcome.deleted:
             logger.info("created %s, deleted %s", outcome.created, outcome.deleted)
+        if outcome.error:  # info: kopf would post a warning as one more Event
+            logger.info("reconcile failed: %s; backing off", outcome.error)
 
 
     def _post(self, body: kopf.Body, events: list[tuple[str, str, str]],
@@ -95,7 +99,7 @@ def register(registry: kopf.OperatorRegistry, cfg: Config | None = None) -> Cont
     @kopf.on.create(*resource, registry=registry, **quiet)
     @kopf.on.update(*resource, field="spec", registry=registry, **quiet)
     async def changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-        await ctx.run(body, logger)
+        await ctx.run(body, logger, force=True)  # a new spec may be the fix: no backoff
 
     @kopf.timer(*resource, interval=ctx.cfg.reconcile_interval, registry=registry, **quiet)
     async def tick(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:

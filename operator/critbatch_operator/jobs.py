@@ -3,7 +3,8 @@
 Every trial runs in one batch/v1 Job (a Job runs `spec.trialsPerGPU` trials in its one pod)
 with a deterministic name (so a restart cannot create a duplicate), owned by its sweep (so
 deleting the sweep deletes its Jobs), running the trainer with its arguments as a list, as a
-non-root user on a read-only root filesystem.
+non-root user on a read-only root filesystem: a pod that Pod Security Admission's `restricted`
+level admits, unless the administrator's policy let the sweep's pod template add more.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from critbatch.spec import (
     KIND,
     Sweep,
     TrialKey,
+    check_pod_template,
+    check_prometheus_url,
     resume_checkpoint_every,
     trainer_args,
     trials_text,
 )
+from critbatch_operator.config import Config
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SWEEP_LABEL = "critbatch.dev/sweep"
@@ -42,8 +46,20 @@ RUN_AS = 65532
 BAD_CONFIG_EXIT = 2  # the trainer's "bad configuration": retrying cannot help
 
 
+def admit(sweep: Sweep, cfg: Config) -> Sweep:
+    """The sweep, if the operator's policy grants what it asks for; else SpecError naming the
+    field (the sweep's InvalidSpec). The operator creates Jobs and queries Prometheus with its own
+    rights, so a sweep's author gets only what `cfg` lets every author have: a pod template that
+    widens no access unless allowed, and only listed Prometheus URLs."""
+    check_pod_template(sweep.trainer.pod_template, cfg.allow_pod_template)
+    if sweep.metrics.prometheus_url is not None:
+        check_prometheus_url(sweep.metrics.prometheus_url, cfg.allow_prometheus_urls,
+                             cfg.prometheus_url)
+    return sweep
+
+
 def trial_labels(sweep: Sweep, key: TrialKey) -> dict[str, str]:
-    """The labels DESIGN.md puts on every object the operator makes for a trial."""
+    """The labels on every object the operator makes for a trial (docs/operator.md)."""
     return {
         MANAGED_BY: "critbatch",
         SWEEP_LABEL: sweep_label_value(sweep.name),
@@ -86,7 +102,8 @@ def cpu_threads(resources: dict[str, dict[str, Any]]) -> int | None:
 def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_port: int = 9100,
               default_image: str | None = None) -> dict[str, Any]:
     """The batch/v1 Job of one trial, or of a pod's trials (labelled as its first, all of them
-    in the `critbatch.dev/trials` annotation); `default_image` serves sweeps that name none."""
+    in the `critbatch.dev/trials` annotation); `default_image` serves sweeps that name none.
+    The pod template is copied as it is: the sweep must have passed `admit`."""
     keys = [trials] if isinstance(trials, TrialKey) else list(trials)
     key = keys[0]
     listed = trials_text(keys)

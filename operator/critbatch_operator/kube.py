@@ -36,6 +36,38 @@ def _json(resp: Any) -> Any:
     return json.loads(resp.data or b"null")
 
 
+class JobNameTaken(Exception):
+    """A Job of that name exists and is not owned by the sweep that wants the name."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"Job {name} exists and is not this sweep's: {why}")
+        self.name = name
+        self.why = why
+
+
+def owner_refs(obj: Mapping[str, Any]) -> list[dict]:
+    """An object's ownerReferences (the well-formed ones)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences")
+    return [r for r in refs if isinstance(r, dict)] if isinstance(refs, list) else []
+
+
+def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether an ownerReference of `obj` is the object with this uid."""
+    return bool(uid) and any(r.get("uid") == uid for r in owner_refs(obj))
+
+
+def foreign_reason(job: Mapping[str, Any]) -> str:
+    """Why a Job is not the sweep's, for a message: its owners' kinds and names."""
+    refs = owner_refs(job)
+    why = "it has no owner"
+    if refs:
+        why = "it is owned by " + ", ".join(
+            f"{r.get('kind')} {r.get('name')} (uid {r.get('uid')})" for r in refs[:2])
+    if (job.get("metadata") or {}).get("deletionTimestamp"):
+        why += ", and is being deleted"
+    return why
+
+
 class Kube:
     """Jobs, pods and sweeps of one cluster (typed client calls, plain dicts back)."""
 
@@ -55,15 +87,31 @@ class Kube:
                                              _preload_content=False)
         return list((_json(resp) or {}).get("items") or [])
 
+    def find_job(self, namespace: str, name: str) -> dict | None:
+        """The Job of that name, through `list` (the verb the operator has) by field."""
+        resp = self.batch.list_namespaced_job(namespace, field_selector=f"metadata.name={name}",
+                                              _preload_content=False)
+        items = (_json(resp) or {}).get("items") or []
+        return next((j for j in items if (j.get("metadata") or {}).get("name") == name), None)
+
     def create_job(self, namespace: str, job: dict) -> bool:
-        """Create; False when it already exists (a 409 is success for a deterministic name)."""
+        """Create; False when a Job of that name exists and is owned by the same sweep (a 409
+        on a deterministic name is success). JobNameTaken when the existing Job is someone
+        else's (no ownerReference to the sweep's uid): it is never adopted."""
         try:
             self.batch.create_namespaced_job(namespace, job, _preload_content=False)
         except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+            if exc.status != 409:
+                raise
+        else:
+            return True
+        name = job["metadata"]["name"]
+        existing = self.find_job(namespace, name)
+        if existing is None:
+            return False  # gone again since the 409: the next reconcile creates it
+        if any(owned_by(existing, r.get("uid")) for r in owner_refs(job)):
+            return False
+        raise JobNameTaken(name, foreign_reason(existing))
 
     def delete_job(self, namespace: str, name: str) -> bool:
         """Delete a Job and (in the background) its pods; False when it was already gone."""

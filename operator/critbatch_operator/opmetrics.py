@@ -23,8 +23,14 @@ JOBS_CREATED = Counter("critbatch_operator_jobs_created_total", "Trial Jobs crea
 JOBS_DELETED = Counter("critbatch_operator_jobs_deleted_total",
                        "Trial Jobs deleted (pruned trials)", registry=REGISTRY)
 CRITICAL = Gauge("critbatch_operator_critical_batch_size",
-                 "Critical batch size per sweep: measured, fitted or predicted",
+                 "Critical batch size per sweep: most probable, measured, fitted or predicted",
                  ["namespace", "sweep", "kind"], registry=REGISTRY)
+RESOLVED = Gauge("critbatch_operator_critical_batch_size_resolved",
+                 "1 when the sweep's plausible set is one batch size, else 0",
+                 ["namespace", "sweep"], registry=REGISTRY)
+# The gauge's kind label and the status.criticalBatchSize field it shows.
+CRITICAL_KINDS = {"most_probable": "mostProbable", "measured": "measured", "fitted": "fitted",
+                  "predicted": "predicted"}
 SFO_SAVED = Gauge("critbatch_operator_sfo_saved", "SFO not spent thanks to pruning (upper bound)",
                   ["namespace", "sweep"], registry=REGISTRY)
 
@@ -48,12 +54,13 @@ def record_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
     for phase, n in counts.items():
         TRIALS.labels(namespace, name, phase).set(n)
     cb = status.get("criticalBatchSize") or {}
-    for kind in ("measured", "fitted", "predicted"):
-        value = cb.get(kind)
+    for kind, field in CRITICAL_KINDS.items():
+        value = cb.get(field)
         if value is None:
             _remove(CRITICAL, namespace, name, kind)
         else:
             CRITICAL.labels(namespace, name, kind).set(float(value))
+    RESOLVED.labels(namespace, name).set(1.0 if cb.get("resolved") else 0.0)
     SFO_SAVED.labels(namespace, name).set(float(status.get("sfoSaved") or 0.0))
 
 
@@ -63,8 +70,9 @@ def forget(namespace: str, name: str) -> None:
     _refresh_sweeps()
     for phase in _TRIAL_PHASES:
         _remove(TRIALS, namespace, name, phase)
-    for kind in ("measured", "fitted", "predicted"):
+    for kind in CRITICAL_KINDS:
         _remove(CRITICAL, namespace, name, kind)
+    _remove(RESOLVED, namespace, name)
     _remove(SFO_SAVED, namespace, name)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from critbatch.errors import InputError
+from critbatch.commands import silence_stdout
+from critbatch.errors import InputError, OutputError
 
 COMMANDS = ("estimate", "analyze", "run", "report")
 PROG = "critbatch"
@@ -68,12 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:  # a full disk: the input was fine, the machine was not
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `critbatch ... | head`: the reader left, nothing to report
-        # Point stdout at /dev/null so that the interpreter's final flush fails no more.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
         return 141
 
 

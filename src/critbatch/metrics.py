@@ -1,21 +1,30 @@
 """Reading trainer progress: a trainer's own /metrics page, or PromQL over Prometheus's HTTP API.
 
 Both backends (Kubernetes Jobs, local processes) read trials through here, so a trial's step
-and FID mean the same wherever they come from. Plain urllib: one GET per call, no session.
+and FID mean the same wherever they come from. What is read is input from the user (the trainer
+image is the user's own): every read has a size cap and an overall deadline, every shape is
+checked, and a trial whose values make no sense comes back marked `invalid` instead of raising.
+Errors say which source failed and nothing about how (no response bodies, no socket errors):
+the details go to the debug log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import logging
 import math
 import re
-import urllib.error
+import socket
+import threading
+import time
 import urllib.parse
-import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+log = logging.getLogger(__name__)
 
 PREFIX = "critbatch_trainer_"
 _FIELDS = {
@@ -26,16 +35,52 @@ _FIELDS = {
     "steps_to_threshold": "steps_to_threshold",
     "max_steps": "max_steps",
 }
+_NAMES = frozenset((PREFIX + f).encode() for f in _FIELDS)
+_STEP_FIELDS = ("step", "steps_to_threshold", "max_steps")
+_FLAG_FIELDS = ("reached", "finished")
 _LABEL_VALUE = re.compile(r'^[^"\\\n]*$')
+
+# A trainer's page is a few KiB per trial and a pod serves at most 8 trials (well under 100
+# KiB with the process collectors); 4 MiB leaves 40x room and bounds what one pod can make the
+# shared operator hold (its sample lines are parsed one at a time, the rest skipped).
+METRICS_PAGE_LIMIT = 4 * 1024 * 1024
+# An instant query answers the series sampled in the last 5 minutes: the running trials (at
+# most spec.parallelism, 256) and those just ended, six series each of about 330 bytes with a
+# PodMonitor's labels. Even every trial of the largest sweep the CRD allows (64 batch sizes x 32
+# seeds) at once fits: 12,288 series, 3.9 MiB.
+PROMETHEUS_RESPONSE_LIMIT = 4 * 1024 * 1024
+# Every series in Prometheus's answer is an object in an object (`{"metric": {...}, ...}`) of at
+# least ~100 bytes; far more braces than that is not an answer, and would cost ~30x its size in
+# Python objects to parse.
+_MIN_BYTES_PER_OBJECT = 32
+# Parsing JSON costs up to ~12x its size in memory: at most two answers are parsed at once,
+# whatever the number of sweeps reconciled concurrently.
+_JSON_PARSES = threading.BoundedSemaphore(2)
+_CHUNK = 64 * 1024
+_MAX_LINE = 4096  # a trainer's sample line is under 300 bytes
+# Samples of the six series read on one page: a pod's 8 trials have 48. The cap bounds the
+# parsing time a page can cost the operator (~0.1 s), whatever its size.
+_MAX_PAGE_SAMPLES = 4096
+_SAMPLE_LINE = re.compile(
+    rb"^[ \t]*(" + b"|".join(re.escape(n) for n in sorted(_NAMES)) + rb")(?=[{ \t])([^\n]*)",
+    re.MULTILINE)
+_LABEL = re.compile(
+    rb'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*([,}])')
+_LABELS_END = re.compile(rb"[ \t]*}")
+_ESCAPE = re.compile(rb"\\(.)")
 
 
 class MetricsUnavailable(Exception):
-    """The metrics source could not be read (connection refused, timeout, bad response)."""
+    """The metrics source could not be read: unreachable, too slow, too large, or not valid."""
 
 
 @dataclass(frozen=True)
 class TrialMetrics:
-    """What a trainer reports about its trial; None where the series is absent."""
+    """What a trainer reports about its trial; None where the series is absent.
+
+    `invalid` says why the trial's values were refused (a step of +Inf, say): then every other
+    field is None, so a reader that ignores `invalid` sees a trial with no metrics.
+    """
 
     step: float | None = None
     fid: float | None = None
@@ -43,63 +88,252 @@ class TrialMetrics:
     finished: bool | None = None
     steps_to_threshold: float | None = None
     max_steps: float | None = None
+    invalid: str | None = None
 
 
-def _coerce(field: str, value: float) -> float | bool | None:
+def number_text(value: float) -> str:
+    """A value as a message shows it: +Inf, -Inf, NaN, or %g."""
     if math.isnan(value):
-        return None
-    if field in ("reached", "finished"):
-        return value >= 0.5
-    return value
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return f"{value:g}"
+
+
+def _check(field: str, value: float) -> tuple[float | bool | None, str | None]:
+    """(the value to keep, why it is refused)."""
+    if field in _STEP_FIELDS:
+        if not math.isfinite(value) or value < 0:
+            return None, f"{field} {number_text(value)}"
+        return value, None
+    if field in _FLAG_FIELDS:
+        if math.isnan(value):
+            return None, None
+        if not math.isfinite(value):
+            return None, f"{field} {number_text(value)}"
+        return value >= 0.5, None
+    # A diverged generator legitimately evaluates to a NaN or infinite FID: unknown, not wrong.
+    return (value if math.isfinite(value) else None), None
 
 
 def _trial_key(labels: Mapping[str, str]) -> tuple[int, int] | None:
     try:
         return int(labels["batch_size"]), int(labels.get("seed", "0"))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         return None
 
 
 def _collect(
     samples: Iterable[tuple[str, Mapping[str, str], float]],
+    trials: Collection[tuple[int, int]] | None = None,
 ) -> dict[tuple[int, int], TrialMetrics]:
-    """Fold (metric name, labels, value) samples into one TrialMetrics per (batch size, seed).
+    """Fold (metric name, labels, value) samples into one TrialMetrics per (batch size, seed),
+    keeping only `trials` when given.
 
     Where a trial shows up twice (a restarted pod still scraped, say), the series with the
-    larger step wins: it is the later incarnation of the same deterministic trial.
+    larger step wins: it is the later incarnation of the same deterministic trial. A trial with
+    any refused value is `invalid` as a whole.
     """
     per_source: dict[tuple[tuple[int, int], str], dict[str, float | bool | None]] = {}
+    invalid: dict[tuple[int, int], str] = {}
     for name, labels, value in samples:
         field = _FIELDS.get(name.removeprefix(PREFIX)) if name.startswith(PREFIX) else None
         key = _trial_key(labels)
-        if field is None or key is None:
+        if field is None or key is None or (trials is not None and key not in trials):
+            continue
+        kept, problem = _check(field, float(value))
+        if problem is not None:
+            invalid.setdefault(key, problem)
             continue
         source = labels.get("instance", "") + "/" + labels.get("pod", "")
-        per_source.setdefault((key, source), {})[field] = _coerce(field, value)
+        per_source.setdefault((key, source), {})[field] = kept
     out: dict[tuple[int, int], TrialMetrics] = {}
     for (key, _), fields in sorted(per_source.items(), key=lambda kv: kv[1].get("step") or 0):
         out[key] = TrialMetrics(**fields)
+    for key, problem in invalid.items():
+        out[key] = TrialMetrics(invalid=problem)
     return out
 
 
-def _get(url: str, timeout: float) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.read()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise MetricsUnavailable(f"{url}: {exc}") from exc
+# ---------------------------------------------------------------------------------------------
+# Bounded HTTP
+# ---------------------------------------------------------------------------------------------
 
 
-def scrape(url: str, timeout: float = 5.0) -> dict[tuple[int, int], TrialMetrics]:
-    """GET a trainer's /metrics page and read its critbatch_trainer_* series."""
-    text = _get(url, timeout).decode("utf-8", errors="replace")
+def _cut(conn: http.client.HTTPConnection) -> None:
+    """The deadline passed: shut the socket, so that a blocked read returns at once."""
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def fetch(url: str, *, timeout: float, limit: int, deadline: float | None = None,
+          accept: str = "*/*") -> bytes:
+    """GET `url` (http or https, no redirects, no proxy) and return its body, or raise
+    MetricsUnavailable when it does not answer 200 with at most `limit` bytes within `timeout`
+    seconds from now (and before `deadline`, a `time.monotonic()` value).
+
+    The deadline covers the whole exchange, not each socket operation: a watchdog shuts the
+    socket when it passes, so a server trickling its headers or body is cut there.
+    """
+    start = time.monotonic()
+    end = start + timeout if deadline is None else min(start + timeout, deadline)
     try:
-        families = list(text_string_to_metric_families(text))
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) URL")
     except ValueError as exc:
-        raise MetricsUnavailable(f"{url}: not a Prometheus text page: {exc}") from exc
-    return _collect(
-        (sample.name, sample.labels, sample.value) for fam in families for sample in fam.samples
-    )
+        log.debug("GET %s: %s", url, exc)
+        raise MetricsUnavailable(f"{url} unreachable or invalid") from None
+    remaining = end - start
+    if remaining <= 0:
+        raise MetricsUnavailable(f"{url} unreachable or invalid")
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname, port or (443 if parts.scheme == "https" else 80),
+               timeout=remaining)
+    watchdog = threading.Timer(remaining, _cut, (conn,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.connect()
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", path, headers={"Accept": accept, "Accept-Encoding": "identity",
+                                           "User-Agent": "critbatch"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise ValueError(f"HTTP status {resp.status}")
+        length = resp.getheader("Content-Length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            raise ValueError(f"Content-Length {int(length)} over the limit of {limit} bytes")
+        chunks, size = [], 0
+        while True:
+            if time.monotonic() >= end:
+                raise TimeoutError(f"not done within {timeout:g}s")
+            chunk = resp.read1(_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"body over the limit of {limit} bytes")
+            chunks.append(chunk)
+        if time.monotonic() >= end:  # the watchdog may have ended the body early
+            raise TimeoutError(f"not done within {timeout:g}s")
+        if resp.length:  # closed before its Content-Length: a cut page could misread
+            raise ValueError("body shorter than its Content-Length")
+        return b"".join(chunks)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        log.debug("GET %s: %s: %s", url, type(exc).__name__, exc)
+        raise MetricsUnavailable(f"{url} unreachable or invalid") from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A trainer's /metrics page
+# ---------------------------------------------------------------------------------------------
+
+
+def _unescape(raw: bytes) -> str:
+    if b"\\" not in raw:
+        return raw.decode("utf-8", errors="replace")
+    return _ESCAPE.sub(lambda m: b"\n" if m[1] == b"n" else m[1], raw).decode(
+        "utf-8", errors="replace")
+
+
+def _parse_line(name: bytes, rest: bytes) -> tuple[str, dict[str, str], float]:
+    """One sample line of the text exposition format, after its metric name."""
+    if len(rest) > _MAX_LINE:
+        raise ValueError("a sample line is too long")
+    labels: dict[str, str] = {}
+    pos = 0
+    if rest.startswith(b"{"):
+        pos = 1
+        while True:
+            close = _LABELS_END.match(rest, pos)
+            if close is not None:
+                pos = close.end()
+                break
+            m = _LABEL.match(rest, pos)
+            if m is None:
+                raise ValueError("malformed labels")
+            labels[m[1].decode()] = _unescape(m[2])
+            pos = m.end()
+            if m[3] == b"}":
+                break
+    tokens = rest[pos:].split()
+    if len(tokens) not in (1, 2):
+        raise ValueError("not `name{labels} value [timestamp]`")
+    if len(tokens) == 2:
+        int(tokens[1])
+    return name.decode(), labels, float(tokens[0])
+
+
+def _page_samples(body: bytes) -> Iterator[tuple[str, dict[str, str], float]]:
+    for i, m in enumerate(_SAMPLE_LINE.finditer(body)):
+        if i >= _MAX_PAGE_SAMPLES:
+            raise ValueError(f"more than {_MAX_PAGE_SAMPLES} samples of the series read")
+        yield _parse_line(m[1], m[2])
+
+
+def parse_page(body: bytes, trials: Collection[tuple[int, int]] | None = None,
+               ) -> dict[tuple[int, int], TrialMetrics]:
+    """The critbatch_trainer_* series of a /metrics page (text format 0.0.4); ValueError when a
+    line of theirs is malformed. Other lines are skipped unparsed: the page may be huge."""
+    return _collect(_page_samples(body), trials)
+
+
+def scrape(url: str, timeout: float = 5.0, *, deadline: float | None = None,
+           trials: Collection[tuple[int, int]] | None = None,
+           ) -> dict[tuple[int, int], TrialMetrics]:
+    """GET a trainer's /metrics page and read its critbatch_trainer_* series (only `trials`'
+    when given), within METRICS_PAGE_LIMIT bytes and `timeout` seconds (and `deadline`)."""
+    body = fetch(url, timeout=timeout, limit=METRICS_PAGE_LIMIT, deadline=deadline,
+                 accept="text/plain")
+    try:
+        return parse_page(body, trials)
+    except ValueError as exc:
+        log.debug("GET %s: %s", url, exc)
+        raise MetricsUnavailable(f"{url} unreachable or invalid") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus's HTTP API
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
+    """The series of an instant query's JSON answer; ValueError unless it is a vector of
+    `{"metric": {str: str}, "value": [time, "number"]}` objects."""
+    if body.count(b"{") > len(body) // _MIN_BYTES_PER_OBJECT + 4:
+        raise ValueError("too many objects for its size")
+    try:
+        with _JSON_PARSES:
+            doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(doc, dict) or doc.get("status") != "success":
+        raise ValueError("status is not success")
+    data = doc.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != "vector":
+        raise ValueError("not a vector")
+    result = data.get("result")
+    if not isinstance(result, list):
+        raise ValueError("result is not a list")
+    out = []
+    for row in result:
+        if not isinstance(row, dict):
+            raise ValueError("a series is not an object")
+        metric, value = row.get("metric"), row.get("value")
+        if not isinstance(metric, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metric.items()):
+            raise ValueError("a series' labels are not strings")
+        if not isinstance(value, list) or len(value) != 2 or not isinstance(value[1], str):
+            raise ValueError("a series' value is not [time, string]")
+        out.append((metric, float(value[1])))  # float() takes "NaN", "+Inf": checked later
+    return out
 
 
 class PrometheusClient:
@@ -112,20 +346,20 @@ class PrometheusClient:
     def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
         url = f"{self.base_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
         try:
-            body = json.loads(_get(url, self.timeout))
-        except json.JSONDecodeError as exc:
-            raise MetricsUnavailable(f"{url}: response is not JSON") from exc
-        if body.get("status") != "success":
-            raise MetricsUnavailable(f"{url}: {body.get('errorType')}: {body.get('error')}")
-        data = body.get("data", {})
-        if data.get("resultType") != "vector":
-            raise MetricsUnavailable(f"{url}: expected a vector, got {data.get('resultType')}")
-        return [(dict(r["metric"]), float(r["value"][1])) for r in data.get("result", [])]
+            return parse_vector(fetch(url, timeout=self.timeout,
+                                      limit=PROMETHEUS_RESPONSE_LIMIT,
+                                      accept="application/json"))
+        except (MetricsUnavailable, ValueError) as exc:
+            log.debug("Prometheus query %s: %s", url, exc)
+            raise MetricsUnavailable(f"Prometheus at {self.base_url} unreachable or invalid",
+                                     ) from None
 
     def trial_metrics(
-        self, sweep: str, matchers: Mapping[str, str] | None = None
+        self, sweep: str, matchers: Mapping[str, str] | None = None,
+        trials: Collection[tuple[int, int]] | None = None,
     ) -> dict[tuple[int, int], TrialMetrics]:
-        """Every trial of `sweep` (plus optional exact label matchers, e.g. namespace)."""
+        """Every trial of `sweep` (plus optional exact label matchers, e.g. namespace; only
+        `trials` when given)."""
         labels = {"sweep": sweep, **(matchers or {})}
         for name, value in labels.items():
             if not _LABEL_VALUE.match(value):
@@ -133,4 +367,38 @@ class PrometheusClient:
         names = "|".join(re.escape(PREFIX + f) for f in _FIELDS)
         selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
         rows = self.query(f'{{__name__=~"{names}",{selector}}}')
-        return _collect((labels_.get("__name__", ""), labels_, value) for labels_, value in rows)
+        return _collect(((labels_.get("__name__", ""), labels_, value) for labels_, value in rows),
+                        trials)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer's result (docs/contracts.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def result_problem(data: Any) -> str | None:
+    """Why `data` is not a usable trainer result, or None when it is: a mapping with `reached`
+    a boolean, `steps` a finite number >= 0, `batch_size` a positive integer and `seed` (when
+    present) an integer >= 0. Other fields are the readers' to check where they use them."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if not isinstance(data.get("reached"), bool):
+        return "reached is not true or false"
+    steps = data.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int | float):
+        return "steps is not a number"
+    try:
+        value = float(steps)
+    except OverflowError:
+        return "steps is too large"
+    if not math.isfinite(value) or value < 0:
+        return f"steps {number_text(value)}"
+    if not _count(data.get("batch_size")) or data["batch_size"] <= 0:
+        return "batch_size is not a positive integer"
+    if "seed" in data and (not _count(data["seed"]) or data["seed"] < 0):
+        return "seed is not an integer >= 0"
+    return None

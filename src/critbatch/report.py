@@ -7,14 +7,17 @@ the same report from the same status.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from critbatch.errors import InputError
+from critbatch.errors import InputError, OutputError
+from critbatch.spec import MAX_BATCH
 
 PNG_NAME = "critbatch.png"
 SVG_NAME = "critbatch.svg"
@@ -70,14 +73,51 @@ def check_resource(resource: Any) -> Mapping[str, Any]:
         raise ReportError(f"kind: expected CriticalBatchSweep, got {kind!r}")
     if not isinstance(resource.get("status"), Mapping) or not resource["status"]:
         raise ReportError("status: the sweep has no status yet (has the operator seen it?)")
-    trials = resource["status"].get("trials", [])
+    status = resource["status"]
+    trials = status.get("trials", [])
     if not isinstance(trials, list) or not all(isinstance(t, Mapping) for t in trials):
         raise ReportError("status.trials: expected a list of trials")
+    for i, t in enumerate(trials):
+        for key in ("batchSize", "seed", "steps", "sfo", "fid", "restarts"):
+            _check_number(t.get(key), f"status.trials[{i}].{key}")
+        b = t.get("batchSize")
+        if b is not None and not (b == int(b) and 1 <= b <= MAX_BATCH):
+            raise ReportError(f"status.trials[{i}].batchSize: expected an integer in "
+                              f"1..{MAX_BATCH}, got {b!r}")
+    for key in ("warnings", "conditions"):
+        if not isinstance(status.get(key) or [], list):
+            raise ReportError(f"status.{key}: expected a list")
+    cbs = status.get("criticalBatchSize") or {}
+    if not isinstance(cbs, Mapping):
+        raise ReportError("status.criticalBatchSize: expected a mapping")
+    for key in ("plausible", "interval", "estimates"):
+        if not isinstance(cbs.get(key) or [], list):
+            raise ReportError(f"status.criticalBatchSize.{key}: expected a list")
+    for i, b in enumerate(cbs.get("plausible") or []):
+        _check_number(b, f"status.criticalBatchSize.plausible[{i}]")
+    for key in ("probabilities", "reachFraction"):
+        table = cbs.get(key) or {}
+        if not isinstance(table, Mapping):
+            raise ReportError(f"status.criticalBatchSize.{key}: expected a mapping")
+        for b, value in table.items():
+            if not str(b).isdigit():
+                raise ReportError(f"status.criticalBatchSize.{key}: {str(b)[:40]!r} is not a "
+                                  "batch size")
+            _check_number(value, f"status.criticalBatchSize.{key}.{b}")
     return resource
 
 
+def _check_number(value: Any, field: str) -> None:
+    """A finite number or nothing: what the report's tables and axes can show."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not math.isfinite(value)):
+        raise ReportError(f"{field}: expected a number, got {str(value)[:40]!r}")
+
+
 def _name(resource: Mapping[str, Any]) -> str:
-    return str((resource.get("metadata") or {}).get("name") or "sweep")
+    meta = resource.get("metadata")
+    name = str((meta if isinstance(meta, Mapping) else {}).get("name") or "sweep")
+    return "".join(c if c.isprintable() else "?" for c in name)[:200]
 
 
 def _threshold(resource: Mapping[str, Any]) -> float | None:
@@ -126,8 +166,8 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
     status = resource["status"]
     cbs = status.get("criticalBatchSize") or {}
     rows = [r for r in trial_rows(status) if r["batch_size"] and r["steps"] is not None]
-    fig = Figure(figsize=(11, 4.6), layout="constrained")
-    ax_n, ax_s = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    ax_n, ax_s, ax_p = fig.subplots(1, 3, width_ratios=(1, 1, 0.8))
     grid = sorted({r["batch_size"] for r in trial_rows(status) if r["batch_size"]})
     for phase, (marker, filled, colour, label) in _STYLE.items():
         pts = [r for r in rows if r["phase"] == phase]
@@ -155,20 +195,21 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
             ax_n.axhline(1.0 / p, color="tab:green", ls=":", lw=1,
                          label=f"N_min = {fmt(1.0 / p)}")
     measured, fitted = _num(cbs.get("measured")), _num(cbs.get("fitted"))
-    if measured is not None:
+    if measured is not None and _on_axis(measured, grid):
         ax_s.axvline(measured, color="tab:blue", ls="-", lw=1.2,
                      label=f"b* measured = {fmt(measured)}")
-    if fitted is not None:
+    if fitted is not None and _on_axis(fitted, grid):
         ax_s.axvline(fitted, color="tab:green", ls="--", lw=1.2,
                      label=f"b* fitted = {fmt(fitted)}")
         interval = cbs.get("interval")
         if isinstance(interval, Sequence) and len(interval) == 2:
             lo_i, hi_i = _num(interval[0]), _num(interval[1])
-            if lo_i is not None and hi_i is not None:
+            if lo_i is not None and hi_i is not None and _on_axis(lo_i, grid) and \
+                    _on_axis(hi_i, grid):
                 ax_s.axvspan(lo_i, hi_i, color="tab:green", alpha=0.12,
                              label=f"interval {fmt(lo_i)}–{fmt(hi_i)}")
     predicted = _num(cbs.get("predicted"))
-    if predicted is not None:
+    if predicted is not None and _on_axis(predicted, grid):
         ax_s.axvline(predicted, color="tab:purple", ls=":", lw=1.2,
                      label=f"b* predicted = {fmt(predicted)}")
     plain = _plain_log_formatter()
@@ -184,6 +225,7 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
         ax.grid(True, which="major", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
+    _plot_probabilities(ax_p, cbs, grid)
     tau = _threshold(resource)
     fig.suptitle(f"{_name(resource)}: critical batch size"
                  + (f" (FID threshold τ = {fmt(tau)})" if tau is not None else ""))
@@ -192,6 +234,34 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
         ax_s.set_title(textwrap.fill(f"fit not identifiable: {why}", 70), fontsize=8,
                        color="tab:red")
     return fig
+
+
+def _on_axis(x: float, grid: Sequence[int]) -> bool:
+    """Whether a batch size can be drawn on the log axis: one far beyond the grid (a predicted
+    b* of 1e305) would stretch the axis past what it can draw; the summary still gives it."""
+    lo, hi = (grid[0], grid[-1]) if grid else (1, 1 << 20)
+    return lo / 1e3 <= x <= hi * 1e3
+
+
+def _plot_probabilities(ax: Any, cbs: Mapping[str, Any], grid: Sequence[int]) -> None:
+    """Bars: each tested batch size's probability of being the SFO argmin; the plausible set
+    filled, the rest hollow."""
+    probs = cbs.get("probabilities") or {}
+    plausible = set(cbs.get("plausible") or [])
+    sizes = sorted({*grid, *(int(b) for b in probs if str(b).isdigit())})
+    labels = [str(b) for b in sizes]
+    values = [_num(probs.get(str(b))) or 0.0 for b in sizes]
+    bars = ax.bar(labels, values, color=["tab:blue" if b in plausible else "none" for b in sizes],
+                  edgecolor="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8)
+    level = _num(cbs.get("confidence"))
+    state = "resolved" if cbs.get("resolved") else "unresolved"
+    ax.set_title(f"plausible set at {level:.0%} ({state}), filled" if level is not None
+                 else "plausible set, filled", fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("batch size b")
+    ax.set_ylabel("P(b is the SFO argmin)")
+    ax.grid(True, axis="y", alpha=0.3)
 
 
 def _plain_log_formatter():  # -> type[matplotlib.ticker.LogFormatter]
@@ -203,6 +273,41 @@ def _plain_log_formatter():  # -> type[matplotlib.ticker.LogFormatter]
             return fmt(x, 3)
 
     return Plain
+
+
+def _hardware_lines(status: Mapping[str, Any]) -> list[str]:
+    """Where the trials ran: one line when they agree, one per kind when they do not."""
+    where: dict[str, list[str]] = {}
+    for t in status.get("trials") or []:
+        if isinstance(t, Mapping) and isinstance(t.get("hardware"), str):
+            where.setdefault(t["hardware"], []).append(f"{t.get('batchSize')}/s{t.get('seed')}")
+    if not where:
+        return []
+    if len(where) == 1:
+        return ["", f"Every trial ran on: {next(iter(where))}."]
+    return ["", "**The trials ran on different hardware** (N(b) may differ for that reason):",
+            ""] + [f"- {kind}: b/seed {', '.join(keys)}" for kind, keys in where.items()]
+
+
+def _answer_lines(cbs: Mapping[str, Any]) -> list[str]:
+    """The headline answer: the most probable b*, the plausible set, each batch size's
+    probability and reach fraction."""
+    best = cbs.get("mostProbable")
+    if best is None:
+        return ["- **b\\***: no answer yet (no trial reached τ)"]
+    level = _num(cbs.get("confidence"))
+    plausible = ", ".join(fmt(b) for b in cbs.get("plausible") or [])
+    state = "resolved" if cbs.get("resolved") else "**not resolved**"
+    probs = cbs.get("probabilities") or {}
+    reach = cbs.get("reachFraction") or {}
+    lines = [f"- **b\\* = {fmt(best)}**, the most probable SFO argmin among the tested batch "
+             f"sizes ({state}; plausible set at {fmt(level and level * 100)} %: {plausible})", "",
+             "| b | P(b is b*) | seeds that reached τ |", "|---:|---:|---:|"]
+    for b in sorted({*map(int, probs), *map(int, reach)}):
+        frac = _num(reach.get(str(b)))
+        lines.append(f"| {b} | {fmt(_num(probs.get(str(b))) or 0.0, 3)} | "
+                     f"{fmt(frac * 100, 3) + ' %' if frac is not None else '—'} |")
+    return [*lines, ""]
 
 
 def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NAME) -> str:
@@ -228,17 +333,21 @@ def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NA
         )
     lines.append("")
     lines.append("Censored and pruned trials are lower bounds (N(b) > steps), not measurements.")
+    lines += _hardware_lines(status)
     lines.append("")
+    lines += _answer_lines(cbs)
     measured = cbs.get("measured")
     lines.append(
-        f"- **b\\* measured** (least SFO on the grid): {fmt(measured)}"
+        f"- **b\\* measured** (least mean SFO over batch sizes whose seeds all reached τ; "
+        f"descriptive): {fmt(measured)}"
         + (f", SFO {fmt(cbs['measuredSfo'])}" if _num(cbs.get("measuredSfo")) else "")
     )
     if _num(cbs.get("fitted")) is not None:
-        text = f"- **b\\* fitted** (N(b) = A·b/(K·b − B), b\\* = 2B/K): {fmt(cbs['fitted'])}"
+        text = (f"- **b\\* fitted** (N(b) = A·b/(K·b − B), b\\* = 2B/K, posterior median "
+                f"with censored trials): {fmt(cbs['fitted'])}")
         interval = cbs.get("interval")
         if isinstance(interval, Sequence) and len(interval) == 2:
-            text += f", interval [{fmt(interval[0])}, {fmt(interval[1])}]"
+            text += f", 95 % credible interval [{fmt(interval[0])}, {fmt(interval[1])}]"
         if _num(cbs.get("nMin")) is not None:
             text += f"; N_min = {fmt(cbs['nMin'])} steps"
         lines.append(text)
@@ -273,13 +382,34 @@ def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NA
 
 
 def render(resource: Mapping[str, Any], out_dir: Path) -> ReportFiles:
-    """Write the PNG, the SVG and the Markdown summary into `out_dir`."""
+    """Write the PNG, the SVG and the Markdown summary into `out_dir`.
+
+    Each file is written beside its name and then renamed over it: a file of that name that
+    is a symbolic link is replaced, never followed out of `out_dir`, and a write that fails (a
+    full disk) leaves the previous report whole and raises OutputError.
+    """
     check_resource(resource)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out_dir / PNG_NAME, out_dir / SVG_NAME, out_dir / MARKDOWN_NAME)
     fig = plot(resource)
-    fig.savefig(files.png, dpi=120)
-    fig.savefig(files.svg)
-    files.markdown.write_text(summary_markdown(resource, PNG_NAME))
+    markdown = summary_markdown(resource, PNG_NAME)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path, write in ((files.png, lambda f: fig.savefig(f, dpi=120, format="png")),
+                            (files.svg, lambda f: fig.savefig(f, format="svg")),
+                            (files.markdown, lambda f: f.write(markdown.encode()))):
+            tmp = path.with_name(f".{path.name}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            try:
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644),
+                               "wb") as f:
+                    write(f)
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+    except OSError as exc:
+        raise OutputError(f"{exc.filename or out_dir}: cannot write the report: "
+                          f"{exc.strerror or exc}") from None
     return files

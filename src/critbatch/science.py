@@ -1,4 +1,4 @@
-"""The critical-batch-size science of SCIENCE.md, as pure functions over plain data.
+"""The critical-batch-size science of docs/science.md, as pure functions over plain data.
 
 No I/O, no clock, no torch: the trainer, the planner, the operator and the CLI all call in here,
 so a number means the same thing wherever it is shown.
@@ -18,7 +18,7 @@ from critbatch.errors import InputError
 OPTIMIZERS = ("adam", "adabelief", "rmsprop")
 DEFAULT_GRID = tuple(2**k for k in range(17))
 
-# The paper's learning rates (alpha_G, alpha_D) per model and optimizer (SCIENCE.md); BigGAN
+# The paper's learning rates (alpha_G, alpha_D) per model and optimizer (docs/science.md); BigGAN
 # has only Adam's, which the other two optimizers borrow.
 PAPER_LEARNING_RATES: dict[tuple[str, str], tuple[float, float]] = {
     ("dcgan", "adam"): (1e-4, 3e-4),
@@ -47,14 +47,19 @@ class Trial:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size:
-            raise ScienceError(f"batch_size: must be an integer, got {self.batch_size!r}")
-        if self.batch_size <= 0:
-            raise ScienceError(f"batch_size: must be positive, got {self.batch_size}")
-        if not math.isfinite(self.steps) or self.steps < 0:
-            raise ScienceError(f"steps: must be a finite number >= 0, got {self.steps!r}")
-        if self.reached and self.steps <= 0:
-            raise ScienceError("steps: a trial that reached the target needs steps > 0")
+        check_trial(self.batch_size, self.steps, self.reached)
+
+
+def check_trial(batch_size: int, steps: float, reached: bool) -> None:
+    """What every record of a finished trial must hold; the error names the field."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size:
+        raise ScienceError(f"batch_size: must be an integer, got {batch_size!r}")
+    if batch_size <= 0:
+        raise ScienceError(f"batch_size: must be positive, got {batch_size}")
+    if not math.isfinite(steps) or steps < 0:
+        raise ScienceError(f"steps: must be a finite number >= 0, got {steps!r}")
+    if reached and steps <= 0:
+        raise ScienceError("steps: a trial that reached the target needs steps > 0")
 
 
 def sfo(batch_size: float, steps: float) -> float:
@@ -137,136 +142,6 @@ def measure(trials: Iterable[Trial]) -> Measurement:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fitted b*
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fit:
-    """The model 1/N = p + q/b fitted to reached trials, or the reason it is not identifiable."""
-
-    batch_size: float | None
-    n_min: float | None
-    p: float | None
-    q: float | None
-    interval: tuple[float, float] | None = None
-    reason: str | None = None
-    points: int = 0
-
-    @property
-    def identifiable(self) -> bool:
-        return self.batch_size is not None
-
-    def steps(self, batch_size: float) -> float:
-        """Fitted N(b); infinite where the model says the target is out of reach."""
-        if self.p is None or self.q is None:
-            raise ScienceError("fit: not identifiable, no fitted curve")
-        inv = self.p + self.q / batch_size
-        return math.inf if inv <= 0 else 1.0 / inv
-
-
-def _wls_lines(x: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The fit: weighted least squares of y = 1/N on x = 1/b, one line per row of `n`.
-
-    The noise is in N, not in 1/N: var(1/N) ~ var(N)/N^4, so with noise proportional to N
-    the weights are N^2. That is the first-order form of least squares on log N, which the
-    bootstrap's coverage cannot tell apart from the full nonlinear fit, in closed form and
-    vectorised over the rows (a bootstrap refits all its resamples at once).
-    """
-    if np.ptp(x) <= 0:
-        raise ScienceError("fit: needs at least two distinct batch sizes")
-    y = 1.0 / n
-    w = n**2
-    sw = w.sum(axis=1, keepdims=True)
-    xm = (w * x).sum(axis=1, keepdims=True) / sw
-    ym = (w * y).sum(axis=1, keepdims=True) / sw
-    q = (w * (x - xm) * (y - ym)).sum(axis=1) / (w * (x - xm) ** 2).sum(axis=1)
-    return ym[:, 0] - q * xm[:, 0], q
-
-
-def _fit_once(x: np.ndarray, n: np.ndarray) -> tuple[float, float, str | None]:
-    ps, qs = _wls_lines(x, n[None, :])
-    p, q = float(ps[0]), float(qs[0])
-    if p <= 0:
-        return p, q, (
-            f"fit: intercept p = 1/N_min = {p:.3g} <= 0: N(b) does not level off with larger "
-            "batches on this grid, so the model N(b) = A*b/(K*b - B) does not hold"
-        )
-    if q >= 0:
-        return p, q, (
-            f"fit: slope q = -B/A = {q:.3g} >= 0: N(b) does not fall with larger batches, so the "
-            "model N(b) = A*b/(K*b - B) does not hold"
-        )
-    if np.any(p + q * x <= 0):
-        smallest = round(1.0 / float(x.max()))
-        return p, q, (
-            f"fit: the fitted line puts batch size {smallest} at or below B/K, where the target "
-            "is out of reach, although a trial there reached it"
-        )
-    return p, q, None
-
-
-def fit(
-    trials: Iterable[Trial],
-    *,
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
-    rng: np.random.Generator | int | None = 0,
-) -> Fit:
-    """Fit N(b) = A*b/(K*b - B) to the trials that reached the target; b*_fit = -2q/p.
-
-    Censored trials are not measurements and are left out. With repeats (more reached trials
-    than distinct batch sizes) the interval is a residual bootstrap on log N: residuals of the
-    fit, rescaled by sqrt(n/(n-2)) for the two fitted parameters, resampled and added back.
-    """
-    reached = [t for t in trials if t.reached]
-    if len({t.batch_size for t in reached}) < 2:
-        return Fit(None, None, None, None, reason=(
-            "fit: needs trials that reached the target at two or more batch sizes, "
-            f"got {len({t.batch_size for t in reached})}"
-        ), points=len(reached))
-    x = np.array([1.0 / t.batch_size for t in reached])
-    n = np.array([float(t.steps) for t in reached])
-    p, q, reason = _fit_once(x, n)
-    if reason:
-        return Fit(None, None, p, q, reason=reason, points=len(reached))
-    b_star = -2.0 * q / p
-    interval = None
-    repeats = len(reached) > len(set(x.tolist()))
-    if repeats and bootstrap > 0:
-        interval = _bootstrap_interval(x, n, p, q, bootstrap, confidence, rng)
-    return Fit(b_star, 1.0 / p, p, q, interval=interval, points=len(reached))
-
-
-def _bootstrap_interval(
-    x: np.ndarray,
-    n: np.ndarray,
-    p: float,
-    q: float,
-    rounds: int,
-    confidence: float,
-    rng: np.random.Generator | int | None,
-) -> tuple[float, float] | None:
-    gen = np.random.default_rng(rng)
-    fitted_log = -np.log(p + q * x)
-    resid = np.log(n) - fitted_log
-    dof = len(n) - 2
-    if dof <= 0:
-        return None
-    resid = (resid - resid.mean()) * math.sqrt(len(n) / dof)
-    samples = np.exp(fitted_log + resid[gen.integers(0, len(n), size=(rounds, len(n)))])
-    bp, bq = _wls_lines(x, samples)
-    # The rounds that _fit_once would call identifiable.
-    good = (bp > 0) & (bq < 0) & np.all(bp[:, None] + bq[:, None] * x > 0, axis=1)
-    stars = -2.0 * bq[good] / bp[good]
-    if len(stars) < rounds / 2:
-        return None
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(stars, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
-
-
-# ---------------------------------------------------------------------------------------------
 # Proposition 3.4: the noise ratio and estimates for other settings
 # ---------------------------------------------------------------------------------------------
 
@@ -325,10 +200,18 @@ def estimate_batch_size(
 
 
 def snap_to_grid(value: float, grid: Sequence[int] = DEFAULT_GRID) -> int:
-    """Nearest grid point by absolute difference; a tie goes to the smaller point."""
+    """Nearest grid point by absolute difference; a tie goes to the smaller point. A value
+    beyond an end of the grid (an infinite one too) is that end's point."""
     if not grid:
         raise ScienceError("grid: must not be empty")
-    return min(sorted(grid), key=lambda g: (abs(g - value), g))
+    if math.isnan(value):
+        raise ScienceError("batch_size: not a number (NaN), so no grid point is nearest")
+    points = sorted(grid)
+    if value >= points[-1]:
+        return points[-1]
+    if value <= points[0]:
+        return points[0]
+    return min(points, key=lambda g: (abs(g - value), g))
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from critbatch.errors import InputError
 from critbatch.science import OPTIMIZERS, PAPER_LEARNING_RATES, OptimizerSetting, ScienceError
@@ -107,6 +109,10 @@ class Trainer:
     model: str = "dcgan"
     image_size: int | None = None
     channels: int | None = None
+    # None: the trainer's default for the model, which for BigGAN is not the paper's network.
+    width: int | None = None
+    z_dim: int | None = None
+    ema_start: int | None = None
     dataset: Dataset = field(default_factory=Dataset)
     inception: Inception | None = None
     device: str = "auto"
@@ -120,6 +126,7 @@ class Trainer:
     pod_template: PodTemplate = field(default_factory=PodTemplate)
     cuda_graph: bool = False
     bf16: bool = False
+    reproducible_cpu: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,27 @@ class Target:
 @dataclass(frozen=True)
 class Pruning:
     sfo_bound: bool = True
+
+
+class StrategyType(StrEnum):
+    """How trials are chosen: every batch size and seed, or where the answer is still open."""
+
+    grid = "grid"
+    adaptive = "adaptive"
+
+
+# The plausible set's level when spec.strategy.confidence is unset: a grid reports at 95 %,
+# an adaptive sweep stops adding trials once its most probable batch size holds 90 %.
+DEFAULT_CONFIDENCE = {StrategyType.grid: 0.95, StrategyType.adaptive: 0.9}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """`max_trials` caps the trials an adaptive sweep starts (None: the whole grid x seeds)."""
+
+    type: StrategyType = StrategyType.grid
+    confidence: float = DEFAULT_CONFIDENCE[StrategyType.grid]
+    max_trials: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,9 +234,11 @@ class Sweep:
     metrics: Metrics = field(default_factory=Metrics)
     queue_name: str | None = None
     trials_per_gpu: int = 1
+    strategy: Strategy = field(default_factory=Strategy)
 
     def trials(self) -> list[TrialKey]:
-        """Every trial, batch size ascending, then seed."""
+        """Every trial the sweep may run, batch size ascending, then seed (an adaptive sweep
+        starts those of them its planner chooses)."""
         return [TrialKey(b, s) for b in sorted(self.batch_sizes) for s in range(self.seeds)]
 
 
@@ -252,7 +282,8 @@ def _int(
     if not _present(obj, key, p, required):
         return default
     v = obj[key]
-    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+            or int(v) != v:
         raise _err(p, f"must be an integer, got {v!r}")
     v = int(v)
     if lo is not None and v < lo:
@@ -344,13 +375,34 @@ def _metadata(manifest: Mapping[str, Any]) -> tuple[str, str, int, str | None]:
     return name, namespace, generation, uid if isinstance(uid, str) else None
 
 
+def _parse_architecture(
+    t: Mapping[str, Any], path: str, model: str, image_size: int | None, dataset: str,
+) -> tuple[int | None, int | None, int | None]:
+    """(width, zDim, emaStart); width and zDim set Θ, on which every Proposition 3.4 number
+    depends."""
+    width = _int(t, "width", path, lo=1, hi=512)
+    z_dim = _int(t, "zDim", path, lo=1, hi=1024)
+    ema_start = _int(t, "emaStart", path, lo=0)
+    if model == "biggan" and z_dim is not None:
+        # The trainer's default sizes; BigGAN gives each block and its first layer a chunk of z.
+        size = image_size or {"digits": 16, "faces": 32}.get(dataset, 128)
+        chunks = {32: 4, 64: 5, 128: 6}.get(size)
+        if chunks and z_dim % chunks:
+            raise _err(f"{path}.zDim", f"biggan at {size}x{size} splits z into {chunks} "
+                                       f"equal chunks, got {z_dim}")
+    if ema_start is not None and model != "biggan":
+        raise _err(f"{path}.emaStart", f"only biggan keeps an EMA of its generator, not {model}")
+    return width, z_dim, ema_start
+
+
 def _parse_trainer(raw: Any) -> Trainer:
     path = "spec.trainer"
     t = _mapping(raw, path)
     _no_unknown(t, path, (
         "image", "imagePullPolicy", "model", "imageSize", "channels", "dataset", "inception",
+        "width", "zDim", "emaStart",
         "device", "gpus", "resources", "checkpointEvery", "checkpoints", "backoffLimit",
-        "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "bf16",
+        "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "bf16", "reproducibleCPU",
     ))
     image = _str(t, "image", path)
     if image is not None and not image.strip():
@@ -381,6 +433,7 @@ def _parse_trainer(raw: Any) -> Trainer:
             raise _err(f"{dpath}.{key}", "must not be empty")
     if dataset.name not in BUILTIN_DATASETS and not (dataset.path or dataset.pvc):
         raise _err(dpath, f"the {dataset.name} dataset needs a path or a pvc")
+    width, z_dim, ema_start = _parse_architecture(t, path, model, image_size, dataset.name)
 
     inception = None
     if t.get("inception") is not None:
@@ -446,6 +499,9 @@ def _parse_trainer(raw: Any) -> Trainer:
         model=model,
         image_size=image_size,
         channels=channels,
+        width=width,
+        z_dim=z_dim,
+        ema_start=ema_start,
         dataset=dataset,
         inception=inception,
         device=_str(t, "device", path, default="auto", choices=DEVICES),
@@ -459,6 +515,7 @@ def _parse_trainer(raw: Any) -> Trainer:
         pod_template=_parse_pod_template(t.get("podTemplate")),
         cuda_graph=cuda_graph,
         bf16=_bool(t, "bf16", path),
+        reproducible_cpu=_bool(t, "reproducibleCPU", path),
     )
 
 
@@ -502,6 +559,148 @@ def _parse_pod_template(raw: Any) -> PodTemplate:
         volumes=objects("volumes"),
         volume_mounts=objects("volumeMounts"),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a sweep may ask of the operator
+# ---------------------------------------------------------------------------------------------
+
+# The operator creates trial Jobs with its own ServiceAccount for whoever may create a sweep, so
+# by default a pod template may add only what cannot widen that person's access; a cluster
+# administrator allows more by name (critbatch-operator --allow-pod-template). The local runner
+# runs trials as its user's own processes and applies no policy.
+VOLUME_SOURCES = (
+    "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "configMap", "csi",
+    "downwardAPI", "emptyDir", "ephemeral", "fc", "flexVolume", "flocker", "gcePersistentDisk",
+    "gitRepo", "glusterfs", "hostPath", "image", "iscsi", "nfs", "persistentVolumeClaim",
+    "photonPersistentDisk", "portworxVolume", "projected", "quobyte", "rbd", "scaleIO", "secret",
+    "storageos", "vsphereVolume",
+)
+SAFE_VOLUME_SOURCES = ("persistentVolumeClaim", "configMap", "emptyDir")
+POD_TEMPLATE_ALLOWANCES = (
+    "serviceAccountName", "runtimeClassName", "priorityClassName", "imagePullSecrets",
+    "anyToleration", "crossNamespaceAffinity", "securityAnnotations", "kubernetesMetadata",
+    *(v for v in VOLUME_SOURCES if v not in SAFE_VOLUME_SOURCES),
+)
+CONTROL_PLANE_TAINTS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+# Annotations read by the kubelet, the container runtime or the CNI plugin: security profiles,
+# sysctls, runtime sandboxes, extra networks, fixed IP addresses.
+_SECURITY_WORDS = ("apparmor", "seccomp", "selinux", "security", "sysctl")
+_RUNTIME_ANNOTATIONS = ("io.kubernetes.", "io.katacontainers.", "io.containerd.", "dev.gvisor.",
+                        "k8s.v1.cni.cncf.io/", "v1.multus-cni.io/", "cni.projectcalico.org/")
+_OWN = "own"  # the operator's own labels and annotations: no administrator may hand them out
+_MANAGED_BY = "app.kubernetes.io/managed-by"
+
+
+def _under(domain: str, root: str) -> bool:
+    return domain == root or domain.endswith("." + root)
+
+
+def _reserved(key: str, *, annotation: bool) -> str | None:
+    """The allowance a label or annotation key needs, `_OWN` for never, None for none."""
+    lower = key.lower()
+    prefix = lower.partition("/")[0] if "/" in lower else ""
+    if _under(prefix, GROUP) or lower == _MANAGED_BY:
+        return _OWN
+    if annotation and (any(w in lower for w in _SECURITY_WORDS)
+                       or lower.startswith(_RUNTIME_ANNOTATIONS)):
+        return "securityAnnotations"
+    if _under(prefix, "kubernetes.io") or _under(prefix, "k8s.io"):
+        return "kubernetesMetadata"
+    return None
+
+
+def _cross_namespace_terms(affinity: Any, path: str) -> list[str]:
+    """Paths of pod (anti-)affinity terms that look at pods of other namespaces."""
+    found: list[str] = []
+    if not isinstance(affinity, Mapping):
+        return found
+    for kind in ("podAffinity", "podAntiAffinity"):
+        rules = affinity.get(kind)
+        for when, terms in (rules.items() if isinstance(rules, Mapping) else ()):
+            for i, term in enumerate(terms if isinstance(terms, list) else ()):
+                p = f"{path}.{kind}.{when}[{i}]"
+                if isinstance(term, Mapping) and "podAffinityTerm" in term:
+                    term, p = term["podAffinityTerm"], f"{p}.podAffinityTerm"
+                if isinstance(term, Mapping):
+                    # Unset (or an empty list of names) means the pod's own namespace.
+                    found += [f"{p}.{k}" for k in ("namespaces", "namespaceSelector")
+                              if term.get(k) not in (None, [])]
+    return found
+
+
+def check_pod_template(template: PodTemplate, allow: Collection[str] = frozenset()) -> None:
+    """Refuse what the operator's policy keeps out of trial pods (SpecError naming the first such
+    field): `allow` holds the POD_TEMPLATE_ALLOWANCES a cluster administrator granted."""
+    path = "spec.trainer.podTemplate"
+
+    def need(name: str, where: str) -> None:
+        if name not in allow:
+            raise _err(where, "not allowed by the operator's policy (the cluster administrator "
+                              f"can allow it: --allow-pod-template={name}, Helm value "
+                              "sweepPolicy.allowPodTemplate)")
+
+    for key, value in (("serviceAccountName", template.service_account_name),
+                       ("runtimeClassName", template.runtime_class_name),
+                       ("priorityClassName", template.priority_class_name),
+                       ("imagePullSecrets", template.image_pull_secrets)):
+        if value:
+            need(key, f"{path}.{key}")
+    for i, volume in enumerate(template.volumes):
+        for source in volume:
+            where = f"{path}.volumes[{i}].{source}"
+            if source == "name" or source in SAFE_VOLUME_SOURCES:
+                continue
+            if source not in VOLUME_SOURCES:
+                raise _err(where, "not a volume source the operator knows")
+            need(source, where)
+    for i, toleration in enumerate(template.tolerations):
+        key = toleration.get("key") or ""
+        if key in CONTROL_PLANE_TAINTS:
+            need("anyToleration", f"{path}.tolerations[{i}].key")
+        elif not key and toleration.get("operator") == "Exists":
+            need("anyToleration", f"{path}.tolerations[{i}].operator")
+    for where in _cross_namespace_terms(template.affinity, f"{path}.affinity"):
+        need("crossNamespaceAffinity", where)
+    for kind, keys in (("labels", template.labels), ("annotations", template.annotations)):
+        for key in keys:
+            where = f"{path}.{kind}[{key!r}]"
+            rule = _reserved(key, annotation=kind == "annotations")
+            if rule == _OWN:
+                raise _err(where, "reserved for the operator's own bookkeeping")
+            if rule:
+                need(rule, where)
+
+
+def _url_under(url: str, prefix: str) -> bool:
+    """Whether `url` is on `prefix`'s scheme, host and port, at or below its path."""
+    try:
+        u, p = urlsplit(url), urlsplit(prefix)
+        ports = {"http": 80, "https": 443}
+        u_port, p_port = u.port or ports.get(u.scheme), p.port or ports.get(p.scheme)
+    except ValueError:
+        return False
+    if u.username is not None or not u.hostname or "\\" in url:
+        return False
+    if (u.scheme, u.hostname, u_port) != (p.scheme, p.hostname, p_port):
+        return False
+    if {".", ".."} & set(unquote(u.path).split("/")):
+        return False
+    base = p.path.rstrip("/")
+    return u.path == base or u.path.startswith(base + "/")
+
+
+def check_prometheus_url(url: str, allowed: Sequence[str] = (), default: str | None = None,
+                         ) -> None:
+    """Refuse a sweep's Prometheus URL unless it is the operator's own (`default`) or under one
+    of the `allowed` prefixes: the operator, not the sweep's author, sends the requests."""
+    if default and url.rstrip("/") == default.rstrip("/"):
+        return
+    if any(_url_under(url, prefix) for prefix in allowed):
+        return
+    raise _err("spec.metrics.prometheusURL", "not allowed by the operator's policy: it queries "
+               "only its own Prometheus and the URLs the cluster administrator lists "
+               "(--allow-prometheus-url, Helm value sweepPolicy.allowPrometheusURLs)")
 
 
 def optimizer_defaults(model: str, name: str) -> tuple[OptimizerSide, OptimizerSide]:
@@ -559,7 +758,8 @@ def _parse_batch_sizes(spec: Mapping[str, Any]) -> tuple[int, ...]:
         seen: set[int] = set()
         for i, v in enumerate(raw):
             p = f"spec.batchSizes[{i}]"
-            if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                    or int(v) != v:
                 raise _err(p, f"must be an integer, got {v!r}")
             if v <= 0:
                 raise _err(p, f"must be positive, got {v}")
@@ -602,6 +802,22 @@ def _parse_target(raw: Any) -> Target:
                    f"must not exceed spec.target.maxSteps ({target.max_steps}), "
                    f"got {target.eval_every}")
     return target
+
+
+def _parse_strategy(raw: Any, trials: int) -> Strategy:
+    path = "spec.strategy"
+    s = _mapping(raw, path, default={})
+    _no_unknown(s, path, ("type", "confidence", "maxTrials"))
+    kind = StrategyType(_str(s, "type", path, default="grid", choices=tuple(StrategyType)))
+    confidence = _num(s, "confidence", path, gt=0.5, lt=1)
+    max_trials = _int(s, "maxTrials", path, lo=1, hi=4096)
+    if max_trials is not None and kind is not StrategyType.adaptive:
+        raise _err(f"{path}.maxTrials", "only with type adaptive (a grid runs every trial)")
+    return Strategy(
+        type=kind,
+        confidence=DEFAULT_CONFIDENCE[kind] if confidence is None else confidence,
+        max_trials=None if max_trials is None else min(max_trials, trials),
+    )
 
 
 def _parse_estimate(raw: Any, model: str) -> tuple[EstimateTarget, ...]:
@@ -682,7 +898,7 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
     _no_unknown(spec, "spec", (
         "trainer", "optimizer", "batchSizes", "batchSizeRange", "seeds", "target",
         "parallelism", "trialsPerGPU", "pruning", "estimate", "reference", "metrics",
-        "queueName",
+        "queueName", "strategy",
     ))
     trainer = _parse_trainer(spec.get("trainer") if "trainer" in spec else {})
     optimizer = _parse_optimizer(spec.get("optimizer"), trainer.model)
@@ -706,6 +922,7 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
     queue = _str(spec, "queueName", "spec", max_len=63)
     if queue and not _DNS1123_SUBDOMAIN.match(queue):
         raise _err("spec.queueName", f"must be a LocalQueue's name, got {queue!r}")
+    seeds = _int(spec, "seeds", "spec", default=1, lo=1, hi=32)
     return Sweep(
         name=name,
         namespace=namespace,
@@ -714,7 +931,7 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
         trainer=trainer,
         optimizer=optimizer,
         batch_sizes=batch_sizes,
-        seeds=_int(spec, "seeds", "spec", default=1, lo=1, hi=32),
+        seeds=seeds,
         target=_parse_target(spec.get("target")),
         parallelism=_int(spec, "parallelism", "spec", default=4, lo=1, hi=256),
         pruning=Pruning(sfo_bound),
@@ -723,12 +940,23 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
         metrics=_parse_metrics(spec.get("metrics")),
         queue_name=queue or None,
         trials_per_gpu=per_gpu,
+        strategy=_parse_strategy(spec.get("strategy"), len(batch_sizes) * seeds),
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # The trainer's command line
 # ---------------------------------------------------------------------------------------------
+
+
+# The trainer's --eval-every default per dataset (critbatch_trainer.config), else 100.
+DEFAULT_EVAL_EVERY = {"digits": 20}
+
+
+def evaluation_interval(sweep: Sweep) -> int:
+    """Steps between a trial's FID evaluations: a reached trial crossed the threshold within
+    the last such interval."""
+    return sweep.target.eval_every or DEFAULT_EVAL_EVERY.get(sweep.trainer.dataset.name, 100)
 
 
 def resume_checkpoint_every(sweep: Sweep) -> int:
@@ -774,6 +1002,9 @@ def trainer_args(
         args += ["--image-size", str(t.image_size)]
     if t.channels is not None:
         args += ["--channels", str(t.channels)]
+    for flag, value in (("--width", t.width), ("--z-dim", t.z_dim), ("--ema-start", t.ema_start)):
+        if value is not None:
+            args += [flag, str(value)]
     keys = [key] if isinstance(key, TrialKey) else list(key)
     if len(keys) == 1:
         args += ["--batch-size", str(keys[0].batch_size), "--seed", str(keys[0].seed)]
@@ -805,4 +1036,5 @@ def trainer_args(
         args += ["--termination-log", termination_log]
     args += ["--device", t.device]
     args += ["--cuda-graph"] * t.cuda_graph + ["--bf16"] * t.bf16
+    args += ["--reproducible-cpu"] * t.reproducible_cpu
     return args

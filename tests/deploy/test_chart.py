@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+
+from critbatch.spec import POD_TEMPLATE_ALLOWANCES
+from critbatch_operator.config import Config
 
 from .conftest import (
     CHART,
@@ -24,6 +28,9 @@ from .conftest import (
     render,
     run,
 )
+
+sys.path.insert(0, str(ROOT / "tests" / "operator"))
+from pod_security import restricted_violations
 
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion: the CRD's CEL rules use
 # fieldPath and reason, new in 1.28) and the newest kubernetes-validate knows.
@@ -101,7 +108,7 @@ def test_rendered_object_counts(default_objects, full_objects, namespaced_object
 
     assert count(default_objects) == {
         "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Service": 1,
-        "Deployment": 1,
+        "Deployment": 1, "NetworkPolicy": 1,
     }
     assert count(full_objects) == {
         "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Service": 1,
@@ -227,6 +234,11 @@ def test_chart_crds_are_the_top_level_crds() -> None:
         ("prometheusURL=prometheus:9090", "prometheusURL"),
         ("image.operator.digest=latest", "digest"),
         ("operator.logLevel=verbose", "logLevel"),
+        ("sweepPolicy.allowPodTemplate={hostpath}", "allowPodTemplate"),
+        ("sweepPolicy.allowPodTemplate={labels}", "allowPodTemplate"),
+        ("sweepPolicy.allowPrometheusURLs={prometheus:9090}", "allowPrometheusURLs"),
+        ("sweepPolicy.allowPrometheusURLs={http://u@prom:9090}", "allowPrometheusURLs"),
+        ("sweepPolicy.allowAll=true", "allowAll"),
     ],
 )
 def test_values_schema_rejects_mistakes(helm: str, setting: str, complaint: str) -> None:
@@ -256,6 +268,13 @@ def test_operator_pod_is_locked_down(default_objects) -> None:
     assert pod["serviceAccountName"] == one(default_objects, "ServiceAccount")["metadata"]["name"]
 
 
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_operator_pod_passes_pod_security_restricted(helm: str, values: str) -> None:
+    """The operator's namespace may enforce `pod-security.kubernetes.io/enforce: restricted`."""
+    deployment = one(documents(render(helm, *VALUES[values])), "Deployment")
+    assert restricted_violations(deployment["spec"]["template"]) == []
+
+
 def test_probes_use_the_health_endpoint(default_objects) -> None:
     deployment = one(default_objects, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -274,12 +293,21 @@ def test_operator_environment(default_objects, full_objects) -> None:
     assert env["CRITBATCH_NAMESPACES"] == ""
     assert env["CRITBATCH_PROMETHEUS_URL"] == ""
     assert env["CRITBATCH_TRAINER_METRICS_PORT"] == "9100"
+    # The sweep policy's defaults: nothing beyond what cannot widen a sweep author's access.
+    assert env["CRITBATCH_ALLOW_POD_TEMPLATE"] == ""
+    assert env["CRITBATCH_ALLOW_PROMETHEUS_URLS"] == ""
 
     full = one(full_objects, "Deployment")
     env = env_of(full)
     trainer = "registry.example.com/ml/critbatch-trainer:0.1.0-cuda12.6"
     assert env["CRITBATCH_TRAINER_IMAGE"] == trainer
     assert env["CRITBATCH_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring.svc:9090"
+    assert env["CRITBATCH_ALLOW_POD_TEMPLATE"] == "priorityClassName,nfs"
+    assert env["CRITBATCH_ALLOW_PROMETHEUS_URLS"] == "https://thanos.example.com/prometheus/"
+    # The operator reads them as the chart writes them.
+    cfg = Config.from_env({k: v for k, v in env.items() if v is not None})
+    assert cfg.allow_pod_template == {"priorityClassName", "nfs"}
+    assert cfg.allow_prometheus_urls == ("https://thanos.example.com/prometheus/",)
     (container,) = full["spec"]["template"]["spec"]["containers"]
     # A digest wins over the tag: the image cannot change under the same reference.
     assert container["image"] == (
@@ -364,7 +392,7 @@ def test_metrics_service_and_monitors_select_the_right_pods(full_objects) -> Non
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     pods = one(full_objects, "PodMonitor")
-    # The operator's labels on trial pods (DESIGN.md), and the trainer's port name.
+    # The operator's labels on trial pods (docs/operator.md), and the trainer's port name.
     assert pods["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "critbatch"}
     assert pods["spec"]["namespaceSelector"] == {"any": True}
     assert pods["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
@@ -375,12 +403,62 @@ def test_network_policy_allows_only_what_the_operator_needs(full_objects) -> Non
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     (ingress,) = policy["ingress"]
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    # Only Prometheus' pods in the monitoring namespace: one peer, both selectors.
+    assert ingress["from"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
     egress_ports = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
     assert egress_ports == {
         (53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (9090, "TCP"), (9100, "TCP")
     }
     api_rule = next(r for r in policy["egress"] if {"port": 6443, "protocol": "TCP"} in r["ports"])
     assert [b["ipBlock"]["cidr"] for b in api_rule["to"]] == ["10.96.0.1/32", "192.168.0.0/24"]
+
+
+def test_network_policy_is_on_by_default(default_objects) -> None:
+    """The operator's metrics name every tenant's sweeps: by default only the monitoring
+    namespace may read them, and the operator reaches no Prometheus port but the configured."""
+    policy = one(default_objects, "NetworkPolicy")["spec"]
+    selector = one(default_objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert policy["podSelector"]["matchLabels"] == selector
+    (ingress,) = policy["ingress"]
+    assert ingress["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    prometheus = next(r for r in policy["egress"] if "to" not in r
+                      and {"port": 9090, "protocol": "TCP"} in r["ports"])
+    assert prometheus["ports"] == [{"port": 9090, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(("sets", "ports"), [
+    (("prometheusURL=http://prom.monitoring.svc",), [9090, 80]),
+    (("prometheusURL=https://prom.example.com/api",), [9090, 443]),
+    (("prometheusURL=http://prom.monitoring.svc:9090",
+      "sweepPolicy.allowPrometheusURLs={http://a.svc:8080/x,https://b.example.com:8443}"),
+     [9090, 8080, 8443]),
+])
+def test_network_policy_lets_the_operator_reach_the_prometheus_urls_it_may_query(
+    helm: str, sets: tuple[str, ...], ports: list[int],
+) -> None:
+    objects = documents(render(helm, sets=sets))
+    policy = one(objects, "NetworkPolicy")["spec"]
+    rule = next(r for r in policy["egress"] if "to" not in r
+                and {"port": 9090, "protocol": "TCP"} in r["ports"])
+    assert [p["port"] for p in rule["ports"]] == ports
+
+
+def test_network_policy_can_be_switched_off(helm: str) -> None:
+    objects = documents(render(helm, sets=("networkPolicy.enabled=false",)))
+    assert not by_kind(objects, "NetworkPolicy")
+
+
+def test_sweep_policy_values_name_what_the_operator_knows() -> None:
+    """The schema's names are the operator's (a name it does not know would stop it)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    policy = schema["properties"]["sweepPolicy"]["properties"]
+    assert policy["allowPodTemplate"]["items"]["enum"] == list(POD_TEMPLATE_ALLOWANCES)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["sweepPolicy"] == {"allowPodTemplate": [], "allowPrometheusURLs": []}
+    assert values["networkPolicy"]["enabled"] is True
 
 
 def test_dashboard_configmap(full_objects) -> None:

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from critbatch.science import estimate_targets, snap_to_grid
+from critbatch.spec import Sweep, parse_sweep
+
 from .conftest import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
@@ -42,7 +45,7 @@ def paper_sweeps() -> dict[str, dict]:
     }
 
 
-# SCIENCE.md: (alpha_G, alpha_D) per setting and optimizer, and the thresholds.
+# docs/science.md: (alpha_G, alpha_D) per setting and optimizer, and the thresholds.
 PAPER = {
     "dcgan-lsun-bedroom": (70, {"adam": (1e-4, 3e-4), "adabelief": (3e-4, 3e-5),
                                 "rmsprop": (1e-4, 3e-5)}),
@@ -83,3 +86,70 @@ def test_example_files_are_named_for_what_they_hold() -> None:
         assert docs, path
         if len(docs) == 1 and path.parent.name == "examples":
             assert docs[0]["metadata"]["name"] == Path(path).stem
+
+
+# The paper's measured b* for Adam (its Table 3). The other optimizers' b* is what Proposition
+# 3.4 predicts from each sweep's reference, which the sweep must be able to confirm or refute.
+PAPER_ADAM_B_STAR = {"dcgan-lsun-bedroom": 32, "wgan-gp-celeba": 2, "biggan-imagenet": 256}
+
+
+def parsed_paper_sweeps() -> dict[str, Sweep]:
+    return {name: parse_sweep(doc) for name, doc in
+            ((d["metadata"]["name"], d) for w, d in SWEEPS if w.startswith("examples/paper/"))}
+
+
+def expected_b_stars(name: str, sweeps: dict[str, Sweep]) -> list[float]:
+    """The paper's measured b* for Adam, and the prediction from the sweep's reference."""
+    sweep = sweeps[name]
+    setting = name.rsplit("-", 1)[0]
+    out = [PAPER_ADAM_B_STAR[setting]] if sweep.optimizer.name == "adam" else []
+    if sweep.reference is not None:
+        ref = sweeps[sweep.reference.sweep]
+        # Θ cancels: the reference's networks are the same (WGAN-GP's are DCGAN's).
+        _, (est,) = estimate_targets(
+            ref.optimizer.setting(), PAPER_ADAM_B_STAR[ref.name.rsplit("-", 1)[0]], 1,
+            ref.trainer.dataset.size, [(sweep.optimizer.setting(), 1, sweep.trainer.dataset.size)])
+        out.append(est.batch_size)
+    return out
+
+
+def test_every_paper_grid_brackets_the_b_star_it_should_find() -> None:
+    sweeps = parsed_paper_sweeps()
+    for name, sweep in sweeps.items():
+        expected = expected_b_stars(name, sweeps)
+        assert expected, name
+        for b_star in expected:
+            # A grid point on each side: an argmin at the edge of the grid is no argmin.
+            assert min(sweep.batch_sizes) < b_star < max(sweep.batch_sizes), (name, b_star)
+
+
+def test_wgan_gp_predictions_from_dcgan_agree_with_the_papers_adam_b_star() -> None:
+    sweeps = parsed_paper_sweeps()
+    (predicted,) = expected_b_stars("wgan-gp-celeba-adam", sweeps)[1:]
+    assert snap_to_grid(predicted) == PAPER_ADAM_B_STAR["wgan-gp-celeba"]
+
+
+def test_biggan_adabelief_estimate_is_table_3s_with_the_assumed_learning_rate() -> None:
+    """Table 3's BigGAN AdaBelief estimate 2^9 follows from Adam's 2^8 only at alpha_G = 4e-4."""
+    sweep = parsed_paper_sweeps()["biggan-imagenet-adam"]
+    (target,) = sweep.estimate
+    assert (target.optimizer, target.learning_rate) == ("adabelief", 4e-4)
+    _, (est,) = estimate_targets(sweep.optimizer.setting(), 256, 70_400_000, 1_281_167,
+                                 [(target.setting(), None, None)])
+    assert est.grid_batch_size == 2**9
+
+
+def test_paper_sweeps_run_several_seeds_on_the_one_gpu_a_trial_uses() -> None:
+    for name, sweep in parsed_paper_sweeps().items():
+        assert sweep.seeds >= 2, name  # N(b) differs by 10-30 % between seeds
+        assert sweep.trainer.gpus == 1, name  # a trial trains on one device
+
+
+def test_paper_sweeps_name_the_papers_networks() -> None:
+    """Not the trainer's defaults: BigGAN's default width is 32, not the paper's 96."""
+    for name, sweep in parsed_paper_sweeps().items():
+        t = sweep.trainer
+        if t.model == "biggan":
+            assert (t.image_size, t.width, t.z_dim, t.ema_start) == (128, 96, 120, 20000), name
+        else:
+            assert (t.image_size, t.width, t.z_dim) == (64, 64, 100), name

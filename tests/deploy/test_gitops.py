@@ -85,8 +85,15 @@ RUNNING = {
 DONE = {
     "observedGeneration": 2, "phase": "Succeeded", "progress": "10/10",
     "criticalBatchSize": {"measured": 64},
-    "conditions": [cond("Ready", "True", "Measured", "b* = 64 (measured)"),
+    "conditions": [cond("Ready", "True", "Resolved", "b* = 64 (resolved)"),
                    cond("Progressing", "False", "Done"),
+                   cond("Degraded", "False", "AsExpected")],
+}
+UNRESOLVED = {
+    "observedGeneration": 2, "phase": "Succeeded", "progress": "10/10",
+    "criticalBatchSize": {"mostProbable": 64, "plausible": [32, 64], "resolved": False},
+    "conditions": [cond("Ready", "False", "Unresolved", "still plausible: 32, 64"),
+                   cond("Progressing", "False", "Completed"),
                    cond("Degraded", "False", "AsExpected")],
 }
 INVALID = {
@@ -110,12 +117,14 @@ NO_METRICS = {
             ("Progressing", "Waiting for the operator to see generation 3"),
         ),
         (sweep(RUNNING, generation=2), ("Progressing", "trials 3/10")),
-        (sweep(DONE, generation=2), ("Healthy", "b* = 64 (measured)")),
+        (sweep(DONE, generation=2), ("Healthy", "b* = 64 (resolved)")),
+        (sweep(UNRESOLVED, generation=2), ("Degraded", "still plausible: 32, 64")),
         (sweep(INVALID, generation=2), ("Degraded", "spec.batchSizes[2]: above |S|")),
         (sweep(NO_METRICS, generation=2), ("Degraded", "Prometheus: timed out")),
         (sweep({"observedGeneration": 1, "phase": "Pending"}), ("Progressing", "trials pending")),
     ],
-    ids=["new", "stale", "running", "ready", "invalid", "degraded", "no-conditions"],
+    ids=["new", "stale", "running", "ready", "unresolved", "invalid", "degraded",
+         "no-conditions"],
 )
 def test_argocd_health_check(lua: str, obj: dict, expected: tuple[str, str]) -> None:
     assert health(lua, obj) == expected
@@ -142,7 +151,10 @@ def test_flux_health_expressions() -> None:
     assert holds(check["current"], DONE)
     assert not holds(check["current"], RUNNING)
     assert holds(check["failed"], INVALID)
+    assert holds(check["failed"], UNRESOLVED)
+    assert not holds(check["current"], UNRESOLVED)
     assert not holds(check["failed"], RUNNING)
+    assert not holds(check["failed"], DONE)
 
 
 def chart_values_in_examples() -> list[tuple[str, dict]]:

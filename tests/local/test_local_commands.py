@@ -60,7 +60,8 @@ def test_run_quiet_prints_the_result_line_and_exits_0(tmp_path, capsys, monkeypa
     captured = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert len(captured) == 1
-    assert re.fullmatch(rf"Succeeded, trials 2/2, b\* measured 16, fitted [0-9.]+; "
+    assert re.fullmatch(rf"Succeeded, trials 2/2, b\* 16 \(P [0-9.]+, (resolved|unresolved: "
+                        rf"[0-9, ]+)\), measured 16, fitted [0-9.]+ \[[0-9., ]+\]; "
                         rf"report: {re.escape(str(out))}/summary.md", captured[0])
 
     summary = (out / "summary.md").read_text()
@@ -176,5 +177,5 @@ def test_without_a_terminal_progress_is_plain_lines_on_stderr(tmp_path, capsys, 
     assert code == 0
     assert "start: batch_size=16 seed=0" in captured.err
     assert "finished: batch_size=16 seed=0 phase=Reached steps=2000" in captured.err
-    assert "Succeeded, trials 1/1, b* measured 16" in captured.out
+    assert "Succeeded, trials 1/1, b* 16 (" in captured.out
     assert f"report: {out}/summary.md" in captured.out

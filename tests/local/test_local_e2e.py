@@ -145,3 +145,23 @@ def test_kill_9_of_a_trainer_restarts_it_from_its_checkpoint_with_n_unaffected(
     after_restart = log.split(" start: ")[2].splitlines()
     first_step = next(int(ln.split()[1]) for ln in after_restart if ln.startswith("step "))
     assert first_step > SPEC["target"]["evalEvery"]  # resumed from the checkpoint, not step 0
+
+
+def test_an_adaptive_sweep_runs_the_trials_it_chooses_within_its_cap(tmp_path):
+    out = tmp_path / "run"
+    manifest = sweep_manifest("e2e-adaptive", batchSizes=[8, 16, 32, 64], seeds=2,
+                              strategy={"type": "adaptive", "maxTrials": 5}, **SPEC)
+    _, records = critbatch_run(manifest, out)
+    status = yaml.safe_load((out / "status.yaml").read_text())
+    trials = status["trials"]
+    keys = [(t["batchSize"], t["seed"]) for t in trials]
+    assert 3 <= len(trials) <= 5 and len(set(keys)) == len(keys)
+    assert {(8, 0), (32, 0), (64, 0)} <= set(keys)  # the initial design
+    assert all(t["selectedBecause"] and t["phase"] in ("Reached", "Censored") for t in trials)
+    assert len(list((out / "trials").glob("*/result.json"))) == len(trials)
+    assert sum(r["event"] == "start" and "batch_size" in r for r in records) == len(trials)
+    cbs = status["criticalBatchSize"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert status["phase"] == "Succeeded" and cbs["mostProbable"] in (8, 16, 32, 64)
+    assert ready["reason"] == ("Resolved" if cbs["resolved"] else "Unresolved")
+    assert status["trialsMax"] == 5

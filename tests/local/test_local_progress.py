@@ -18,7 +18,9 @@ from critbatch.local.progress import (
 
 STATUS = {
     "phase": "Running", "trialsDone": 1, "trialsTotal": 3,
-    "criticalBatchSize": {"measured": 16, "fitted": 14.2, "interval": [11.0, 19.5]},
+    "criticalBatchSize": {"mostProbable": 16, "plausible": [16], "resolved": True,
+                          "probabilities": {"16": 0.97, "32": 0.03}, "measured": 16,
+                          "fitted": 14.2, "interval": [11.0, 19.5]},
 }
 VIEWS = [
     TrialView(16, 0, "Reached", 2000, 3000, 19.5, 32000, None, 0, "prometheus"),
@@ -73,7 +75,7 @@ def test_rich_table_shows_state_step_fid_and_eta_per_trial():
     assert "48.25" in lines["32"] and "2m05s" in lines["32"]
     assert "Reached" in lines["16"] and "prometheus" in lines["16"]
     assert "Pending" in lines["64"]
-    assert "b* measured 16, fitted 14.2 [11, 19.5]" in text
+    assert "b* 16 (P 0.97, resolved), measured 16, fitted 14.2 [11, 19.5]" in text
     assert "elapsed 1m15s" in text
 
 
@@ -81,4 +83,8 @@ def test_headline_and_durations():
     assert headline({"phase": "Pending", "trialsTotal": 2}).startswith("Pending, trials 0/2")
     assert "not identifiable" in headline(
         {"criticalBatchSize": {"notIdentifiable": "fit: needs two batch sizes"}})
+    unresolved = {"mostProbable": 8, "plausible": [8, 16], "resolved": False,
+                  "probabilities": {"8": 0.6, "16": 0.4}}
+    assert "b* 8 (P 0.60, unresolved: 8, 16)" in headline({"criticalBatchSize": unresolved})
+    assert "b* —" in headline({"criticalBatchSize": {}})
     assert duration(5) == "5s" and duration(3725) == "1h02m" and duration(None) == "—"

@@ -184,7 +184,7 @@ def test_the_command_line_predicts_from_the_sibling_run(tmp_path, capsys, monkey
     line = capsys.readouterr().out.strip()
     assert code == 0
     expected = rmsprop_prediction(400.0, 5e-3)
-    assert "b* measured 16, fitted " in line
+    assert ", measured 16, " in line and "b* 16 (P " in line
     assert f"predicted {expected:.4g} (grid 32)" in line, line  # 114 is nearer 32 than 16
     assert yaml.safe_load((tmp_path / "runs" / "target" / "status.yaml").read_text())[
         "criticalBatchSize"]["predicted"] == pytest.approx(expected, rel=1e-5)

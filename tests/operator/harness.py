@@ -337,6 +337,10 @@ class FakeCluster:
                                     threshold) for b, s in keys])
         self.pods[name] = fake
         self.started[name] = now
+        job_uid = (job.get("metadata") or {}).get("uid")
+        if not job_uid:  # kmock assigns none; the API server would have
+            job_uid = str(uuid.uuid4())
+            self.k.objects[JOBS, NS, name].patch({"metadata": {"uid": job_uid}})
         pod = copy.deepcopy(job["spec"]["template"])
         container = pod["spec"]["containers"][0]
         container["ports"] = [{"name": "metrics", "containerPort": fake.port}]
@@ -345,7 +349,11 @@ class FakeCluster:
             "metadata": {**pod["metadata"], "name": self._pod_name(name), "namespace": NS,
                          "uid": str(uuid.uuid4()), "resourceVersion": "1",
                          "creationTimestamp": _ts(),
-                         "labels": {**pod["metadata"]["labels"], "job-name": name}},
+                         "labels": {**pod["metadata"]["labels"], "job-name": name},
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                              "name": name, "uid": job_uid,
+                                              "controller": True,
+                                              "blockOwnerDeletion": True}]},
             "status": {"phase": "Running", "podIP": "127.0.0.1",
                        "containerStatuses": [{"name": "trainer", "ready": True,
                                               "restartCount": 0,
@@ -573,12 +581,14 @@ class ScenarioResult:
 async def full_sweep_scenario(k: Any, *, batch_sizes: tuple[int, ...] = (2, 4, 8, 16, 32, 64),
                               seeds: int = 2, parallelism: int = 4, max_steps: int = 4000,
                               source: str = "direct", restart_after: int = 4,
-                              trials_per_gpu: int = 1) -> ScenarioResult:
+                              trials_per_gpu: int = 1,
+                              strategy: dict | None = None) -> ScenarioResult:
     """Create a sweep, restart the operator after `restart_after` trials are done, run it to
     the end. Needs `setup_kmock(k)` first."""
     body = sweep_manifest("demo", batchSizes=list(batch_sizes), seeds=seeds,
                           parallelism=parallelism, trialsPerGPU=trials_per_gpu,
-                          target={"fidThreshold": 50, "maxSteps": max_steps, "evalEvery": 10})
+                          target={"fidThreshold": 50, "maxSteps": max_steps, "evalEvery": 10},
+                          **({"strategy": strategy} if strategy else {}))
     # b = 2 finishes first and b = 4 next (both reach, so the fit has two points whatever the
     # timing); paced by samples, b = 8 and 16 pass their SFO bound seconds before they would
     # finish, so the operator (reconciling every 0.2 s) surely stops some running trial.
@@ -596,7 +606,7 @@ async def full_sweep_scenario(k: Any, *, batch_sizes: tuple[int, ...] = (2, 4, 8
             async with operator(k, **overrides):
                 await wait_for(phase_is(k, "demo", "Succeeded", "Failed"), timeout=60,
                                what="the sweep to finish")
-                await wait_for(lambda: any(r == "CriticalBatchSizeMeasured"
+                await wait_for(lambda: any(r.startswith("CriticalBatchSize")
                                            for _, r, _ in posted_events(k)),
                                timeout=10, what="the final Event")
         finally:

@@ -57,9 +57,11 @@ async def test_six_batch_sizes_two_seeds_with_a_restart_measure_b_star(k):
     # Every result says where it came from; the fake trainers expose both routes.
     assert {t["source"] for t in st["trials"] if t["phase"] == "Reached"} <= {
         "direct", "termination-message"}
+    cbs = st["criticalBatchSize"]
+    assert cbs["mostProbable"] == 4 and 4 in cbs["plausible"]
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"], ready["observedGeneration"]) == (
-        "True", "Measured", 1)
+        ("True", "Resolved", 1) if cbs["resolved"] else ("False", "Unresolved", 1))
     assert ready["lastTransitionTime"]
     # Jobs are owned by the sweep, so the garbage collector deletes them with it.
     uid = r.sweep["metadata"]["uid"]
@@ -72,11 +74,14 @@ async def test_six_batch_sizes_two_seeds_with_a_restart_measure_b_star(k):
     # Posted by the reconcile itself, so the restart loses none: one per Job created.
     assert ev["TrialCreated"] == len(r.posts)
     assert ev["TrialReached"] >= 2 and ev["TrialPruned"] >= 1
-    assert ev["CriticalBatchSizeMeasured"] == 1
+    assert ev["CriticalBatchSizeResolved"] + ev["CriticalBatchSizeUnresolved"] == 1
     # The operator's own metrics.
     sample = opmetrics.REGISTRY.get_sample_value
-    assert sample("critbatch_operator_critical_batch_size",
-                  {"namespace": "default", "sweep": "demo", "kind": "measured"}) == 4
+    for kind in ("measured", "most_probable"):
+        assert sample("critbatch_operator_critical_batch_size",
+                      {"namespace": "default", "sweep": "demo", "kind": kind}) == 4
+    assert sample("critbatch_operator_critical_batch_size_resolved",
+                  {"namespace": "default", "sweep": "demo"}) == float(cbs["resolved"])
     assert sample("critbatch_operator_trials",
                   {"namespace": "default", "sweep": "demo", "phase": "Reached"}) == sum(
         1 for t in st["trials"] if t["phase"] == "Reached")
@@ -84,6 +89,23 @@ async def test_six_batch_sizes_two_seeds_with_a_restart_measure_b_star(k):
     assert sample("critbatch_operator_sweeps", {"phase": "Succeeded"}) >= 1
     # The operator made no API call beyond what its RBAC grants.
     assert set(r.calls) <= OPERATOR_RBAC, set(r.calls) - OPERATOR_RBAC
+
+
+async def test_an_adaptive_sweep_starts_what_it_chooses_and_survives_a_restart(k):
+    r = await full_sweep_scenario(k, restart_after=2, seeds=3,
+                                  strategy={"type": "adaptive", "maxTrials": 10})
+    st = r.status
+    started = [(t["batchSize"], t["seed"]) for t in st["trials"]]
+    assert st["phase"] == "Succeeded" and st["trialsMax"] == 10
+    assert 4 <= len(started) <= 10 and len(set(started)) == len(started)
+    assert {(2, 0), (8, 0), (32, 0), (64, 0)} <= set(started)  # the initial design
+    assert all(t["selectedBecause"] for t in st["trials"])
+    # Every Job POSTed once, across the restart, and only for trials the strategy chose.
+    assert [n for n, c in Counter(r.posts).items() if c > 1] == []
+    assert len(r.posts) <= len(started)
+    cbs = st["criticalBatchSize"]
+    assert cbs["mostProbable"] in (2, 4, 8) and cbs["probabilities"]
+    assert set(r.calls) <= OPERATOR_RBAC
 
 
 async def test_two_trials_per_gpu_share_a_job_and_still_measure_b_star(k):

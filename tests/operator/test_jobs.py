@@ -6,9 +6,11 @@ import copy
 
 import pytest
 from harness import sweep_manifest
+from pod_security import restricted_violations
 
 from critbatch.spec import JOB_MOUNT_PATHS, JOB_VOLUMES, TrialKey, parse_sweep, trainer_args
-from critbatch_operator.jobs import build_job, sweep_label_value
+from critbatch_operator.config import Config
+from critbatch_operator.jobs import admit, build_job, sweep_label_value
 
 
 def job_for(key=None, **spec):
@@ -265,3 +267,42 @@ def test_job_manifest_passes_kubernetes_schema(key, trainer):
     job = copy.deepcopy(build_job(parse_sweep(body), key))
     job["metadata"]["ownerReferences"][0]["uid"] = "0000"
     kv.validate(job, "1.30", strict=True)
+
+
+@pytest.mark.parametrize("trainer", [
+    {},
+    {"gpus": 2, "checkpoints": {"pvc": "ckpt"},
+     "dataset": {"name": "lsun", "pvc": "lsun"},
+     "inception": {"pvc": "weights", "file": "pt_inception.pth"}},
+    {"podTemplate": {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        "labels": {"team": "ml"}, "annotations": {"example.com/owner": "ml"},
+        "volumes": [{"name": "extra", "persistentVolumeClaim": {"claimName": "x"}},
+                    {"name": "conf", "configMap": {"name": "c"}},
+                    {"name": "fast", "emptyDir": {"medium": "Memory"}}],
+        "volumeMounts": [{"name": "extra", "mountPath": "/x"}]}},
+], ids=["plain", "claims and gpus", "what the default policy lets a template add"])
+def test_the_trial_pod_passes_pod_security_restricted(trainer):
+    """Sweep namespaces may enforce `pod-security.kubernetes.io/enforce: restricted`."""
+    body = sweep_manifest("demo")
+    body["spec"]["trainer"].update(trainer)
+    job = build_job(admit(parse_sweep(body), Config()), TrialKey(8, 0))
+    assert restricted_violations(job["spec"]["template"]) == []
+
+
+def test_the_restricted_check_sees_what_an_administrator_may_allow():
+    """The check above is not vacuous: what the policy keeps out, restricted refuses too."""
+    body = sweep_manifest("demo")
+    body["spec"]["trainer"]["podTemplate"] = {
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "annotations": {"container.apparmor.security.beta.kubernetes.io/trainer": "unconfined"}}
+    pod = build_job(parse_sweep(body), TrialKey(8, 0))["spec"]["template"]
+    assert restricted_violations(pod) == ["volume root",
+                                          "annotation container.apparmor.security.beta."
+                                          "kubernetes.io/trainer"]
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod["spec"]["securityContext"]["seccompProfile"] = {"type": "Unconfined"}
+    del pod["spec"]["containers"][0]["securityContext"]["seccompProfile"]
+    assert {"pod: seccomp Unconfined", "trainer: allowPrivilegeEscalation",
+            "trainer: seccompProfile"} <= set(restricted_violations(pod))

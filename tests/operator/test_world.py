@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from harness import sweep_manifest
 
 from critbatch.metrics import TrialMetrics
-from critbatch.planner import Phase
+from critbatch.planner import Phase, plan
 from critbatch.spec import TrialKey, parse_sweep
 from critbatch_operator.__main__ import parse_args
 from critbatch_operator.config import Config
@@ -16,11 +17,13 @@ from critbatch_operator.jobs import build_job
 from critbatch_operator.world import (
     World,
     group_objects,
+    late_disagreements,
     metrics_source,
     observe,
     observe_trial,
     scrape_targets,
     termination_result,
+    termination_results,
 )
 
 KEY = TrialKey(8, 0)
@@ -43,6 +46,24 @@ def pod(phase="Running", exit_code=None, message=None, ip="10.0.0.7", port=9100)
                 {"name": "metrics", "containerPort": port}]}]},
             "status": {"phase": phase, "podIP": ip,
                        "containerStatuses": [{"name": "trainer", "state": state}]}}
+
+
+def owned_sweep(name="demo", uid="uid-demo", **spec):
+    """A parsed sweep with the uid the API server would give it."""
+    manifest = sweep_manifest(name, **spec)
+    manifest["metadata"]["uid"] = uid
+    return parse_sweep(manifest)
+
+
+def pod_of(j, **kw):
+    """A pod of Job `j`, as the Job controller makes it: its labels, owned by the Job."""
+    tpl = j["spec"]["template"]["metadata"]
+    meta = j["metadata"]
+    return {**pod(**kw), "metadata": {
+        "name": f"{meta['name']}-x", "creationTimestamp": "2026-01-01T00:00:00Z",
+        "labels": tpl["labels"], "annotations": tpl.get("annotations", {}),
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                             "uid": meta.get("uid"), "controller": True}]}}
 
 
 COMPLETE = [{"type": "Complete", "status": "True"}]
@@ -128,13 +149,10 @@ def test_a_pods_termination_message_holds_one_result_line_per_trial():
 
 
 def test_a_job_running_several_trials_stands_for_each_and_its_pod_is_scraped_once():
-    sweep = parse_sweep(sweep_manifest("demo", trialsPerGPU=2))
+    sweep = owned_sweep("demo", trialsPerGPU=2)
     both = (KEY, TrialKey(16, 0))
     j = build_job(sweep, both)
-    tpl = j["spec"]["template"]["metadata"]
-    p = {**pod(), "metadata": {"name": "x", "labels": tpl["labels"],
-                               "annotations": tpl["annotations"]}}
-    world = group_objects(sweep, [j], [p])
+    world = group_objects(sweep, [j], [pod_of(j)])
     assert list(world.jobs) == list(world.pods) == list(both)
     assert set(scrape_targets(world, 9100).values()) == {"http://10.0.0.7:9100/metrics"}
     world.source = "direct"
@@ -145,12 +163,10 @@ def test_a_job_running_several_trials_stands_for_each_and_its_pod_is_scraped_onc
 
 
 def test_objects_are_grouped_by_trial_labels_and_strangers_ignored():
-    sweep = parse_sweep(sweep_manifest("demo"))
+    sweep = owned_sweep("demo")
     j = build_job(sweep, KEY)
-    other = build_job(parse_sweep(sweep_manifest("other")), KEY)
-    p = {**pod(), "metadata": {"name": "x", "labels": j["spec"]["template"]["metadata"][
-        "labels"]}}
-    world = group_objects(sweep, [j, other], [p])
+    other = build_job(owned_sweep("other", uid="uid-other"), KEY)
+    world = group_objects(sweep, [j, other], [pod_of(j), pod_of(other)])
     assert list(world.jobs) == [KEY] and list(world.pods) == [KEY]
     assert scrape_targets(world, 9100) == {KEY: "http://10.0.0.7:9100/metrics"}
     obs, _ = observe(sweep, world)
@@ -158,8 +174,9 @@ def test_objects_are_grouped_by_trial_labels_and_strangers_ignored():
 
 
 def test_deleting_jobs_are_not_counted():
-    sweep = parse_sweep(sweep_manifest("demo"))
+    sweep = owned_sweep("demo")
     j = build_job(sweep, KEY)
+    assert list(group_objects(sweep, [j], []).jobs) == [KEY]
     j["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert group_objects(sweep, [j], []).jobs == {}
 
@@ -246,3 +263,113 @@ def test_help_runs_without_a_cluster(capsys):
     for flag in ("--prometheus-url", "--metrics-port", "--health-port", "--namespace",
                  "--peering", "--trainer-image"):
         assert flag in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: foreign Jobs, refused metrics, termination messages
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("owners", [None, [], [{"kind": "CriticalBatchSweep", "name": "demo",
+                                                 "uid": "uid-of-a-deleted-sweep"}]],
+                         ids=["no field", "none", "another uid"])
+def test_a_job_with_the_trials_name_that_the_sweep_does_not_own_is_not_adopted(owners):
+    sweep = owned_sweep("demo")
+    foreign = build_job(sweep, KEY)
+    foreign["metadata"]["uid"] = "uid-foreign-job"
+    if owners is None:
+        del foreign["metadata"]["ownerReferences"]
+    else:
+        foreign["metadata"]["ownerReferences"] = owners
+    done = pod_of(foreign, phase="Succeeded", exit_code=0, message=json.dumps(RESULT))
+    world = group_objects(sweep, [foreign], [done])
+    assert world.jobs == {} and world.pods == {}
+    assert list(world.foreign) == ["demo-b8-s0"]
+    assert ("owned by CriticalBatchSweep demo" in world.foreign["demo-b8-s0"]) == bool(owners)
+    assert observe(sweep, world)[0] == {}  # its result is not the trial's
+
+
+def test_pods_count_only_when_a_counted_job_owns_them():
+    sweep = owned_sweep("demo")
+    j = build_job(sweep, KEY)
+    j["metadata"]["uid"] = "uid-job"
+    mine = pod_of(j)
+    stray = {**mine, "metadata": {**mine["metadata"], "ownerReferences": []}}
+    old = {**mine, "metadata": {**mine["metadata"], "ownerReferences": [
+        {"kind": "Job", "name": "demo-b8-s0", "uid": "uid-of-an-older-job"}]}}
+    world = group_objects(sweep, [j], [stray, old, mine])
+    assert world.pods == {KEY: [mine]}
+
+
+@pytest.mark.parametrize(("metrics", "why"), [
+    (TrialMetrics(invalid="step +Inf"), "step +Inf"),
+    (TrialMetrics(step=5000.0), "step 5000 above spec.target.maxSteps 4000"),
+    (TrialMetrics(step=10.0, reached=True, steps_to_threshold=1e300),
+     "steps_to_threshold 1e+300 above spec.target.maxSteps 4000"),
+    (TrialMetrics(step=-1.0), "step -1"),
+    (TrialMetrics(step=math.inf), "step +Inf"),
+])
+def test_refused_metrics_are_ignored_with_a_reason_and_a_problem(metrics, why):
+    sweep = owned_sweep("demo")
+    j = build_job(sweep, KEY)
+    world = World(jobs={KEY: j}, pods={KEY: [pod_of(j)]}, metrics={(8, 0): metrics},
+                  source="direct")
+    obs, _ = observe(sweep, world)
+    assert (obs[KEY].phase, obs[KEY].steps, obs[KEY].source) == (Phase.Running, None, None)
+    assert obs[KEY].reason == f"metrics invalid ({why}): ignored"
+    assert world.problems == [("MetricsInvalid", "direct metrics of 1 trial(s) refused and "
+                                                 f"ignored (b=8 seed=0: {why})")]
+    plan(sweep, obs)  # the planner takes what observe gives it
+
+
+@pytest.mark.parametrize(("steps", "why"), [
+    ("Infinity", "steps +Inf"), ("-Infinity", "steps -Inf"), ("NaN", "steps NaN"),
+    ("-3", "steps -3"), ("5000", "steps 5000 above spec.target.maxSteps 4000"),
+    ("1e999", "steps +Inf"), ('"620"', "steps is not a number"),
+])
+def test_a_refused_result_in_the_termination_message_fails_the_trial(steps, why):
+    line = json.dumps(RESULT).replace('"steps": 620', f'"steps": {steps}')
+    obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, line)], None,
+                           "direct", max_steps=4000)
+    assert obs.phase is Phase.Failed
+    assert obs.reason == f"MetricsInvalid: termination message: {why}"
+
+
+def test_termination_messages_that_are_not_results_are_skipped_without_errors():
+    deep = "[" * 100_000
+    for message in (deep, "\x00\x1b[31m", "{" + '"a":' * 10 + "1", json.dumps([RESULT]),
+                    json.dumps({**RESULT, "batch_size": True, "seed": 0}),
+                    json.dumps({**RESULT, "batch_size": "8"}), None, 42):
+        obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, message)], None,
+                               "direct", max_steps=4000)
+        assert obs.phase is Phase.Running and obs.reason == "finished; waiting for its result"
+    # A valid line for the trial counts, whatever else the message holds.
+    bad = json.dumps({**RESULT, "steps": -1})
+    for message in (json.dumps(RESULT) + "\n" + bad, bad + "\n" + json.dumps(RESULT)):
+        assert termination_results(KEY, [pod("Succeeded", 0, message)], 4000) == (RESULT, None)
+    assert termination_results(KEY, [pod("Succeeded", 0, bad)], 4000) == (None, "steps -1")
+
+
+def test_a_nan_fid_is_unknown_and_does_not_fail_the_trial():
+    line = json.dumps({**RESULT, "reached": False, "fid": math.nan})
+    obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, line)], None,
+                           "direct", max_steps=4000)
+    assert (obs.phase, obs.steps, obs.fid) == (Phase.Censored, 620, None)
+
+
+def test_a_crash_tail_is_printable_and_short():
+    crash = pod("Failed", 1, "x\n\x1b[2J\x07" + "A" * 5000)
+    obs, _ = observe_trial(KEY, job(FAILED, failed=1), [crash], None, "direct")
+    assert obs.reason.isprintable() and len(obs.reason) <= 400
+    assert "\x1b" not in obs.reason and "..." in obs.reason
+
+
+def test_disagreement_notes_survive_odd_values():
+    m = TrialMetrics(step=None, reached=False, finished=True)
+    obs, note = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, json.dumps(RESULT))], m,
+                              "prometheus", max_steps=4000)
+    assert obs.phase is Phase.Censored and "steps=unknown" in note
+    world = World(pods={KEY: [pod("Succeeded", 0, json.dumps(RESULT))]})
+    status = {"trials": [{"batchSize": "x"}, {"batchSize": 8, "seed": 0, "phase": "Reached",
+                                              "source": "direct", "steps": None}, "junk"]}
+    assert late_disagreements(status, world) == []

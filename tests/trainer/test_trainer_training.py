@@ -83,8 +83,13 @@ def test_dcgan_on_digits_reaches_a_loose_threshold_and_reports_n(reference) -> N
         assert r["steps"] - 20 < r["interpolated_steps"] <= r["steps"]
     keys = {"sweep", "batch_size", "seed", "reached", "steps", "interpolated_steps", "sfo",
             "fid", "threshold", "max_steps", "wall_seconds", "generator_params",
-            "dataset_size"}
+            "dataset_size", "hardware"}
     assert keys <= set(r)
+    hw = r["hardware"]
+    assert set(hw) == {"device", "cpu", "isa", "torch", "threads", "reproducible"}
+    assert (hw["device"], hw["threads"], hw["reproducible"]) == ("cpu", 1, False)
+    assert hw["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert hw["torch"] == torch.__version__ and 0 < len(hw["cpu"]) <= 40
 
 
 def test_termination_message_is_the_same_json(reference) -> None:
@@ -108,6 +113,9 @@ def test_metrics_endpoint_exposes_every_metric_with_sane_values(reference) -> No
     assert get("critbatch_trainer_max_steps") == 400
     assert get("critbatch_trainer_generator_parameters") == r["generator_params"]
     assert get("critbatch_trainer_dataset_size") == 1797
+    hw = {k: str(v).lower() if isinstance(v, bool) else str(v)
+          for k, v in r["hardware"].items()}
+    assert get("critbatch_trainer_hardware_info", gpu="", **hw) == 1
     for net in ("generator", "discriminator"):
         assert get("critbatch_trainer_loss", network=net) > 0
         assert get("critbatch_trainer_grad_norm", network=net) > 0

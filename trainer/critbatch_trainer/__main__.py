@@ -33,7 +33,7 @@ def write_termination_log(path: str | None, line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from critbatch_trainer import group
+    from critbatch_trainer import group, numerics
     from critbatch_trainer.config import ConfigError, parse_args
 
     args = sys.argv[1:] if argv is None else list(argv)
@@ -42,11 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         if split is not None:
             return group.run(*split)
         cfg = parse_args(args)
+        if cfg.reproducible_cpu:
+            numerics.pin_environment()
     except ConfigError as e:
         return _error(str(e))
 
     import torch
 
+    from critbatch_trainer.checkpoint import WriteError
     from critbatch_trainer.fid import ExtractorError
     from critbatch_trainer.loop import Terminated, Trial
     from critbatch_trainer.metrics import TrainerMetrics
@@ -80,12 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             result = trial.run()
         except (ConfigError, ExtractorError) as e:
             return _error(str(e))
+        except WriteError as e:  # e.g. disk full: not the configuration, may pass
+            _error(str(e))
+            return 1
         except Terminated:
             where = f"; checkpoint in {cfg.checkpoint_dir}" if cfg.checkpoint_dir else ""
             print(f"{PROG}: stopped by signal at step {trial.progress.step}{where}",
                   file=sys.stderr, flush=True)
             return 128 + int(state["signal"] or signal.SIGTERM)
-        line = json.dumps(result, sort_keys=False)
+        line = json.dumps(result, separators=(",", ":"))  # compact: 8 share 4 KiB
         write_termination_log(cfg.termination_log, line)
         print(line, flush=True)
         deadline = time.monotonic() + cfg.linger

@@ -10,6 +10,7 @@ does not stop the others. docs/trainer.md describes the contract.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from critbatch_trainer import numerics
 from critbatch_trainer.config import (
     GROUP_SIZE_ENV,
     PROG,
@@ -166,10 +168,26 @@ def _result(child: _Child) -> str | None:
     return None
 
 
+def _without_hardware(line: str) -> str:
+    try:
+        result = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(result, dict):
+        return line
+    result.pop("hardware", None)
+    return json.dumps(result, separators=(",", ":"))
+
+
 def termination_text(results: list[str], failures: list[str]) -> str:
-    """Results in order, then as many failure lines as fit in the termination message."""
+    """Results in order, then as many failure lines as fit in the termination message.
+
+    Results that would not fit lose their `hardware` object: the numbers matter more.
+    """
     lines = list(results)
-    size = sum(len(r.encode()) + 1 for r in results)
+    if sum(len(r.encode()) + 1 for r in lines) > TERMINATION_LIMIT:
+        lines = [_without_hardware(r) for r in lines]
+    size = sum(len(r.encode()) + 1 for r in lines)
     for line in failures:
         size += len(line.encode()) + 1
         if size > TERMINATION_LIMIT:
@@ -229,6 +247,8 @@ def run(trials: str, rest: list[str]) -> int:
                    **{GROUP_SIZE_ENV: str(len(pairs))})
         if threads is not None:
             env.update(OMP_NUM_THREADS=str(threads), CRITBATCH_THREADS=str(threads))
+        if cfg.reproducible_cpu:
+            env.update(numerics.REPRODUCIBLE_ENV)
         print(f"{PROG}: {len(pairs)} trials as processes: " + ", ".join(p.tag for p in pairs)
               + (f"; {threads} threads each" if threads else ""), file=sys.stderr, flush=True)
         lock = threading.Lock()

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from critbatch.science import GradientNoiseScale
-from critbatch_trainer import checkpoint
+from critbatch_trainer import checkpoint, numerics
 from critbatch_trainer.config import ConfigError, TrainerConfig
 from critbatch_trainer.data import TrainingData
 from critbatch_trainer.fid import (
@@ -46,7 +46,7 @@ IDENTITY = ("model", "dataset", "data_path", "lsun_classes", "image_size", "chan
             "batch_size", "seed", "optimizer", "lr_g", "lr_d", "beta1_g", "beta2_g", "eps_g",
             "beta1_d", "beta2_d", "eps_d", "fid_threshold", "eval_every", "eval_samples",
             "real_samples", "extractor", "width", "z_dim", "n_critic", "gp_lambda",
-            "ema_decay", "ema_start", "attention_res", "gns_every", "bf16")
+            "ema_decay", "ema_start", "attention_res", "gns_every", "bf16", "reproducible_cpu")
 
 
 class Terminated(Exception):
@@ -97,7 +97,12 @@ class Trial:
         self.metrics = metrics
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stop_requested = False
+        if cfg.checkpoint_dir:
+            checkpoint.check_directory(cfg.checkpoint_dir)
         self.device = resolve_device(cfg.device)
+        if cfg.reproducible_cpu:
+            numerics.pin_torch()
+        self.hardware = numerics.hardware(self.device, cfg.reproducible_cpu)
         try:
             self.data = TrainingData(cfg.dataset, cfg.image_size, cfg.channels, cfg.data_path,
                                      cfg.lsun_classes, cfg.workers, cfg.resident, self.device,
@@ -180,7 +185,8 @@ class Trial:
             raise ConfigError(f"checkpoint-dir: checkpoint version {s.get('version')!r} is not "
                               f"{CHECKPOINT_VERSION}")
         mine = self.identity()
-        for k, v in s["identity"].items():
+        # Checkpoints from before the flag existed were written with unpinned numerics.
+        for k, v in {"reproducible_cpu": False, **s["identity"]}.items():
             if mine.get(k) != v:
                 raise ConfigError(f"checkpoint-dir: holds a run with {k.replace('_', '-')} = "
                                   f"{v!r}, this run has {mine.get(k)!r}")
@@ -384,15 +390,14 @@ class Trial:
             checkpoint.save(self.cfg.checkpoint_dir, self.state_dict())
 
     def restore(self) -> bool:
-        """Resume from the checkpoint directory when it holds a checkpoint; True if it did."""
+        """Resume from the checkpoint directory when it holds a usable checkpoint; True if it did.
+
+        An unreadable one is set aside and the trial starts from step 0 (checkpoint.resume).
+        """
         if not self.cfg.checkpoint_dir:
             return False
-        checkpoint.remove_partial(self.cfg.checkpoint_dir)
-        state = checkpoint.load(self.cfg.checkpoint_dir)
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        return True
+        return checkpoint.resume(self.cfg.checkpoint_dir, self.load_state_dict, self.state_dict,
+                                 self.log)
 
     def run(self) -> dict[str, Any]:
         """Train to the threshold or the budget; the contract's result object."""
@@ -402,6 +407,7 @@ class Trial:
         if self.metrics is not None:
             self.metrics.static(self.generator_params, self.data.size, cfg.max_steps,
                                 cfg.fid_threshold)
+            self.metrics.hardware(self.hardware)
             self.metrics.step(p.step, p.step * cfg.batch_size)
             if p.history:
                 self.metrics.evaluation(p.history[-1][1])
@@ -485,4 +491,5 @@ class Trial:
             "max_steps": cfg.max_steps, "wall_seconds": round(p.elapsed, 3),
             "generator_params": self.generator_params, "dataset_size": self.data.size,
             "gradient_noise_scale": round(gns, 3) if gns is not None else None,
+            "hardware": self.hardware,
         }

@@ -8,6 +8,7 @@ trial the mode changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client import Gauge as _Gauge
 
 LABELS = ("sweep", "batch_size", "seed")
+HARDWARE_LABELS = ("device", "cpu", "isa", "gpu", "torch", "threads", "reproducible")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 30.0)
 Gauge = partial(_Gauge, multiprocess_mode="mostrecent")
@@ -51,6 +53,8 @@ class TrainerMetrics:
         self._params = Gauge(p + "generator_parameters", "Theta: trainable generator "
                              "parameters", lab, registry=r)
         self._size = Gauge(p + "dataset_size", "|S|: training examples", lab, registry=r)
+        self._hardware = Gauge(p + "hardware_info", "Where the trial runs (the result's "
+                               "hardware); always 1", (*lab, *HARDWARE_LABELS), registry=r)
         for g in (self._reached, self._finished):
             g.labels(**self.labels).set(0)
         self._server: Any = None
@@ -70,6 +74,10 @@ class TrainerMetrics:
         self._size.labels(**self.labels).set(dataset_size)
         self._max_steps.labels(**self.labels).set(max_steps)
         self._threshold.labels(**self.labels).set(threshold)
+
+    def hardware(self, info: Mapping[str, Any]) -> None:
+        values = {k: _label(info.get(k)) for k in HARDWARE_LABELS}
+        self._hardware.labels(**self.labels, **values).set(1)
 
     def step(self, step: int, samples: int, seconds: float | None = None) -> None:
         self._step.labels(**self.labels).set(step)
@@ -96,3 +104,9 @@ class TrainerMetrics:
 
     def finished(self) -> None:
         self._finished.labels(**self.labels).set(1)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "" if value is None else str(value)

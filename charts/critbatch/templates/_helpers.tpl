@@ -93,4 +93,22 @@ app.kubernetes.io/managed-by: critbatch
   value: {{ include "critbatch.image" (list .Values.image.trainer .) | quote }}
 - name: CRITBATCH_PROMETHEUS_URL
   value: {{ .Values.prometheusURL | quote }}
+- name: CRITBATCH_ALLOW_POD_TEMPLATE
+  value: {{ .Values.sweepPolicy.allowPodTemplate | join "," | quote }}
+- name: CRITBATCH_ALLOW_PROMETHEUS_URLS
+  value: {{ .Values.sweepPolicy.allowPrometheusURLs | join "," | quote }}
+{{- end -}}
+
+{{/* TCP ports of the Prometheus APIs the operator may query: networkPolicy.prometheusPort and
+those of prometheusURL and sweepPolicy.allowPrometheusURLs (80 or 443 when they name none). */}}
+{{- define "critbatch.prometheusPorts" -}}
+{{- $ports := list (int .Values.networkPolicy.prometheusPort) -}}
+{{- range (concat (list .Values.prometheusURL) .Values.sweepPolicy.allowPrometheusURLs) -}}
+{{- if . -}}
+{{- $url := urlParse . -}}
+{{- $port := trimPrefix ":" (regexFind ":[0-9]+$" $url.host) -}}
+{{- $ports = append $ports (int (default (ternary "443" "80" (eq $url.scheme "https")) $port)) -}}
+{{- end -}}
+{{- end -}}
+{{- $ports | uniq | toJson -}}
 {{- end -}}

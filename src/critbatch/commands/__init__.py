@@ -6,8 +6,10 @@ which the CLI turns into one line and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -44,3 +46,10 @@ def stdout_console() -> Console:
     from rich.console import Console
 
     return Console(file=sys.stdout, highlight=False)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone (`critbatch ... | head`), so that the
+    interpreter's last flush fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

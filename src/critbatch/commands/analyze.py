@@ -1,8 +1,10 @@
-"""`critbatch analyze RESULTS`: measured and fitted b* from a table of finished trials.
+"""`critbatch analyze RESULTS`: the critical batch size, and how sure it is, from a table of
+finished trials.
 
 For results gathered by hand or by another tool: one row per trial with its batch size, the
 steps it took to reach the target (or the steps done before it stopped), and whether it
-reached it. A trial that did not reach the target is right-censored and never a measurement.
+reached it. A trial that did not reach the target is right-censored: evidence that its N(b)
+exceeds its steps, never a measurement and never a reason to drop its batch size's other seeds.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from critbatch import science
+from critbatch import posterior, science
 from critbatch.commands import fmt, print_json, stdout_console
-from critbatch.errors import InputError
+from critbatch.errors import InputError, load_yaml, read_text
+from critbatch.spec import MAX_BATCH
 
-HELP = "measured and fitted b* from a table of trials (CSV, JSON or YAML)"
+HELP = "the critical batch size and how sure it is, from a table of trials (CSV, JSON or YAML)"
 REQUIRED = ("batch_size", "steps", "reached")
 TRUE = {"true", "t", "yes", "y", "1"}
 FALSE = {"false", "f", "no", "n", "0"}
@@ -34,24 +35,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "analyze",
         help=HELP,
-        description=HELP + ". Prints the SFO (N(b)*b) per batch size, the measured b* (least "
-        "SFO), the fitted b* of N(b) = A*b/(K*b - B) with a bootstrap interval when seeds "
-        "repeat, N_min, and warnings (censored trials, a fit that is not identifiable).",
+        description=HELP + ". Prints the most probable b* among the tested batch sizes, the "
+        "plausible set (the fewest batch sizes holding --confidence of the probability of being "
+        "the SFO argmin), each batch size's probability and fraction of seeds that reached the "
+        "target, the fitted b* of N(b) = A*b/(K*b - B) with its credible interval (censored "
+        "trials included), N_min, the descriptive least mean SFO, and warnings.",
         epilog="RESULTS columns (CSV header, or keys of each JSON/YAML row): batch_size "
         "(positive integer), steps (N(b) when reached, else the steps done), reached "
-        "(true/false, yes/no, 1/0) are required; seed is optional (default 0); other columns "
+        "(true/false, yes/no, 1/0) are required; seed is optional (default 0); eval_every "
+        "is optional (default --eval-every); other columns "
         "are ignored. JSON and YAML take a list of rows, {\"trials\": [rows]}, or JSON Lines "
         "(one row per line, as the trainer prints its result).",
     )
     p.add_argument("results", metavar="RESULTS", help="the trials file, or - for stdin")
     p.add_argument("--format", choices=("auto", "csv", "json", "yaml"), default="auto",
                    help="file format (default: from the extension, else from the content)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="ROUNDS",
-                   help="bootstrap rounds for the fitted b*'s interval (default 1000; 0: none)")
     p.add_argument("--confidence", type=float, default=0.95,
-                   help="the interval's confidence level (default 0.95)")
-    p.add_argument("--rng-seed", type=int, default=0, metavar="N",
-                   help="seed of the bootstrap's random numbers (default 0)")
+                   help="the plausible set's level, and the fitted b*'s interval's "
+                   "(default 0.95)")
+    p.add_argument("--eval-every", type=float, default=0.0, metavar="STEPS",
+                   help="steps between evaluations: a reached trial crossed the target within "
+                   "the last STEPS before its steps (default 0: steps are exact)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -61,19 +65,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_BYTES = 16 << 20  # a results table of some hundred thousand trials
+
+
 def _read_text(path: str) -> tuple[str, str]:
-    """(label for messages, text) of a file or of stdin for `-`."""
-    if path == "-":
-        return "<stdin>", sys.stdin.read().lstrip("\ufeff")
-    p = Path(path)
+    """(label for messages, text) of a file or of stdin for `-`; at most MAX_BYTES, UTF-8
+    (a spreadsheet's byte order mark is dropped)."""
+    if path != "-":
+        return path, read_text(path, "RESULTS", limit=MAX_BYTES, encoding="utf-8-sig")
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream (tests)
+        text = sys.stdin.read(MAX_BYTES + 1)
+        data = text.encode("utf-8", errors="surrogateescape")
+    else:
+        data = buffer.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise InputError(f"<stdin>: larger than {MAX_BYTES >> 20} MiB")
     try:
-        return path, p.read_text(encoding="utf-8-sig")  # -sig: spreadsheets write a BOM
-    except FileNotFoundError:
-        raise InputError(f"RESULTS: no such file: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"RESULTS: is a directory, not a file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"RESULTS: cannot read {path}: {exc}") from None
+        return "<stdin>", data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"<stdin>: not UTF-8 text (invalid byte at offset {exc.start})") \
+            from None
 
 
 def _detect(path: str, text: str) -> str:
@@ -121,13 +133,11 @@ def _csv_rows(label: str, text: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
 
 def _structured_rows(label: str, text: str, fmt_name: str) -> Iterator[tuple[str, Mapping]]:
     try:
-        data = json.loads(text) if fmt_name == "json" else yaml.safe_load(text)
+        data = json.loads(text) if fmt_name == "json" else load_yaml(text, label, finite=False)
     except json.JSONDecodeError as exc:
         data = _json_lines(label, text, exc)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{label}: not valid YAML{where}") from None
+    except RecursionError:
+        raise InputError(f"{label}: nested too deeply") from None
     if isinstance(data, Mapping) and "trials" in data:
         data = data["trials"]
     elif isinstance(data, Mapping):
@@ -151,11 +161,16 @@ def _json_lines(label: str, text: str, first_error: json.JSONDecodeError) -> lis
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             err = first_error if not rows else None
             at = f"line {err.lineno}" if err else f"line {line_no}"
             raise InputError(f"{label}: not valid JSON at {at}") from None
     return rows
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _int(value: Any, where: str, column: str) -> int:
@@ -164,7 +179,9 @@ def _int(value: Any, where: str, column: str) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{where}, column {column}: not a number: {value!r}") from None
+        raise InputError(f"{where}, column {column}: not a number: {_short(value)}") from None
+    except OverflowError:
+        raise InputError(f"{where}, column {column}: too large: {_short(value)}") from None
     if not number.is_integer():
         raise InputError(f"{where}, column {column}: expected an integer, got {value!r}")
     return int(number)
@@ -176,7 +193,9 @@ def _number(value: Any, where: str, column: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{where}, column {column}: not a number: {value!r}") from None
+        raise InputError(f"{where}, column {column}: not a number: {_short(value)}") from None
+    except OverflowError:
+        raise InputError(f"{where}, column {column}: too large: {_short(value)}") from None
     if not math.isfinite(number):
         raise InputError(f"{where}, column {column}: must be finite, got {value!r}")
     return number
@@ -195,14 +214,16 @@ def _bool(value: Any, where: str, column: str) -> bool:
     raise InputError(f"{where}, column {column}: expected true or false, got {value!r}")
 
 
-def parse_trial(where: str, row: Mapping[str, Any]) -> science.Trial:
-    """One row into a Trial; every error names the row and the column."""
+def parse_trial(where: str, row: Mapping[str, Any],
+                default_eval_every: float = 0.0) -> posterior.Evidence:
+    """One row into the evidence of one trial; every error names the row and the column."""
     for col in REQUIRED:
         if col not in row or row[col] is None or row[col] == "":
             raise InputError(f"{where}, column {col}: missing")
     batch = _int(row["batch_size"], where, "batch_size")
-    if batch <= 0:
-        raise InputError(f"{where}, column batch_size: must be positive, got {row['batch_size']!r}")
+    if not 0 < batch <= MAX_BATCH:
+        raise InputError(f"{where}, column batch_size: must be in 1..{MAX_BATCH}, got "
+                         f"{_short(row['batch_size'])}")
     steps = _number(row["steps"], where, "steps")
     reached = _bool(row["reached"], where, "reached")
     if steps < 0 or (reached and steps == 0):
@@ -211,18 +232,43 @@ def parse_trial(where: str, row: Mapping[str, Any]) -> science.Trial:
                          f"got {row['steps']!r}")
     seed_value = row.get("seed")
     seed = 0 if seed_value is None or seed_value == "" else _int(seed_value, where, "seed")
-    return science.Trial(batch, steps, reached, seed)
+    every = row.get("eval_every")
+    eval_every = default_eval_every if every is None or every == "" \
+        else _number(every, where, "eval_every")
+    if eval_every < 0:
+        raise InputError(f"{where}, column eval_every: must be >= 0, got {every!r}")
+    return posterior.Evidence(batch_size=batch, steps=steps, reached=reached,
+                              eval_every=eval_every, seed=seed)
 
 
-def load_trials(path: str, fmt_name: str = "auto") -> list[science.Trial]:
+def load_trials(path: str, fmt_name: str = "auto",
+                eval_every: float = 0.0) -> list[posterior.Evidence]:
     """The trials of a CSV, JSON (or JSON Lines) or YAML file, or of stdin for `-`."""
     label, text = _read_text(path)
     kind = _detect(path, text) if fmt_name == "auto" else fmt_name
     rows = _csv_rows(label, text) if kind == "csv" else _structured_rows(label, text, kind)
-    trials = [parse_trial(where, row) for where, row in rows]
+    trials, first = [], {}
+    for where, row in rows:
+        trial = parse_trial(where, row, eval_every)
+        key = (trial.batch_size, trial.seed)
+        if key in first:
+            raise InputError(_duplicate(label, first[key], (where, row), key))
+        first[key] = (where, row)
+        trials.append(trial)
     if not trials:
         raise InputError(f"{label}: no trials")
     return trials
+
+
+def _duplicate(label: str, one: tuple[str, Mapping[str, Any]], two: tuple[str, Mapping[str, Any]],
+               key: tuple[int, int]) -> str:
+    """Two rows for one trial: counting both would double its evidence."""
+    names = [w.removeprefix(f"{label}: ") for w, _ in (one, two)]
+    text = (f"{label}: {names[0]} and {names[1]} are both batch_size {key[0]}, seed {key[1]}: "
+            "each trial must appear once")
+    if any(row.get("seed") in (None, "") for _, row in (one, two)):
+        text += " (rows without a seed are seed 0: add a seed column to tell seeds apart)"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,37 +276,36 @@ def load_trials(path: str, fmt_name: str = "auto") -> list[science.Trial]:
 # ---------------------------------------------------------------------------------------------
 
 
-def analyze(trials: list[science.Trial], *, bootstrap: int = 1000, confidence: float = 0.95,
-            rng_seed: int = 0) -> dict[str, Any]:
-    """Measured and fitted b* as plain data (what `--json` prints)."""
-    measured = science.measure(trials)
-    fitted = science.fit(trials, bootstrap=bootstrap, confidence=confidence, rng=rng_seed)
-    warnings = list(measured.warnings)
-    reached = [t for t in trials if t.reached]
-    all_sizes = sorted({t.batch_size for t in trials})
-    if measured.batch_size is not None and len(measured.points) > 1 and measured.batch_size in (
-            all_sizes[0], all_sizes[-1]):
-        warnings.append(f"measured b* = {measured.batch_size} is at the edge of the grid "
-                        f"({all_sizes[0]}..{all_sizes[-1]}): the least SFO may lie beyond it")
-    if not fitted.identifiable:
-        warnings.append(fitted.reason or "fit: not identifiable")
-    else:
-        lo, hi = min(t.batch_size for t in reached), max(t.batch_size for t in reached)
-        if not lo <= fitted.batch_size <= hi:
-            warnings.append(f"fitted b* = {fitted.batch_size:.4g} lies outside the measured "
-                            f"batch sizes {lo}..{hi}: an extrapolation")
-        if fitted.interval is None and bootstrap > 0:
-            repeats = len(reached) > len({t.batch_size for t in reached})
-            warnings.append(
-                "fit: no interval: the bootstrap needs more than one seed at some batch size"
-                if not repeats else
-                "fit: no interval: too few points, or too few resampled fits were identifiable")
+def analyze(trials: list[posterior.Evidence], *, confidence: float = 0.95) -> dict[str, Any]:
+    """The answer and how sure it is, as plain data (what `--json` prints)."""
+    grid = sorted({t.batch_size for t in trials})
+    post = posterior.infer(trials, grid, confidence=confidence, interval_level=confidence)
+    measured = science.measure(
+        science.Trial(t.batch_size, t.steps, t.reached, t.seed) for t in trials)
+    warnings = [w for w in measured.warnings if not w.startswith("target not reached")]
+    partial = sorted(b for b, f in post.reach_fraction.items() if 0 < f < 1)
+    if partial:
+        warnings.append("some seeds did not reach the target where others did, at batch "
+                        "size(s) " + ", ".join(map(str, partial)) + ": see reach_fraction")
+    if post.reason:
+        warnings.append(post.reason)
+    elif post.most_probable in (grid[0], grid[-1]) and len(grid) > 1:
+        warnings.append(f"the most probable b* = {post.most_probable} is at the edge of the "
+                        f"grid ({grid[0]}..{grid[-1]}): the least SFO may lie beyond it")
+    if post.most_probable is not None and not post.resolved:
+        warnings.append(f"not resolved at {confidence:g}: the plausible set has "
+                        f"{len(post.plausible)} batch sizes; more seeds there would narrow it")
     return {
-        "measured_batch_size": measured.batch_size,
-        "fitted_batch_size": fitted.batch_size,
-        "fitted_interval": list(fitted.interval) if fitted.interval else None,
+        "most_probable_batch_size": post.most_probable,
+        "plausible_batch_sizes": list(post.plausible),
+        "argmin_probabilities": {str(b): p for b, p in sorted(post.probabilities.items())},
+        "resolved": post.resolved,
         "confidence": confidence,
-        "n_min": fitted.n_min,
+        "reach_fraction": {str(b): f for b, f in sorted(post.reach_fraction.items())},
+        "fitted_batch_size": post.fitted,
+        "fitted_interval": list(post.interval) if post.interval else None,
+        "n_min": post.n_min,
+        "measured_batch_size": measured.batch_size,
         "sfo": [{"batch_size": p.batch_size, "steps": p.steps, "sfo": p.sfo, "trials": p.trials}
                 for p in measured.points],
         "censored": list(measured.censored),
@@ -271,13 +316,12 @@ def analyze(trials: list[science.Trial], *, bootstrap: int = 1000, confidence: f
 
 def run(args: argparse.Namespace) -> int:
     """Print the analysis; exit 0 (warnings do not fail it: they are part of the answer)."""
-    if args.bootstrap < 0:
-        raise InputError(f"--bootstrap: must be >= 0, got {args.bootstrap}")
-    if not 0 < args.confidence < 1:
-        raise InputError(f"--confidence: must be between 0 and 1, got {args.confidence}")
-    trials = load_trials(args.results, args.format)
-    result = analyze(trials, bootstrap=args.bootstrap, confidence=args.confidence,
-                     rng_seed=args.rng_seed)
+    if not 0.5 < args.confidence < 1:
+        raise InputError(f"--confidence: must be between 0.5 and 1, got {args.confidence}")
+    if not (math.isfinite(args.eval_every) and args.eval_every >= 0):
+        raise InputError(f"--eval-every: must be a finite number >= 0, got {args.eval_every}")
+    trials = load_trials(args.results, args.format, args.eval_every)
+    result = analyze(trials, confidence=args.confidence)
     if args.json:
         print_json(result)
     else:
@@ -285,38 +329,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_table(result: Mapping[str, Any], trials: list[science.Trial]) -> None:
-    """SFO per batch size, then b* measured and fitted, then the warnings."""
+def print_table(result: Mapping[str, Any], trials: list[posterior.Evidence]) -> None:
+    """The answer and its plausible set first, then each batch size's evidence, then warnings."""
     from rich.table import Table
 
-    table = Table(title="SFO per batch size (N(b) = mean steps to the target over seeds)",
+    console = stdout_console()
+    best = result["most_probable_batch_size"]
+    level = f"{result['confidence']:.0%}"
+    if best is None:
+        console.print("b*: - (no trial reached the target)", markup=False)
+    else:
+        plausible = ", ".join(map(str, result["plausible_batch_sizes"]))
+        state = "resolved" if result["resolved"] else "not resolved"
+        chance = result["argmin_probabilities"].get(str(best), 0.0)
+        console.print(f"b*: {best} (probability {chance:.2f}; {state}: plausible at {level}: "
+                      f"{plausible})", markup=False, soft_wrap=True)
+    table = Table(title="Per batch size (N(b): mean over the seeds that reached the target)",
                   title_justify="left")
-    for col in ("batch size", "trials", "N(b)", "SFO", ""):
+    for col in ("b", "seeds", "reached", "N(b)", "SFO", "P(b*)", ""):
         table.add_column(col, justify="left" if not col else "right")
     points = {p["batch_size"]: p for p in result["sfo"]}
     for b in sorted({t.batch_size for t in trials}):
         group = [t for t in trials if t.batch_size == b]
-        if b in points:
-            p = points[b]
-            note = "least SFO: measured b*" if b == result["measured_batch_size"] else ""
-            table.add_row(str(b), str(p["trials"]), fmt(p["steps"], 6), fmt(p["sfo"], 6), note,
-                          style="bold" if note else None)
-        else:
-            stopped = max(t.steps for t in group if not t.reached)
-            done = sum(t.reached for t in group)
-            table.add_row(str(b), str(len(group)), "-", "-",
-                          f"censored: {len(group) - done} stopped, at most {fmt(stopped)} steps")
-    console = stdout_console()
+        reached = [t.steps for t in group if t.reached]
+        steps = sum(reached) / len(reached) if reached else None
+        notes = ["b*" if b == best else "plausible" if b in result["plausible_batch_sizes"]
+                 else ""]
+        if b in points and b == result["measured_batch_size"]:
+            notes.append("min mean SFO")
+        if len(reached) < len(group):
+            notes.append(f"censored >= {fmt(max(t.steps for t in group if not t.reached))}")
+        note = ", ".join(filter(None, notes))
+        table.add_row(str(b), str(len(group)), f"{len(reached)}/{len(group)}",
+                      fmt(steps, 6) if steps is not None else "-",
+                      fmt(steps * b, 6) if steps is not None else "-",
+                      f"{result['argmin_probabilities'].get(str(b), 0.0):.3f}", note,
+                      style="bold" if b == best else None)
     console.print(table)
-    measured = result["measured_batch_size"]
-    shown = measured if measured is not None else "- (no batch size reached the target)"
-    console.print(f"measured b*: {shown}", markup=False, soft_wrap=True)
-    if result["fitted_batch_size"] is None:
-        console.print("fitted b*: - (not identifiable)", markup=False)
-    else:
+    if result["fitted_batch_size"] is not None:
         interval = result["fitted_interval"]
-        ci = (f" [{fmt(interval[0])}, {fmt(interval[1])}] "
-              f"({result['confidence']:.0%} bootstrap interval)" if interval else "")
+        ci = (f" [{fmt(interval[0])}, {fmt(interval[1])}] ({level} credible interval)"
+              if interval else "")
         console.print(f"fitted b*: {fmt(result['fitted_batch_size'])}{ci}", markup=False,
                       soft_wrap=True)
         console.print(f"N_min (steps with unlimited batch): {fmt(result['n_min'], 6)}",

@@ -144,6 +144,9 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
         t_size = (parse_count(pairs["dataset_size"], f"{field}.dataset_size")
                   if "dataset_size" in pairs else None)
         targets.append((setting, t_params, t_size))
+    if not math.isfinite(science.noise_ratio(reference, batch, params, dataset_size)):
+        raise InputError("--reference: the noise ratio sigma^2/eps^3 overflows: batch, lr, "
+                         "--params or --dataset-size is out of any sensible range")
     ratio, estimates = science.estimate_targets(
         reference, batch, params, dataset_size, targets, grid)
     return {
@@ -155,7 +158,23 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
              "batch_size": e.batch_size, "grid_batch_size": e.grid_batch_size}
             for e in estimates
         ],
+        "warnings": [w for i, e in enumerate(estimates)
+                     if (w := _beyond_grid(f"--target[{i}]", e.batch_size, grid))],
     }
+
+
+def _beyond_grid(field: str, value: float, grid: tuple[int, ...]) -> str | None:
+    """A warning when an estimate lies outside the grid: its grid point is then only the
+    nearest end, not an estimate."""
+    lo, hi = min(grid), max(grid)
+    if value > hi:
+        shown = "overflows (infinite)" if math.isinf(value) else \
+            f"{fmt(value)} is above the grid's largest batch size {hi}"
+        return f"{field}: the estimate {shown}: its grid b* is clamped to {hi}"
+    if value < lo:
+        return (f"{field}: the estimate {fmt(value)} is below the grid's smallest batch size "
+                f"{lo}: its grid b* is clamped to {lo}")
+    return None
 
 
 def _setting_dict(s: science.OptimizerSetting) -> dict[str, Any]:
@@ -191,4 +210,6 @@ def run(args: argparse.Namespace) -> int:
                       "-" if rms else fmt(e["beta2"]), str(e["params"]),
                       str(e["dataset_size"]), fmt(e["batch_size"]), str(e["grid_batch_size"]))
     console.print(table)
+    for w in result["warnings"]:
+        console.print(f"warning: {w}", style="yellow", markup=False, soft_wrap=True)
     return 0

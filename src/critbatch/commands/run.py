@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
 from pathlib import Path
 
 from critbatch import report
+from critbatch.commands import silence_stdout
 from critbatch.errors import InputError
-from critbatch.local.progress import headline, make_progress
+from critbatch.local.progress import failure_reason, headline, make_progress
 from critbatch.local.runner import LocalRun, RunError, RunOptions, load_manifest
+from critbatch.spec import parse_sweep
 
 HELP = "run a sweep's trials as local processes and write its status and report"
 
@@ -19,7 +22,11 @@ HELP = "run a sweep's trials as local processes and write its status and report"
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "run", help=HELP, description=HELP + ". The same CriticalBatchSweep manifest as the "
-        "cluster's; trials run as local trainer processes, `parallelism` at a time.")
+        "cluster's; trials run as local trainer processes, `parallelism` at a time.",
+        epilog="exit codes: 0 the sweep succeeded; 1 it did not (the last line gives the "
+        "reason) or its output could not be written; 2 bad input; 130 interrupted (Ctrl-C, "
+        "SIGTERM, SIGHUP); 141 stdout closed. An interrupted run's status has the warning "
+        "'Interrupted (CAUSE): ...'; --resume continues it.")
     p.add_argument("sweep", nargs="?", type=Path, metavar="SWEEP.yaml",
                    help="the CriticalBatchSweep manifest (optional with --resume)")
     p.add_argument("-o", "--out", type=Path,
@@ -85,7 +92,11 @@ def _options(args: argparse.Namespace, out: Path) -> RunOptions:
     elif args.direct:
         opts.metrics = "direct"
     if args.trainer:
-        command = shlex.split(args.trainer)
+        try:
+            command = shlex.split(args.trainer)
+        except ValueError as exc:
+            raise RunError(f"--trainer: cannot split {args.trainer!r} into words: "
+                           f"{str(exc).lower()}") from None
         if not command:
             raise RunError("--trainer: must not be empty")
         opts.trainer_command = command
@@ -105,34 +116,43 @@ def _check_trainer_installed() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when the sweep succeeded, 1 when it failed, 130 when interrupted."""
+    """Exit 0 when the sweep succeeded, 1 when it did not (the last line says why), 130 when
+    interrupted, 141 when stdout was closed (the run stops as if interrupted)."""
     if args.sweep is None:
         if not (args.resume and args.out):
             raise InputError("SWEEP.yaml: required (or --resume with --out DIR)")
         saved = args.out / "sweep.yaml"
-        if not saved.exists():
+        if not saved.is_file():
             raise RunError(f"--out: {args.out} holds no run to resume (no sweep.yaml)")
         manifest = load_manifest(saved)
     else:
         manifest = load_manifest(args.sweep)
-    name = str((manifest.get("metadata") or {}).get("name") or "sweep")
-    out = args.out or Path("runs") / name
+    out = args.out or Path("runs") / parse_sweep(manifest).name
     mode = "json" if args.json else "quiet" if args.quiet else "rich"
     runner = LocalRun(manifest, _options(args, out), make_progress(mode))
     status = runner.run()
+    why = runner.interrupted_warning() if runner.interrupted else failure_reason(status)
+    if runner.output_closed:
+        silence_stdout()
+        with contextlib.suppress(OSError):
+            print(f"critbatch: {why or f'{runner.output_closed}; {headline(status)}'}",
+                  file=sys.stderr)
+        return 141
     if args.json:
-        print(json.dumps({"event": "done", "out": str(out), "status": status}, default=str))
+        print(json.dumps({"event": "done", "out": str(out), "status": status, "reason": why},
+                         default=str))
     elif args.quiet:
-        print(f"{headline(status)}; report: {out / report.MARKDOWN_NAME}")
+        print(f"{headline(status)}; report: {out / report.MARKDOWN_NAME}"
+              + (f"; {why}" if why else ""))
     else:
-        print_summary(status, out)
+        print_summary(status, out, why)
     if runner.interrupted:
         return 130
     return 0 if status.get("phase") == "Succeeded" else 1
 
 
-def print_summary(status: dict, out: Path) -> None:
-    """The trials' table and b*, as the end of a terminal run."""
+def print_summary(status: dict, out: Path, why: str | None = None) -> None:
+    """The trials' table and b*, as the end of a terminal run; last, why it did not succeed."""
     from rich.console import Console
     from rich.table import Table
 
@@ -147,6 +167,9 @@ def print_summary(status: dict, out: Path) -> None:
     console.print(table)
     console.print(headline(status), soft_wrap=True)
     for w in status.get("warnings") or []:
-        console.print(f"warning: {w}", style="yellow", markup=False, soft_wrap=True)
+        if w != why:
+            console.print(f"warning: {w}", style="yellow", markup=False, soft_wrap=True)
     console.print(f"report: {out / report.MARKDOWN_NAME}, {out / report.PNG_NAME}, "
                   f"{out / report.SVG_NAME}", markup=False, soft_wrap=True)
+    if why:
+        console.print(why, style="bold red", markup=False, soft_wrap=True)

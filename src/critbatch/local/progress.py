@@ -86,12 +86,26 @@ def duration(seconds: float | None) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def answer(cbs: Mapping[str, Any]) -> str:
+    """`b* 8 (P 0.97, resolved)` or `b* 8 (P 0.61, unresolved: 8, 16)`: the answer and how sure."""
+    best = cbs.get("mostProbable")
+    if best is None:
+        return "b* —"
+    chance = (cbs.get("probabilities") or {}).get(str(best))
+    sure = f"P {chance:.2f}, " if isinstance(chance, int | float) else ""
+    if cbs.get("resolved"):
+        return f"b* {fmt(best)} ({sure}resolved)"
+    plausible = ", ".join(fmt(b) for b in cbs.get("plausible") or [])
+    return f"b* {fmt(best)} ({sure}unresolved: {plausible})"
+
+
 def headline(status: Mapping[str, Any]) -> str:
-    """One line: phase, trials done, b* measured, fitted and predicted."""
+    """One line: phase, trials done, the most probable b* and how sure, measured, fitted and
+    predicted."""
     cbs = status.get("criticalBatchSize") or {}
     parts = [f"{status.get('phase', 'Pending')}",
              f"trials {status.get('trialsDone', 0)}/{status.get('trialsTotal', '?')}",
-             f"b* measured {fmt(cbs.get('measured'))}"]
+             answer(cbs), f"measured {fmt(cbs.get('measured'))}"]
     if cbs.get("fitted") is not None:
         text = f"fitted {fmt(cbs['fitted'])}"
         iv = cbs.get("interval")
@@ -105,6 +119,21 @@ def headline(status: Mapping[str, Any]) -> str:
         parts.append(f"predicted {fmt(cbs['predicted'])}"
                      + (f" (grid {fmt(grid)})" if grid is not None else ""))
     return ", ".join(parts)
+
+
+def failure_reason(status: Mapping[str, Any]) -> str | None:
+    """Why a finished sweep did not succeed, in one line: its Ready condition's reason and
+    message (`TrialsFailed: trials failed at batch size(s) 16, ...`); None when it Succeeded."""
+    if status.get("phase") == "Succeeded":
+        return None
+    ready: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or []
+         if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
+    message = " ".join(str(ready.get("message") or "").split())
+    reason = ready.get("reason")
+    if not message:
+        return f"phase {status.get('phase', 'unknown')}" + (f" ({reason})" if reason else "")
+    return f"{reason}: {message}" if reason else message
 
 
 class Progress:

@@ -8,6 +8,7 @@ would).
 
 Output directory:
 
+    run.lock              flock-ed by the run using the directory; holds its pid
     sweep.yaml            the manifest with its current status (what `kubectl get -o yaml` shows)
     status.yaml           the status alone (the CR status schema)
     events.jsonl          what the runner did: starts, restarts, stops, warnings
@@ -20,12 +21,16 @@ Output directory:
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
 import secrets
 import shlex
+import shutil
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,14 +41,24 @@ from typing import Any
 import yaml
 
 from critbatch import planner, report
-from critbatch.errors import InputError
+from critbatch.errors import InputError, OutputError, check_values, load_yaml, read_text
 from critbatch.local import prometheus as prom
 from critbatch.local.processes import ExitKind, Supervisor, classify, log_tail, thread_limit
 from critbatch.local.progress import Progress, RateMeter, TrialView
-from critbatch.metrics import MetricsUnavailable, PrometheusClient, TrialMetrics, scrape
+from critbatch.metrics import (
+    MetricsUnavailable,
+    PrometheusClient,
+    TrialMetrics,
+    result_problem,
+    scrape,
+)
 from critbatch.spec import Sweep, TrialKey, parse_sweep, resume_checkpoint_every, trainer_args
 
 RUN_LABEL = "critbatch_run"  # a target label that tells this run's series from older ones
+# The signals that stop a run like Ctrl-C: a `kill`, a closed terminal.
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+LOCK_NAME = "run.lock"  # held (flock) by the one run writing the directory; holds its pid
+MAX_RESULT_BYTES = 64 * 1024  # a result is one line of a few hundred bytes
 
 
 class RunError(InputError):
@@ -100,41 +115,227 @@ def trial_dir_name(key: TrialKey) -> str:
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
-    """The sweep manifest from a YAML file, or a one-line error naming the file."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise RunError(f"SWEEP: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise RunError(f"SWEEP: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    """The sweep manifest from a YAML file, or a one-line error naming the file or the field."""
+    label = f"SWEEP: {path}"
+    data = load_yaml(read_text(path, "SWEEP"), label, finite=False)
     if not isinstance(data, dict):
-        raise RunError(f"SWEEP: {path} must hold one CriticalBatchSweep mapping")
+        what = "is empty" if data is None else f"holds a {type(data).__name__}"
+        raise RunError(f"{label}: {what}; it must hold one CriticalBatchSweep mapping")
+    # The spec must be finite; a status (a run's own sweep.yaml) is the planner's and ignored.
+    check_values({k: v for k, v in data.items() if k != "status"}, label, fields="")
     return data
 
 
-def read_result(path: Path) -> dict[str, Any] | None:
-    """The trainer's result JSON (docs/contracts.md), or None if absent or not a result."""
+@dataclass(frozen=True)
+class ResultRead:
+    """A trial's result, or why what its trainer left is not one (None, None: nothing yet)."""
+
+    result: dict[str, Any] | None = None
+    problem: str | None = None
+
+
+# The result's other keys (docs/contracts.md) and the types each may have when present.
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "sweep": (str,), "seed": (int,), "interpolated_steps": (int, float, type(None)),
+    "sfo": (int, float, type(None)), "fid": (int, float, type(None)),
+    "threshold": (int, float, type(None)), "max_steps": (int, type(None)),
+    "wall_seconds": (int, float, type(None)), "generator_params": (int, type(None)),
+    "dataset_size": (int, type(None)), "gradient_noise_scale": (int, float, type(None)),
+    "hardware": (dict, type(None)),
+}
+
+
+def trial_result_problem(data: Any, key: TrialKey, sweep: str | None = None,
+                         max_steps: int | None = None) -> str | None:
+    """Why `data` is not the result of trial `key` (of sweep `sweep`), or None when it is.
+
+    The trainer may be the user's own program: a result counts only when it is what
+    `critbatch.metrics.result_problem` accepts, with the protocol's types, steps > 0 when
+    reached and at most `max_steps`, and this trial's batch size and seed.
+    """
+    problem = result_problem(data)
+    if problem is not None:
+        return problem
+    if "seed" not in data:
+        return "seed: missing"
+    for name, types in _RESULT_TYPES.items():
+        value = data.get(name)
+        if name in data and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"{name}: expected {' or '.join(map(_type_name, types))}, got {_short(value)}"
+    if data["reached"] and data["steps"] == 0:
+        return "steps: 0 for a trial that reached the target"
+    if max_steps is not None and data["steps"] > max_steps:
+        return f"steps {_short(data['steps'])} above spec.target.maxSteps {max_steps}"
+    if (data["batch_size"], data["seed"]) != (key.batch_size, key.seed):
+        return (f"batch size {data['batch_size']}, seed {data['seed']}: another trial's result "
+                f"(this one is batch size {key.batch_size}, seed {key.seed})")
+    if sweep is not None and "sweep" in data and data["sweep"] != sweep:
+        return f"sweep {_short(data['sweep'])}: another sweep's result (this is {sweep!r})"
+    return None
+
+
+def _type_name(t: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            dict: "an object", type(None): "null"}.get(t, t.__name__)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _parse_result(text: str, key: TrialKey, sweep: str | None,
+                  max_steps: int | None) -> ResultRead:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if _is_result(data) else None
+        data = json.loads(text)
+    except RecursionError:
+        return ResultRead(problem="nested too deeply")
+    except ValueError as exc:
+        return ResultRead(problem=f"not JSON ({exc})" if text.strip() else "empty")
+    problem = trial_result_problem(data, key, sweep, max_steps)
+    return ResultRead(problem=problem) if problem else ResultRead(result=data)
 
 
-def _is_result(data: Any) -> bool:
-    return (isinstance(data, dict) and isinstance(data.get("reached"), bool)
-            and isinstance(data.get("steps"), int | float)
-            and isinstance(data.get("batch_size"), int))
-
-
-def result_from_log(path: Path) -> dict[str, Any] | None:
-    """The last stdout line of the trainer, if it is a result: the fallback to the file."""
-    tail = log_tail(path, lines=1, limit=10_000)
+def read_result(path: Path, key: TrialKey, sweep: str | None = None,
+                max_steps: int | None = None) -> ResultRead:
+    """The trainer's result file (docs/contracts.md) for trial `key`: nothing when absent, the
+    result when valid, else the problem (too large, not UTF-8, not JSON, another trial's)."""
     try:
-        data = json.loads(tail)
-    except ValueError:
-        return None
-    return data if _is_result(data) else None
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return ResultRead(problem="not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_RESULT_BYTES + 1)
+    except FileNotFoundError:
+        return ResultRead()
+    except OSError as exc:
+        return ResultRead(problem=f"cannot read: {exc.strerror or exc}")
+    if len(data) > MAX_RESULT_BYTES:
+        return ResultRead(problem=f"larger than {MAX_RESULT_BYTES // 1024} KiB")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return ResultRead(problem="not UTF-8 text")
+    return _parse_result(text, key, sweep, max_steps)
+
+
+def result_from_log(path: Path, key: TrialKey, sweep: str | None = None,
+                    max_steps: int | None = None) -> ResultRead:
+    """The trainer's last stdout line, the fallback to the result file: a problem only when
+    that line is a JSON object, for any other line is just the log's last words."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - MAX_RESULT_BYTES - 1))
+            tail = f.read()
+    except OSError:
+        return ResultRead()
+    pieces = tail.split(b"\n")
+    cut = pieces.pop(0) if size > len(tail) else b""  # the end of a line begun before
+    lines = [ln.strip() for ln in pieces if ln.strip() and not ln.startswith(b"# ")]
+    if not lines:
+        if cut.strip().endswith(b"}"):
+            return ResultRead(problem=f"its last line is longer than "
+                              f"{MAX_RESULT_BYTES // 1024} KiB")
+        return ResultRead()
+    if not lines[-1].startswith(b"{"):
+        return ResultRead()
+    return _parse_result(lines[-1].decode(errors="replace"), key, sweep, max_steps)
+
+
+def check_trainer(command: Sequence[str]) -> None:
+    """The trainer command's program exists and may run, or a RunError naming --trainer."""
+    if not command or not command[0]:
+        raise RunError("--trainer: must not be empty")
+    program = command[0]
+    if os.sep in program:
+        if not os.path.exists(program):
+            raise RunError(f"--trainer: no such file: {program}")
+        if not os.path.isfile(program) or not os.access(program, os.X_OK):
+            raise RunError(f"--trainer: {program} is not an executable file")
+    elif shutil.which(program) is None:
+        raise RunError(f"--trainer: no {program!r} on PATH")
+
+
+_TRIAL_FIELDS: dict[str, tuple[type, ...]] = {
+    "batchSize": (int,), "seed": (int,), "phase": (str,),
+    "steps": (int, float, type(None)), "sfo": (int, float, type(None)),
+    "fid": (int, float, type(None)), "restarts": (int, type(None)),
+    "source": (str, type(None)), "reason": (str, type(None)), "job": (str, type(None)),
+    "selectedBecause": (str, type(None)), "generatorParams": (int, type(None)),
+    "datasetSize": (int, type(None)),
+}
+_PHASES = {p.value for p in planner.Phase}
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """A run's status.yaml for --resume ({} when there is none), checked where the runner and
+    the planner trust it: a damaged one is a RunError naming the file and the field."""
+    if not os.path.lexists(path):
+        return {}
+    data = load_yaml(read_text(path, "--resume"), f"--resume: {path}", finite=False)
+    problem = status_problem(data)
+    if problem:
+        raise RunError(f"--resume: {path}: {problem} (damaged: remove it to resume from the "
+                       "trials' result files alone)")
+    return data
+
+
+def status_problem(data: Any) -> str | None:
+    """What makes `data` no status a run can resume from, or None."""
+    if not isinstance(data, dict):
+        return "empty" if data is None else f"expected a mapping, got {type(data).__name__}"
+    trials = data.get("trials")
+    if trials is None:
+        trials = []
+    if not isinstance(trials, list):
+        return f"trials: expected a list, got {type(trials).__name__}"
+    seen: dict[tuple[int, int], int] = {}
+    for i, t in enumerate(trials):
+        where = f"trials[{i}]"
+        if not isinstance(t, dict):
+            return f"{where}: expected a mapping, got {type(t).__name__}"
+        for name in ("batchSize", "seed", "phase"):
+            if name not in t:
+                return f"{where}.{name}: missing"
+        for name, types in _TRIAL_FIELDS.items():
+            value = t.get(name)
+            if isinstance(value, bool) or not isinstance(value, types):
+                return f"{where}.{name}: expected {' or '.join(map(_type_name, types))}, got " \
+                       f"{_short(value)}"
+            if isinstance(value, int | float) and not (math.isfinite(value) and value >= 0):
+                return f"{where}.{name}: must be a finite number >= 0, got {_short(value)}"
+        if t["phase"] not in _PHASES:
+            return f"{where}.phase: expected one of {', '.join(sorted(_PHASES))}, got " \
+                   f"{_short(t['phase'])}"
+        k = (t["batchSize"], t["seed"])
+        if k in seen:
+            return f"{where}: batch size {k[0]}, seed {k[1]} again (as trials[{seen[k]}])"
+        seen[k] = i
+    conditions = data.get("conditions")
+    if conditions is not None and not (isinstance(conditions, list) and all(
+            isinstance(c, dict) and isinstance(c.get("type"), str)
+            and isinstance(c.get("status"), str) for c in conditions)):
+        return "conditions: expected a list of mappings with a type and a status"
+    return None
+
+
+def _why(path: Path, exc: OSError) -> str:
+    """An OSError's reason; for a path under a file, which file is in the way."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+            break
+    return exc.strerror or str(exc)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float)
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value)
 
 
 def metrics_mode(sweep: Sweep) -> tuple[str, str | None]:
@@ -183,14 +384,13 @@ def read_reference(path: Path) -> ReferenceRun:
     and is measured anyway.
     """
     where = path.parent if path.name == "status.yaml" else path
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return ReferenceRun(path, problem=f"reference: no finished run in {where} (no "
                             f"{path.name})")
-    except (OSError, yaml.YAMLError) as exc:
-        return ReferenceRun(path, problem=f"reference: cannot read {path}: "
-                            f"{str(exc).splitlines()[0]}")
+    try:
+        data = load_yaml(read_text(path, "reference"), f"reference: {path}", finite=False)
+    except InputError as exc:
+        return ReferenceRun(path, problem=str(exc))
     if isinstance(data, dict) and isinstance(data.get("status"), dict) and "spec" in data:
         data = data["status"]
     if not isinstance(data, dict):
@@ -203,9 +403,15 @@ def read_reference(path: Path) -> ReferenceRun:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Replace `path` whole; a failed write (a full disk) leaves the old file and says so."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 class LocalRun:
@@ -235,6 +441,9 @@ class LocalRun:
         self.server: prom.PrometheusServer | None = None
         self.client: PrometheusClient | None = None
         self.interrupted = False
+        self.interrupt_cause: str | None = None  # Ctrl-C, SIGTERM, SIGHUP, output closed (...)
+        self.output_closed: str | None = None  # why the progress view can no longer write
+        self.hurried = False  # interrupted again while stopping: trials were killed
         self.metrics_problem: str | None = None
         self._started = clock()
         self._last_metrics = -math.inf
@@ -242,50 +451,130 @@ class LocalRun:
         # (the reference file's identity when read, what it said): reread only when it changes
         self._reference: tuple[tuple[int, ...] | None, ReferenceRun] | None = None
         self._announced: tuple | None = None  # the reference and prediction last logged
+        self._lock_file: Any = None
 
     # -- output directory ---------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Create or reopen the output directory; on --resume load what finished before."""
+        """Create or reopen the output directory and lock it; on --resume load what finished
+        before. Every problem is a RunError naming the option or file, raised before any
+        trial starts."""
         if self.options.retry_failed and not self.options.resume:
             raise RunError("--retry-failed: only with --resume (it restarts the failed trials "
                            "of an earlier run)")
         if self.options.metrics == "with-prometheus":
             prom.find_binary()  # fail before the output directory exists
+        check_trainer(self.options.trainer_command)
+        self._check_sd_file()
+        self._make_out_dir()
+        self._lock()
+        try:
+            self._reopen()
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _check_sd_file(self) -> None:
+        """--sd-file must be a file this run can write (Prometheus reads it)."""
+        path = self.options.sd_file
+        if path is None or self.options.metrics != "prometheus":
+            return
+        path = Path(path)
+        if path.is_dir():
+            raise RunError(f"--sd-file: {path} is a directory; name the file to write, e.g. "
+                           f"{path / 'trials.json'}")
+        try:
+            prom.write_targets(path, [])
+        except OSError as exc:
+            raise RunError(f"--sd-file: cannot write {path}: {_why(path, exc)}") from None
+
+    def _make_out_dir(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise RunError(f"--out: {self.out} exists and is not a directory")
+        if self.out.is_symlink() and not self.out.exists():
+            raise RunError(f"--out: {self.out} is a symbolic link to {os.readlink(self.out)}, "
+                           "which does not exist")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"--out: cannot create {self.out}: {_why(self.out, exc)}") from None
+
+    def _lock(self) -> None:
+        """Hold an exclusive flock on OUT/run.lock for the whole run: two runs writing one
+        directory would each count the other's trials as their own."""
+        path = self.out / LOCK_NAME
+        try:
+            f = open(path, "a+")  # noqa: SIM115 - held until unlock()
+        except OSError as exc:
+            raise RunError(f"--out: cannot write to {self.out}: {exc.strerror}") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read(32).strip()
+            f.close()
+            by = f" (pid {pid})" if pid.isdigit() else ""
+            raise RunError(f"--out: {self.out} is in use by another critbatch run{by}: wait "
+                           "for it to end, or choose another directory") from None
+        except OSError as exc:  # a file system without locks: run unguarded, and say so
+            self.warnings.append(f"{path}: cannot lock ({exc.strerror}): make sure no other "
+                                 "run uses this directory")
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+        except OSError as exc:
+            f.close()
+            raise RunError(f"--out: cannot write to {self.out}: {exc.strerror}") from None
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        """Release the output directory (the lock file stays; it is free once unlocked)."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _reopen(self) -> None:
         saved = self.out / "sweep.yaml"
         if saved.exists() and not self.options.resume:
             raise RunError(f"--out: {self.out} already holds a run: pass --resume to continue "
                            "it, or choose another directory")
         if self.options.resume and saved.exists():
             self._check_same_sweep(load_manifest(saved))
-            previous = yaml.safe_load((self.out / "status.yaml").read_text()) \
-                if (self.out / "status.yaml").exists() else None
-            self.status = previous if isinstance(previous, dict) else {}
+            self.status = read_status(self.out / "status.yaml")
             if self.options.retry_failed:
                 self._forget_failed()
             self._load_finished()
-        self.out.mkdir(parents=True, exist_ok=True)
         self._write_manifest()
+
+    # Fields whose change changes N(b), so that a resumed trial would not be the trial that
+    # ran. Not cudaGraph: a CUDA-graph step trains exactly like the eager one (same N(b)).
+    SAME_FIELDS = (("model", "model"), ("image_size", "imageSize"), ("channels", "channels"),
+                   ("width", "width"), ("z_dim", "zDim"), ("ema_start", "emaStart"),
+                   ("dataset", "dataset"), ("inception", "inception"), ("device", "device"),
+                   ("bf16", "bf16"), ("reproducible_cpu", "reproducibleCPU"))
 
     def _check_same_sweep(self, old: Mapping[str, Any]) -> None:
         """A resumed run may add batch sizes or seeds, never change what a trial means."""
         try:
             before = parse_sweep(old)
         except InputError as exc:
-            raise RunError(f"--resume: {self.out}/sweep.yaml: {exc}") from None
+            raise RunError(f"--resume: {self.out / 'sweep.yaml'}: {exc}") from None
         now = self.sweep
         if before.name != now.name:
             raise RunError(f"metadata.name: {now.name!r} differs from the run in {self.out} "
                            f"({before.name!r})")
-        fields = [("spec.optimizer", before.optimizer, now.optimizer),
-                  ("spec.target", before.target, now.target)]
-        fields += [(f"spec.trainer.{name}", getattr(before.trainer, name),
-                    getattr(now.trainer, name))
-                   for name in ("model", "image_size", "channels", "dataset", "inception")]
+        fields = [(f"spec.trainer.{spec_name}", getattr(before.trainer, name),
+                   getattr(now.trainer, name)) for name, spec_name in self.SAME_FIELDS]
+        fields += [("spec.optimizer", before.optimizer, now.optimizer),
+                   ("spec.target", before.target, now.target)]
         for name, old_value, new_value in fields:  # what defines a trial's N(b)
             if old_value != new_value:
-                raise RunError(f"{name}: differs from the run in {self.out} "
-                               "(a resumed run may only add batch sizes or seeds)")
+                values = (f" ({_value(new_value)}, the run has {_value(old_value)})"
+                          if _is_scalar(old_value) and _is_scalar(new_value) else "")
+                raise RunError(f"{name}: differs from the run in {self.out}{values}: a resumed "
+                               "run may only add batch sizes or seeds")
 
     def _forget_failed(self) -> None:
         """Drop Failed trials from the planner's memory, so it plans them as Pending again.
@@ -305,17 +594,22 @@ class LocalRun:
         by_key = {(t.get("batchSize"), t.get("seed")): t for t in self.status.get("trials", [])}
         for key, st in self.trials.items():
             old = by_key.get((key.batch_size, key.seed), {})
-            result = read_result(st.result_file)
-            if result is not None:
-                st.final = self._final_from_result(st, result, old.get("source") or "local")
+            got = self._read_result(st)
+            if got.result is not None:
+                st.final = self._final_from_result(st, got.result, old.get("source") or "local")
+            elif got.problem is not None and not self.options.retry_failed:
+                st.final = planner.Observation(
+                    key, planner.Phase.Failed, old.get("steps"), None, None, "local",
+                    f"refused result: {st.result_file.name}: {got.problem}",
+                    old.get("restarts") or 0)
             elif old.get("phase") == planner.Phase.Pruned.value:
                 st.final = planner.Observation(
                     key, planner.Phase.Pruned, old.get("steps"), old.get("fid"), None,
-                    old.get("source") or "local", old.get("reason"), old.get("restarts", 0))
+                    old.get("source") or "local", old.get("reason"), old.get("restarts") or 0)
             if st.final is not None:
                 st.restarts = st.final.restarts
-                self.progress.event("resumed", batch_size=key.batch_size, seed=key.seed,
-                                    phase=st.final.phase.value)
+                self._show("event", "resumed", batch_size=key.batch_size, seed=key.seed,
+                           phase=st.final.phase.value)
 
     def _write_manifest(self) -> None:
         doc = {k: v for k, v in self.manifest.items() if k != "status"}
@@ -330,9 +624,25 @@ class LocalRun:
     def log_event(self, kind: str, **fields: Any) -> None:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": kind,
                   **fields}
-        with open(self.out / "events.jsonl", "a") as f:
-            f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-        self.progress.event(kind, **fields)
+        path = self.out / "events.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        self._show("event", kind, **fields)
+
+    def _show(self, method: str, *args: Any, **fields: Any) -> None:
+        """Call the progress view. When its output is gone (`critbatch run --json | head`, a
+        closed terminal) the view goes quiet and the run stops like Ctrl-C."""
+        try:
+            getattr(self.progress, method)(*args, **fields)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self.progress = Progress()
+            self.output_closed = self.output_closed or \
+                f"output closed: {(exc.strerror or 'broken pipe').lower()}"
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -371,7 +681,10 @@ class LocalRun:
             if st.port:
                 targets.append(prom.Target(f"127.0.0.1:{st.port}", {
                     RUN_LABEL: self.run_id, "trial": name}))
-        prom.write_targets(path, targets)
+        try:
+            prom.write_targets(path, targets)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
     def read_metrics(self) -> None:
         """Update each running trial's metrics from its endpoint or from Prometheus."""
@@ -441,7 +754,10 @@ class LocalRun:
 
     def start_trial(self, st: TrialState) -> None:
         assert self.supervisor is not None
-        st.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            st.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{st.dir}: cannot create: {exc.strerror or exc}") from None
         st.port = self._new_port()
         st.metrics = None
         with contextlib.suppress(FileNotFoundError):
@@ -455,7 +771,10 @@ class LocalRun:
             args += ["--checkpoint-every", str(resume_checkpoint_every(self.sweep))]
         args += ["--metrics-host", "127.0.0.1"]
         argv = [*self.options.trainer_command, *args]
-        proc = self.supervisor.start(self._name(st.key), argv, st.log_file)
+        try:
+            proc = self.supervisor.start(self._name(st.key), argv, st.log_file)
+        except OSError as exc:  # check_trainer passed, yet it cannot run (a bad interpreter)
+            raise RunError(f"--trainer: cannot start {argv[0]}: {exc.strerror or exc}") from None
         st.started = True
         self.log_event("restart" if st.restarts else "start", batch_size=st.key.batch_size,
                        seed=st.key.seed, pid=proc.pid, port=st.port, restarts=st.restarts)
@@ -468,13 +787,25 @@ class LocalRun:
             kind = classify(code)
             if kind is ExitKind.BAD_CONFIG and "metrics-port:" in log_tail(st.log_file):
                 kind = ExitKind.CRASHED  # someone took the port first: worth another try
-            result = read_result(st.result_file) or (
-                result_from_log(st.log_file) if kind is ExitKind.FINISHED else None)
-            if result is not None:
-                st.final = self._final_from_result(st, result, None)
+            got = self._read_result(st)
+            if got.result is None and got.problem is None and kind is ExitKind.FINISHED:
+                got = result_from_log(st.log_file, st.key, self.sweep.name,
+                                      self.sweep.target.max_steps)
+                if got.problem is not None:
+                    got = replace(got, problem=f"last line of {st.log_file.name}: {got.problem}")
+            elif got.problem is not None:
+                got = replace(got, problem=f"{st.result_file.name}: {got.problem}")
+            if got.result is not None:
+                st.final = self._final_from_result(st, got.result, None)
                 self.log_event("finished", batch_size=st.key.batch_size, seed=st.key.seed,
                                phase=st.final.phase.value, steps=st.final.steps,
                                source=st.final.source)
+            elif got.problem is not None:  # a result that is not this trial's: never counted
+                st.final = planner.Observation(
+                    st.key, planner.Phase.Failed, (st.metrics or TrialMetrics()).step, None,
+                    None, "local", f"refused result: {got.problem}", st.restarts)
+                self.log_event("failed", batch_size=st.key.batch_size, seed=st.key.seed,
+                               code=code, reason=st.final.reason)
             elif proc.stop_requested and st.stop_reason is not None:
                 m = st.metrics or TrialMetrics()
                 st.final = planner.Observation(
@@ -499,6 +830,9 @@ class LocalRun:
                 self.log_event("trainer-exit", batch_size=st.key.batch_size, seed=st.key.seed,
                                code=code, exit=kind.value)
                 self.start_trial(st)
+
+    def _read_result(self, st: TrialState) -> ResultRead:
+        return read_result(st.result_file, st.key, self.sweep.name, self.sweep.target.max_steps)
 
     def _final_from_result(
         self, st: TrialState, result: dict[str, Any], source: str | None
@@ -565,7 +899,7 @@ class LocalRun:
             if st.final is None and self._name(key) not in self.supervisor.processes:
                 self.start_trial(st)
         self.publish_targets()
-        self.progress.update(self.status, self.views(), self.clock() - self._started)
+        self._show("update", self.status, self.views(), self.clock() - self._started)
         return bool(self.supervisor.processes) or bool(result.create)
 
     def stop_confirmed(self) -> None:
@@ -578,7 +912,7 @@ class LocalRun:
         for name, proc in list(self.supervisor.processes.items()):
             st = self.trials[self._key_of(name)]
             if st.metrics is not None and st.metrics.finished and \
-                    read_result(st.result_file) is not None and not proc.stop_requested:
+                    self._read_result(st).result is not None and not proc.stop_requested:
                 self.supervisor.request_stop(name)
 
     def plan(self) -> planner.Plan:
@@ -653,6 +987,8 @@ class LocalRun:
         rows = []
         by_key = {(t.get("batchSize"), t.get("seed")): t for t in self.status.get("trials", [])}
         for key, st in sorted(self.trials.items()):
+            if self.status and (key.batch_size, key.seed) not in by_key:
+                continue  # a trial an adaptive sweep has not started
             t = by_key.get((key.batch_size, key.seed), {})
             m = st.metrics
             step = t.get("steps") if t.get("steps") is not None else (m.step if m else None)
@@ -667,64 +1003,121 @@ class LocalRun:
         return rows
 
     def run(self) -> dict[str, Any]:
-        """Run to the end (or Ctrl-C); always stop every trial and Prometheus; write the report."""
+        """Run to the end (or an interrupt); always stop every trial and Prometheus; write the
+        status and the report. The output directory is locked meanwhile."""
         self.prepare()
+        try:
+            self._run()
+        except OutputError as exc:
+            raise OutputError(f"{exc}; trials stopped at their checkpoints: make room, then "
+                              f"critbatch run --resume -o {self.out}") from None
+        finally:
+            self.unlock()
+        return self.status
+
+    def _run(self) -> None:
         threads = self.options.threads or thread_limit(self.sweep.parallelism)
         env = dict(os.environ, CRITBATCH_THREADS=str(threads))
         self.supervisor = Supervisor(env=env, threads=threads)
-        previous = _install_sigterm()
-        self.progress.start(self.sweep.name, str(self.out), len(self.trials))
-        self.log_event("run", sweep=self.sweep.name, out=str(self.out), run_id=self.run_id,
-                       threads=threads, metrics=self.options.metrics,
-                       trainer=shlex.join(self.options.trainer_command))
+        previous = self._install_signals(self._interrupt)
         try:
+            self._loop(threads)
+            if self.hurried:
+                self.log_event("killed", message="interrupted again: trials killed without "
+                               "a checkpoint")
+            self.finish()
+        finally:
+            self._install_signals(previous)
+
+    def _loop(self, threads: int) -> None:
+        """Step until done or interrupted; then stop every trial and the private Prometheus."""
+        assert self.supervisor is not None
+        try:
+            self._show("start", self.sweep.name, str(self.out),
+                       self.sweep.strategy.max_trials or len(self.trials))
+            self.log_event("run", sweep=self.sweep.name, out=str(self.out), run_id=self.run_id,
+                           threads=threads, metrics=self.options.metrics,
+                           trainer=shlex.join(self.options.trainer_command))
             self.start_metrics()
             while self.step():
+                if self.output_closed:
+                    self.interrupt_cause = self.output_closed
+                    raise KeyboardInterrupt
                 time.sleep(self.options.poll_interval)
         except KeyboardInterrupt:
+            self._install_signals(self._hurry)
             self.interrupted = True
-            self.log_event("interrupted", message="stopping trials; finished results are kept")
+            self.interrupt_cause = self.interrupt_cause or "Ctrl-C"
+            self.log_event("interrupted", cause=self.interrupt_cause,
+                           message="stopping trials; finished results are kept")
         finally:
+            self._install_signals(self._hurry)
             try:
                 self.supervisor.stop_all()
                 self.reap_after_stop()
                 if self.server is not None:
                     self.server.stop()
             finally:
-                with contextlib.suppress(ValueError):  # not the main thread
-                    signal.signal(signal.SIGTERM, previous)
-                self.progress.close()
-        self.finish()
-        return self.status
+                self._show("close")
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self.interrupt_cause = self.interrupt_cause or STOP_SIGNALS.get(signum, str(signum))
+        raise KeyboardInterrupt
+
+    def _hurry(self, signum: int, frame: Any) -> None:
+        """Interrupted while stopping: kill the trials now (they lose the steps since their last
+        checkpoint); one more interrupt ends the runner at once."""
+        self.hurried = True
+        if self.supervisor is not None:
+            for proc in list(self.supervisor.processes.values()):
+                proc.signal_group(signal.SIGKILL)
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _install_signals(self, handler: Any) -> Any:
+        """Set `handler` (a callable, or the dict this returns) for STOP_SIGNALS; returns
+        the handlers it replaced. A signal ignored (`nohup`, a background job) stays ignored."""
+        previous = {}
+        for sig in STOP_SIGNALS:
+            new = handler.get(sig) if isinstance(handler, dict) else handler
+            if new is None or (callable(handler) and signal.getsignal(sig) == signal.SIG_IGN):
+                continue
+            try:
+                previous[sig] = signal.signal(sig, new)
+            except ValueError:  # not the main thread (a test calling run() from a worker)
+                previous[sig] = signal.getsignal(sig)
+        return previous
 
     def reap_after_stop(self) -> None:
         """Trials that finished while being stopped still count; the rest resume later."""
         for st in self.trials.values():
             if st.final is None and st.started:
-                result = read_result(st.result_file)
-                if result is not None:
-                    st.final = self._final_from_result(st, result, None)
+                got = self._read_result(st)
+                if got.result is not None:
+                    st.final = self._final_from_result(st, got.result, None)
+                elif got.problem is not None:
+                    st.final = planner.Observation(
+                        st.key, planner.Phase.Failed, (st.metrics or TrialMetrics()).step,
+                        None, None, "local",
+                        f"refused result: {st.result_file.name}: {got.problem}", st.restarts)
 
     def finish(self) -> None:
+        """The last status (an interrupted run's says so in a warning) and the report."""
         self.status = self.plan().status
         if self.interrupted:
-            self.status.setdefault("warnings", []).append(
-                "interrupted: unfinished trials stopped at their checkpoints; "
-                "continue with critbatch run --resume")
+            self.status["warnings"] = [self.interrupted_warning(),
+                                       *(self.status.get("warnings") or [])]
         self.write_status()
         report.render(self.resource(), self.out)
+
+    def interrupted_warning(self) -> str:
+        """`Interrupted (Ctrl-C): ...`: the status's warning, and the run's last line."""
+        how = "killed without a checkpoint (interrupted again)" if self.hurried \
+            else "stopped at their checkpoints"
+        return (f"Interrupted ({self.interrupt_cause or 'Ctrl-C'}): unfinished trials {how}; "
+                f"continue with critbatch run --resume -o {self.out}")
 
     def resource(self) -> dict[str, Any]:
         doc = {k: v for k, v in self.manifest.items() if k != "status"}
         doc["status"] = self.status
         return doc
-
-
-def _install_sigterm() -> Any:
-    """A SIGTERM to the runner stops it like Ctrl-C: trials are stopped, results kept."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (a test calling run() from a worker)
-        return signal.getsignal(signal.SIGTERM)

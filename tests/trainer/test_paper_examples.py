@@ -1,0 +1,69 @@
+"""The paper's example sweeps train the paper's networks.
+
+Each example goes the way a trial's does: `parse_sweep`, `trainer_args` (with the mounts the
+operator gives a Job), the trainer's own parser, then the model constructor the trainer calls.
+Θ of the generator enters every Proposition 3.4 number, so a wrong network is a wrong estimate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from critbatch.spec import Sweep, parse_sweep, trainer_args
+from critbatch_trainer.config import parse_args
+from critbatch_trainer.models import biggan, build, count_params
+
+ROOT = Path(__file__).resolve().parents[2]
+# Θ of the paper's DCGAN generator, which WGAN-GP shares (derived layer by layer in
+# test_trainer_models.py).
+DCGAN_THETA = 3_576_704
+# The BigGAN paper gives its ImageNet-128 generator as 70.4 M: three significant digits, so
+# anything that rounds to it. (The trainer's attention convolutions carry biases that
+# BigGAN-PyTorch's do not, 336 parameters, far inside the rounding.)
+BIGGAN_THETA = (70.35e6, 70.45e6)
+# Classes the trainer finds in each example's dataset: ImageNet's train/ has one folder per
+# class; LSUN's bedrooms and CelebA are one class each.
+CLASSES = {"imagefolder": 1000}
+
+
+def paper_sweeps() -> list[Sweep]:
+    out = []
+    for path in sorted((ROOT / "examples" / "paper").glob("*.yaml")):
+        out += [parse_sweep(doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return out
+
+
+SWEEPS = paper_sweeps()
+
+
+@pytest.fixture(autouse=True)
+def no_orthogonal_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Θ does not depend on the initial values, and BigGAN's orthogonal init of 70 M weights
+    takes most of a minute on a small CPU."""
+    monkeypatch.setattr(biggan, "orthogonal_init", lambda module: None)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=[s.name for s in SWEEPS])
+def test_each_paper_example_builds_the_papers_generator(sweep: Sweep) -> None:
+    argv = trainer_args(sweep, sweep.trials()[0], metrics_port=0, checkpoint_dir=None,
+                        data_path="/data", extractor="inception:/inception/inception.pth")
+    cfg = parse_args(argv)
+    nets = build(cfg.model, cfg.image_size, cfg.channels, cfg.width, cfg.z_dim,
+                 CLASSES.get(cfg.dataset, 1), cfg.attention_res)
+    theta = count_params(nets.generator)
+    if cfg.model == "biggan":
+        assert (cfg.image_size, cfg.width, cfg.z_dim, cfg.attention_res) == (128, 96, 120, 64)
+        assert cfg.ema_start == 20000
+        assert BIGGAN_THETA[0] <= theta < BIGGAN_THETA[1], theta
+    else:
+        assert theta == DCGAN_THETA
+
+
+def test_the_biggan_example_would_be_far_off_at_the_trainers_default_width() -> None:
+    (sweep,) = [s for s in SWEEPS if s.trainer.model == "biggan"]
+    default = build("biggan", 128, 3, width=32, z_dim=120, num_classes=1000, attention_res=64)
+    assert sweep.trainer.width == 96
+    assert count_params(default.generator) < BIGGAN_THETA[0] / 8
