@@ -311,7 +311,8 @@ def _answer_lines(cbs: Mapping[str, Any]) -> list[str]:
 
 
 def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NAME) -> str:
-    """The short Markdown summary: the trials' table, b* measured and fitted, the estimates."""
+    """The short Markdown summary: the trials' table, the answer and how sure, b* measured and
+    fitted, the estimates."""
     status = resource["status"]
     cbs = status.get("criticalBatchSize") or {}
     tau = _threshold(resource)

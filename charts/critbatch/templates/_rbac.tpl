@@ -20,7 +20,7 @@ tests/deploy/test_rbac.py checks them against the API calls the operator makes.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
-# Events on sweeps (trial transitions, b* measured, invalid specs).
+# Events on sweeps (trial transitions, b* resolved or not, invalid specs).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
