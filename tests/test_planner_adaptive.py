@@ -85,13 +85,13 @@ def test_a_restarted_planner_chooses_what_the_old_one_would_have():
 
 def test_pruning_still_applies():
     sweep = adaptive()
-    status = None
-    obs = {TrialKey(32, 0): Observation(TrialKey(32, 0), Phase.Reached, steps=300)}
-    obs[TrialKey(128, 0)] = Observation(TrialKey(128, 0), Phase.Running, steps=200)
-    status = plan(sweep, obs).status  # 128 x 200 = 25600 > 32 x 300 = 9600
-    p = plan(sweep, obs, previous_status=status)
-    assert (TrialKey(128, 0), ) == tuple(k for k, _ in p.stop) or any(
-        t["phase"] == "Pruned" for t in p.status["trials"] if t["batchSize"] == 128)
+    obs = {TrialKey(32, 0): Observation(TrialKey(32, 0), Phase.Reached, steps=300),
+           TrialKey(128, 0): Observation(TrialKey(128, 0), Phase.Running, steps=200)}
+    p = plan(sweep, obs)  # 128 x 200 = 25600 can no longer beat 32 x 300 = 9600
+    assert [k for k, _ in p.stop] == [TrialKey(128, 0)]
+    rows = {(t["batchSize"], t["seed"]): t["phase"] for t in p.status["trials"]}
+    assert rows[(128, 0)] == "Pruned" and rows[(32, 0)] == "Reached"
+    assert started(p) == [TrialKey(2, 0), TrialKey(8, 0)]  # the rest of the initial design
 
 
 def test_max_trials_belongs_to_the_adaptive_strategy():
