@@ -20,7 +20,6 @@ from critbatch.simulate import (
     crossing_step,
     draw_trial,
     draw_trials,
-    observe,
     random_truth,
     sweep_keys,
     trial_rng,
@@ -107,20 +106,6 @@ def test_the_noise_is_lognormal_with_the_truths_sigma() -> None:
                                                              sim_seed=0)]
     assert np.mean(logs) == pytest.approx(0.0, abs=0.02)
     assert np.std(logs) == pytest.approx(0.2, rel=0.05)
-
-
-def test_observe_at_the_budget_is_the_finished_trial() -> None:
-    t = truth(sigma=0.3)
-    for b, s in sweep_keys(GRID, 3):
-        assert observe(t, b, s, sim_seed=7, steps_done=t.max_steps) == \
-            draw_trials(t, [(b, s)], sim_seed=7)[0]
-
-
-def test_observe_before_the_crossing_is_censored_at_the_last_evaluation() -> None:
-    t = truth(n_min=400.0, beta=0.0, sigma=0.0)  # crosses at step 400
-    seen = observe(t, 64, 0, sim_seed=0, steps_done=397.0)
-    assert (seen.reached, seen.steps) == (False, 380.0)
-    assert observe(t, 64, 0, sim_seed=0, steps_done=400.0).reached
 
 
 def test_random_truth_puts_b_star_and_the_budget_where_asked() -> None:

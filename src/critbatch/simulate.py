@@ -98,21 +98,6 @@ def draw_trial(truth: Truth, batch_size: int, seed: int, rng: np.random.Generato
                     eval_every=truth.eval_every, seed=seed)
 
 
-def observe(truth: Truth, batch_size: int, seed: int, *, sim_seed: int,
-            steps_done: float) -> Evidence:
-    """What a run that has done `steps_done` steps (stopped, pruned or still running) knows:
-    reached if it has crossed by then, else censored at its last evaluation."""
-    at = crossing_step(truth, batch_size, trial_rng(sim_seed, batch_size, seed))
-    done = min(steps_done, truth.max_steps)
-    if at <= done:
-        return Evidence(batch_size=batch_size, steps=float(at), reached=True,
-                        eval_every=truth.eval_every, seed=seed)
-    last = done if truth.eval_every <= 0 or done >= truth.max_steps \
-        else truth.eval_every * math.floor(done / truth.eval_every)
-    return Evidence(batch_size=batch_size, steps=float(last), reached=False,
-                    eval_every=truth.eval_every, seed=seed)
-
-
 def draw_trials(truth: Truth, keys: Iterable[tuple[int, int]], *, sim_seed: int) -> list[Evidence]:
     """The finished trials of (batch size, seed) keys, each drawn from its own generator."""
     return [draw_trial(truth, b, s, trial_rng(sim_seed, b, s)) for b, s in keys]

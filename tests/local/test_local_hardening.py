@@ -44,6 +44,16 @@ def _one_line_error(capsys, starts: str) -> str:
     return err
 
 
+def _trial_pids(proc: subprocess.Popen, count: int) -> list[int]:
+    """The pids of the first `count` trials `critbatch run --json` starts."""
+    pids: list[int] = []
+    while len(pids) < count:
+        record = json.loads(proc.stdout.readline())
+        if record["event"] == "start" and "pid" in record:
+            pids.append(record["pid"])
+    return pids
+
+
 def _status(out: Path) -> dict:
     return yaml.safe_load((out / "status.yaml").read_text())
 
@@ -434,11 +444,7 @@ def test_stdout_closed_stops_the_run_like_ctrl_c(tmp_path):
                              "--json", "--trainer", TRAINER],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
-        pids = []
-        while len(pids) < 2:
-            record = json.loads(proc.stdout.readline())
-            if record["event"] == "start" and "pid" in record:
-                pids.append(record["pid"])
+        pids = _trial_pids(proc, 2)
         proc.stdout.close()  # the reader leaves, as head does
         err = proc.stderr.read().decode()
         proc.wait(timeout=60)
@@ -464,11 +470,7 @@ def test_ctrl_c_twice_kills_the_trials_at_once_and_still_writes_the_status(tmp_p
                              "--json", "--trainer", f"sh {stubborn}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        pids = []
-        while len(pids) < 2:
-            record = json.loads(proc.stdout.readline())
-            if record["event"] == "start" and "pid" in record:
-                pids.append(record["pid"])
+        pids = _trial_pids(proc, 2)
         proc.send_signal(signal.SIGINT)
         for line in proc.stdout:
             if json.loads(line)["event"] == "interrupted":
