@@ -12,8 +12,8 @@ from critbatch.spec import (
     optimizer_defaults,
     parse_sweep,
     resume_checkpoint_every,
-    trainer_args,
 )
+from critbatch.trainer_args import trainer_args
 
 
 def minimal() -> dict:

@@ -23,9 +23,9 @@ from critbatch.spec import (
     check_pod_template,
     check_prometheus_url,
     resume_checkpoint_every,
-    trainer_args,
-    trials_text,
 )
+from critbatch.trainer_args import trainer_args
+from critbatch.vocabulary import trials_text
 from critbatch_operator.config import Config
 
 MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -364,8 +364,8 @@ def observe_trial(
 
     if decided is not None:
         reached, steps = decided
-        return Observation(key, Phase.Reached if reached else Phase.Censored, steps, fid,
-                           result, source, None, restarts), note
+        return Observation(key, Phase.Reached if reached else Phase.Censored, steps=steps, fid=fid,
+                           result=result, source=source, restarts=restarts), note
 
     if "Failed" in conds or "FailureTarget" in conds:
         c = conds.get("Failed") or conds["FailureTarget"]
@@ -373,32 +373,34 @@ def observe_trial(
         tail = _crash_tail(pods)
         if tail:
             reason = f"{reason}; last pod: {tail}"
-        return Observation(key, Phase.Failed, step, fid, None, msource, reason[:MAX_REASON],
-                           restarts), None
+        return Observation(key, Phase.Failed, steps=step, fid=fid, source=msource,
+                           reason=reason[:MAX_REASON], restarts=restarts), None
 
     finished = ("Complete" in conds or "SuccessCriteriaMet" in conds
                 or int(status.get("succeeded") or 0) > 0)
     if result is not None:
         return Observation(key, Phase.Reached if result["reached"] else Phase.Censored,
-                           float(result["steps"]), _finite(result.get("fid")), result,
-                           "termination-message", None, restarts), None
+                           steps=float(result["steps"]), fid=_finite(result.get("fid")),
+                           result=result, source="termination-message",
+                           restarts=restarts), None
     if bad_result is not None:
         reason = f"MetricsInvalid: termination message: {_printable(bad_result)}"
-        return Observation(key, Phase.Failed, step, fid, None, msource, reason[:MAX_REASON],
-                           restarts), None
+        return Observation(key, Phase.Failed, steps=step, fid=fid, source=msource,
+                           reason=reason[:MAX_REASON], restarts=restarts), None
     if finished and not pods and source is not None:
-        return Observation(key, Phase.Failed, None, None, None, None,
-                           "finished, but its pods are gone and the metrics do not hold its "
-                           "result", restarts), None
+        return Observation(key, Phase.Failed,
+                           reason="finished, but its pods are gone and the metrics do not "
+                                  "hold its result", restarts=restarts), None
     if finished:
-        return Observation(key, Phase.Running, step, fid, None, msource,
-                           "finished; waiting for its result", restarts), None
+        return Observation(key, Phase.Running, steps=step, fid=fid, source=msource,
+                           reason="finished; waiting for its result", restarts=restarts), None
 
     suspended = (job.get("spec") or {}).get("suspend") or "Suspended" in conds
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
     phase = Phase.Running if running and not suspended else Phase.Pending
     reason = "suspended: waiting for admission by its queue" if suspended else ignored
-    return Observation(key, phase, step, fid, None, msource, reason, restarts), None
+    return Observation(key, phase, steps=step, fid=fid, source=msource, reason=reason,
+                       restarts=restarts), None
 
 
 def observe(

@@ -13,7 +13,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -59,6 +59,7 @@ class Observation:
 
     key: TrialKey
     phase: Phase
+    _: KW_ONLY
     steps: float | None = None
     fid: float | None = None
     result: Mapping[str, Any] | None = None

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from critbatch.errors import InputError
 from critbatch.science import OPTIMIZERS, PAPER_LEARNING_RATES, OptimizerSetting, ScienceError
+from critbatch.vocabulary import TrialKey, default_eval_every
 
 GROUP = "critbatch.dev"
 VERSION = "v1alpha1"
@@ -48,14 +49,6 @@ _URL = re.compile(r"^https?://\S+$")
 
 class SpecError(InputError):
     """A sweep manifest the project cannot run; the message starts with the field's path."""
-
-
-@dataclass(frozen=True, order=True)
-class TrialKey:
-    """One trial of a sweep: a batch size and a seed."""
-
-    batch_size: int
-    seed: int
 
 
 @dataclass(frozen=True)
@@ -945,96 +938,17 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
 
 
 # ---------------------------------------------------------------------------------------------
-# The trainer's command line
+# Derived settings
 # ---------------------------------------------------------------------------------------------
-
-
-# The trainer's --eval-every default per dataset (critbatch_trainer.config), else 100.
-DEFAULT_EVAL_EVERY = {"digits": 20}
 
 
 def evaluation_interval(sweep: Sweep) -> int:
     """Steps between a trial's FID evaluations: a reached trial crossed the threshold within
     the last such interval."""
-    return sweep.target.eval_every or DEFAULT_EVAL_EVERY.get(sweep.trainer.dataset.name, 100)
+    return sweep.target.eval_every or default_eval_every(sweep.trainer.dataset.name)
 
 
 def resume_checkpoint_every(sweep: Sweep) -> int:
     """The checkpoint period where a restart resumes: spec.trainer.checkpointEvery, else one
     checkpoint per FID evaluation (evalEvery, else 100), so a retry never starts over."""
     return sweep.trainer.checkpoint_every or sweep.target.eval_every or 100
-
-
-def _fmt(x: float) -> str:
-    """Shortest text that reads back as the same float."""
-    return repr(float(x))
-
-
-def trials_text(keys: Sequence[TrialKey]) -> str:
-    """`B:S,B:S,...`: how the trainer's `--trials` and a Job's annotation list a pod's trials."""
-    return ",".join(f"{k.batch_size}:{k.seed}" for k in keys)
-
-
-def trainer_args(
-    sweep: Sweep,
-    key: TrialKey | Sequence[TrialKey],
-    *,
-    metrics_port: int,
-    checkpoint_dir: str | None,
-    termination_log: str | None = None,
-    data_path: str | None = None,
-    extractor: str | None = None,
-    linger: int | None = None,
-) -> list[str]:
-    """The argv after the trainer executable for one trial, or for several sharing one process
-    group (`--trials B:S,...`), as a list (docs/contracts.md).
-
-    `data_path` and `extractor` override what the spec says (the Kubernetes backend mounts
-    the dataset and Inception claims at its own paths); `linger` defaults to
-    spec.metrics.lingerSeconds when metrics are served, else 0.
-    """
-    t, o, g = sweep.trainer, sweep.optimizer, sweep.target
-    args = ["--sweep", sweep.name, "--model", t.model, "--dataset", t.dataset.name]
-    path = data_path if data_path is not None else t.dataset.path
-    if path:
-        args += ["--data-path", path]
-    if t.image_size is not None:
-        args += ["--image-size", str(t.image_size)]
-    if t.channels is not None:
-        args += ["--channels", str(t.channels)]
-    for flag, value in (("--width", t.width), ("--z-dim", t.z_dim), ("--ema-start", t.ema_start)):
-        if value is not None:
-            args += [flag, str(value)]
-    keys = [key] if isinstance(key, TrialKey) else list(key)
-    if len(keys) == 1:
-        args += ["--batch-size", str(keys[0].batch_size), "--seed", str(keys[0].seed)]
-    else:
-        args += ["--trials", trials_text(keys)]
-    args += ["--optimizer", o.name]
-    for flag, side in (("g", o.generator), ("d", o.discriminator)):
-        args += [f"--lr-{flag}", _fmt(side.learning_rate), f"--beta1-{flag}", _fmt(side.beta1),
-                 f"--beta2-{flag}", _fmt(side.beta2), f"--eps-{flag}", _fmt(side.eps)]
-    args += ["--fid-threshold", _fmt(g.fid_threshold), "--max-steps", str(g.max_steps)]
-    if g.eval_every is not None:
-        args += ["--eval-every", str(g.eval_every)]
-    if g.eval_samples is not None:
-        args += ["--eval-samples", str(g.eval_samples)]
-    if extractor is None and t.inception is not None and not t.inception.pvc:
-        extractor = f"inception:{t.inception.file}"
-    if extractor:
-        args += ["--extractor", extractor]
-    if checkpoint_dir:
-        args += ["--checkpoint-dir", checkpoint_dir]
-        if t.checkpoint_every:
-            args += ["--checkpoint-every", str(t.checkpoint_every)]
-    args += ["--metrics-port", str(int(metrics_port))]
-    if linger is None:
-        linger = sweep.metrics.linger_seconds if metrics_port else 0
-    if linger:
-        args += ["--linger", str(int(linger))]
-    if termination_log:
-        args += ["--termination-log", termination_log]
-    args += ["--device", t.device]
-    args += ["--cuda-graph"] * t.cuda_graph + ["--bf16"] * t.bf16
-    args += ["--reproducible-cpu"] * t.reproducible_cpu
-    return args

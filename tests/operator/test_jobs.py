@@ -8,7 +8,8 @@ import pytest
 from harness import sweep_manifest
 from pod_security import restricted_violations
 
-from critbatch.spec import JOB_MOUNT_PATHS, JOB_VOLUMES, TrialKey, parse_sweep, trainer_args
+from critbatch.spec import JOB_MOUNT_PATHS, JOB_VOLUMES, TrialKey, parse_sweep
+from critbatch.trainer_args import trainer_args
 from critbatch_operator.config import Config
 from critbatch_operator.jobs import admit, build_job, sweep_label_value
 

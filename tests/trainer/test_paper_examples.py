@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from critbatch.spec import Sweep, parse_sweep, trainer_args
+from critbatch.spec import Sweep, parse_sweep
+from critbatch.trainer_args import trainer_args
 from critbatch_trainer.config import parse_args
 from critbatch_trainer.models import biggan, build, count_params
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from critbatch import posterior, science
 from critbatch.commands import fmt, print_json, stdout_console
-from critbatch.errors import InputError, load_yaml, read_text
+from critbatch.errors import InputError
+from critbatch.files import load_yaml, read_text
 from critbatch.spec import MAX_BATCH
 
 HELP = "the critical batch size and how sure it is, from a table of trials (CSV, JSON or YAML)"

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from critbatch import report
-from critbatch.errors import InputError, load_yaml, read_text
+from critbatch.errors import InputError
+from critbatch.files import load_yaml, read_text
 
 HELP = "render a sweep's report (PNG, SVG, Markdown) from its status"
 

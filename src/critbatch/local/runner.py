@@ -41,7 +41,8 @@ from typing import Any
 import yaml
 
 from critbatch import planner, report
-from critbatch.errors import InputError, OutputError, check_values, load_yaml, read_text
+from critbatch.errors import InputError, OutputError
+from critbatch.files import check_values, load_yaml, read_text
 from critbatch.local import prometheus as prom
 from critbatch.local.processes import ExitKind, Supervisor, classify, log_tail, thread_limit
 from critbatch.local.progress import Progress, RateMeter, TrialView
@@ -52,7 +53,8 @@ from critbatch.metrics import (
     result_problem,
     scrape,
 )
-from critbatch.spec import Sweep, TrialKey, parse_sweep, resume_checkpoint_every, trainer_args
+from critbatch.spec import Sweep, TrialKey, parse_sweep, resume_checkpoint_every
+from critbatch.trainer_args import trainer_args
 
 RUN_LABEL = "critbatch_run"  # a target label that tells this run's series from older ones
 # The signals that stop a run like Ctrl-C: a `kill`, a closed terminal.
@@ -599,13 +601,14 @@ class LocalRun:
                 st.final = self._final_from_result(st, got.result, old.get("source") or "local")
             elif got.problem is not None and not self.options.retry_failed:
                 st.final = planner.Observation(
-                    key, planner.Phase.Failed, old.get("steps"), None, None, "local",
-                    f"refused result: {st.result_file.name}: {got.problem}",
-                    old.get("restarts") or 0)
+                    key, planner.Phase.Failed, steps=old.get("steps"), source="local",
+                    reason=f"refused result: {st.result_file.name}: {got.problem}",
+                    restarts=old.get("restarts") or 0)
             elif old.get("phase") == planner.Phase.Pruned.value:
                 st.final = planner.Observation(
-                    key, planner.Phase.Pruned, old.get("steps"), old.get("fid"), None,
-                    old.get("source") or "local", old.get("reason"), old.get("restarts") or 0)
+                    key, planner.Phase.Pruned, steps=old.get("steps"), fid=old.get("fid"),
+                    source=old.get("source") or "local", reason=old.get("reason"),
+                    restarts=old.get("restarts") or 0)
             if st.final is not None:
                 st.restarts = st.final.restarts
                 self._show("event", "resumed", batch_size=key.batch_size, seed=key.seed,
@@ -802,15 +805,16 @@ class LocalRun:
                                source=st.final.source)
             elif got.problem is not None:  # a result that is not this trial's: never counted
                 st.final = planner.Observation(
-                    st.key, planner.Phase.Failed, (st.metrics or TrialMetrics()).step, None,
-                    None, "local", f"refused result: {got.problem}", st.restarts)
+                    st.key, planner.Phase.Failed, steps=(st.metrics or TrialMetrics()).step,
+                    source="local", reason=f"refused result: {got.problem}",
+                    restarts=st.restarts)
                 self.log_event("failed", batch_size=st.key.batch_size, seed=st.key.seed,
                                code=code, reason=st.final.reason)
             elif proc.stop_requested and st.stop_reason is not None:
                 m = st.metrics or TrialMetrics()
                 st.final = planner.Observation(
-                    st.key, planner.Phase.Pruned, m.step, m.fid, None,
-                    self._metrics_source(), st.stop_reason, st.restarts)
+                    st.key, planner.Phase.Pruned, steps=m.step, fid=m.fid,
+                    source=self._metrics_source(), reason=st.stop_reason, restarts=st.restarts)
                 self.log_event("pruned", batch_size=st.key.batch_size, seed=st.key.seed,
                                steps=m.step, reason=st.stop_reason)
             elif proc.stop_requested:
@@ -821,8 +825,9 @@ class LocalRun:
                     f"exit {code} ({kind.value})"
                 tail = log_tail(st.log_file)
                 st.final = planner.Observation(
-                    st.key, planner.Phase.Failed, (st.metrics or TrialMetrics()).step, None,
-                    None, "local", f"{why}: {tail}" if tail else why, st.restarts)
+                    st.key, planner.Phase.Failed, steps=(st.metrics or TrialMetrics()).step,
+                    source="local", reason=f"{why}: {tail}" if tail else why,
+                    restarts=st.restarts)
                 self.log_event("failed", batch_size=st.key.batch_size, seed=st.key.seed,
                                code=code, reason=st.final.reason)
             else:
@@ -855,8 +860,8 @@ class LocalRun:
                         f"trial b={st.key.batch_size} seed={st.key.seed}: metrics say N = "
                         f"{seen}, the result file says {result['steps']}: using the result file")
         phase = planner.Phase.Reached if result["reached"] else planner.Phase.Censored
-        return planner.Observation(st.key, phase, result["steps"], result.get("fid"), result,
-                                   source, None, st.restarts)
+        return planner.Observation(st.key, phase, steps=result["steps"], fid=result.get("fid"),
+                                   result=result, source=source, restarts=st.restarts)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -869,8 +874,9 @@ class LocalRun:
             elif self._name(key) in running:
                 m = st.metrics or TrialMetrics()
                 out[key] = planner.Observation(
-                    key, planner.Phase.Running, m.step, m.fid, None,
-                    self._metrics_source() if st.metrics else None, None, st.restarts)
+                    key, planner.Phase.Running, steps=m.step, fid=m.fid,
+                    source=self._metrics_source() if st.metrics else None,
+                    restarts=st.restarts)
         return out
 
     def step(self) -> bool:
@@ -1097,9 +1103,10 @@ class LocalRun:
                     st.final = self._final_from_result(st, got.result, None)
                 elif got.problem is not None:
                     st.final = planner.Observation(
-                        st.key, planner.Phase.Failed, (st.metrics or TrialMetrics()).step,
-                        None, None, "local",
-                        f"refused result: {st.result_file.name}: {got.problem}", st.restarts)
+                        st.key, planner.Phase.Failed, steps=(st.metrics or TrialMetrics()).step,
+                        source="local",
+                        reason=f"refused result: {st.result_file.name}: {got.problem}",
+                        restarts=st.restarts)
 
     def finish(self) -> None:
         """The last status (an interrupted run's says so in a warning) and the report."""
