@@ -12,24 +12,44 @@
 #   --build-context inception=path/to/folder
 # Without a source the trainer reads the weights from a mounted file (spec.trainer.inception).
 #
+# Offline builds: a folder of wheels replaces the empty `wheelhouse` stage and pip reads only it:
+#   --build-context wheelhouse=path/to/wheels \
+#   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse
+# Other bases (Debian bookworm with python3, python3-venv and python3-pip; the trainer's also
+# with torch in the system site packages): --build-arg PYTHON_IMAGE=... --build-arg
+# PYTHON_TAG=... (TORCH_IMAGE, TORCH_TAG). scripts/images/ builds both images so with buildah
+# from bases made with debootstrap (docs/images.md).
+#
 # Labels: --build-arg VERSION=... REVISION=$(git rev-parse HEAD) CREATED=$(date -u +%FT%TZ)
-# SOURCE=<repository URL>. Both bases are pinned by tag and digest (docs/upgrading.md).
+# SOURCE=<repository URL>.
+#
+# The default bases are pinned by tag and digest (docs/upgrading.md). Neither digest has been
+# checked against its registry: none was reachable where this file was built and tested. They
+# agree only with independent public projects that pin the same tags to the same digests.
+# What was built and run here, on the Debian bases, is in docs/images.md.
+ARG PYTHON_IMAGE=python
+ARG PYTHON_TAG=3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
+# Official PyTorch CUDA runtime image (Python 3.11, torch 2.7.1, CUDA 12.6, cuDNN 9): no
+# compiler, and torch/torchvision already match the project's `trainer` extra.
+ARG TORCH_IMAGE=pytorch/pytorch
+ARG TORCH_TAG=2.7.1-cuda12.6-cudnn9-runtime@sha256:2b59b1b91885677814f78be1f8df48a25d5dc952eb6580eaecfefca510f9afd3
 
 # ---------------------------------------------------------------------------------------------
 # Bases
-FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91 AS python-base
+FROM ${PYTHON_IMAGE}:${PYTHON_TAG} AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Official PyTorch CUDA runtime image (Python 3.11, torch 2.7.1, CUDA 12.6, cuDNN 9): no
-# compiler, and torch/torchvision already match the project's `trainer` extra.
-FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime@sha256:2b59b1b91885677814f78be1f8df48a25d5dc952eb6580eaecfefca510f9afd3 AS torch-base
+FROM ${TORCH_IMAGE}:${TORCH_TAG} AS torch-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Optional wheels for offline builds. Replaced whole by `--build-context wheelhouse=FOLDER`.
+FROM scratch AS wheelhouse
 
 # ---------------------------------------------------------------------------------------------
 # Build stages: setuptools, wheels and downloads stay here, never in a final stage.
@@ -41,12 +61,18 @@ COPY pyproject.toml README.md ./
 COPY src/ src/
 COPY operator/ operator/
 COPY trainer/ trainer/
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    python -m pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 # The operator's virtual environment.
 FROM python-base AS operator-build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
+    --mount=type=bind,from=wheelhouse,target=/wheelhouse \
     python -m venv /opt/critbatch \
     && set -- /dist/critbatch-*.whl \
     && /opt/critbatch/bin/pip install --no-cache-dir "$1[operator]" \
@@ -55,7 +81,10 @@ RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
 # The trainer's virtual environment, on top of the base's torch (system site packages).
 FROM torch-base AS trainer-build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
+    --mount=type=bind,from=wheelhouse,target=/wheelhouse \
     python -m venv --system-site-packages /opt/critbatch \
     && set -- /dist/critbatch-*.whl \
     && /opt/critbatch/bin/pip install --no-cache-dir "$1[trainer]" \
@@ -83,6 +112,8 @@ ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
 ARG SOURCE=""
+ARG TORCH_IMAGE
+ARG TORCH_TAG
 LABEL org.opencontainers.image.title="critbatch-trainer" \
       org.opencontainers.image.description="critbatch TTUR GAN trainer: one trial of a critical batch size sweep" \
       org.opencontainers.image.version="${VERSION}" \
@@ -90,7 +121,7 @@ LABEL org.opencontainers.image.title="critbatch-trainer" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime"
+      org.opencontainers.image.base.name="${TORCH_IMAGE}:${TORCH_TAG}"
 RUN useradd --uid 65532 --user-group --no-create-home --home-dir /tmp \
         --shell /usr/sbin/nologin critbatch
 COPY --from=trainer-build /opt/critbatch /opt/critbatch
@@ -116,6 +147,8 @@ ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
 ARG SOURCE=""
+ARG PYTHON_IMAGE
+ARG PYTHON_TAG
 LABEL org.opencontainers.image.title="critbatch-operator" \
       org.opencontainers.image.description="critbatch Kubernetes operator: runs CriticalBatchSweeps" \
       org.opencontainers.image.version="${VERSION}" \
@@ -123,7 +156,7 @@ LABEL org.opencontainers.image.title="critbatch-operator" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm"
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}:${PYTHON_TAG}"
 RUN useradd --uid 65532 --user-group --no-create-home --home-dir /tmp \
         --shell /usr/sbin/nologin critbatch
 COPY --from=operator-build /opt/critbatch /opt/critbatch

@@ -3,7 +3,7 @@ from known truths, and how long `posterior.infer` takes.
 
 For each scenario (where b* lies, noise, stalls, seeds per batch size) every sweep draws a truth
 and a full grid of trials from critbatch.simulate, then scores: the most probable batch size
-against the old measured b* (the least mean SFO over batch sizes whose seeds all reached), how
+against the measured b* (the least mean SFO over batch sizes whose seeds all reached), how
 often the plausible set holds the true argmin and its mean size, and how often the fitted
 interval holds the true b*. Same --seed, same table.
 
@@ -53,15 +53,16 @@ def scenarios() -> list[Scenario]:
     return out
 
 
-def old_rule(trials: list[posterior.Evidence]) -> int | None:
+def measured_rule(trials: list[posterior.Evidence]) -> int | None:
     """science.measure's b*: the least mean SFO among batch sizes whose seeds all reached."""
-    return science.measure(science.Trial(t.batch_size, t.steps, t.reached, t.seed)
+    return science.measure(science.Trial(batch_size=t.batch_size, steps=t.steps,
+                                         reached=t.reached, seed=t.seed)
                            for t in trials).batch_size
 
 
 def score(scenario: Scenario, sweeps: int, seed: int, confidence: float = 0.95) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    counts = {"old": 0, "new": 0, "covered": 0, "size": 0, "interval": 0, "answered": 0}
+    counts = {"measured": 0, "posterior": 0, "covered": 0, "size": 0, "interval": 0, "answered": 0}
     for i in range(sweeps):
         truth = simulate.random_truth(rng, scenario.grid, critical=scenario.critical,
                                       sigma=scenario.sigma, stall=scenario.stall,
@@ -71,8 +72,8 @@ def score(scenario: Scenario, sweeps: int, seed: int, confidence: float = 0.95) 
         want = truth.true_argmin(scenario.grid)
         post = posterior.infer(trials, scenario.grid, confidence=confidence,
                                interval_level=confidence)
-        counts["old"] += old_rule(trials) == want
-        counts["new"] += post.most_probable == want
+        counts["measured"] += measured_rule(trials) == want
+        counts["posterior"] += post.most_probable == want
         counts["covered"] += want in post.plausible
         counts["size"] += len(post.plausible)
         counts["answered"] += post.interval is not None
@@ -83,8 +84,8 @@ def score(scenario: Scenario, sweeps: int, seed: int, confidence: float = 0.95) 
         "scenario": scenario.name,
         "seeds": scenario.seeds,
         "sweeps": sweeps,
-        "old_accuracy": counts["old"] / sweeps,
-        "new_accuracy": counts["new"] / sweeps,
+        "old_accuracy": counts["measured"] / sweeps,
+        "new_accuracy": counts["posterior"] / sweeps,
         "set_coverage": counts["covered"] / sweeps,
         "set_size": counts["size"] / sweeps,
         "interval_coverage": counts["interval"] / max(1, counts["answered"]),

@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 $py -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
 nproc | tee -a "$out/gpu.txt"
 timeout 150 $py -m pytest -q -p no:cacheprovider tests/benchmark/test_gpu.py \
-  "tests/trainer/test_trainer_training.py::test_models_train_on_cuda" 2>&1 | tail -n 15 \
+  "tests/trainer/test_training.py::test_models_train_on_cuda" 2>&1 | tail -n 15 \
   | tee "$out/gpu-tests.txt"
 timeout ${BENCH_TIMEOUT:-300} $py -m bench.run --device cuda --budget 0.5 --fid-baseline-samples 5000 \
   --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"

@@ -96,7 +96,7 @@ class Pool:
         except EOFError:
             raise RuntimeError("a benchmark worker died (see its output above)") from None
 
-    def run(self, k: int, b: int, steps: int, warmup: int, threads: int,
+    def run(self, k: int, b: int, *, steps: int, warmup: int, threads: int,
             extra: list[str]) -> dict[str, Any]:
         conns = self.conns[:k]
         for c in conns:
@@ -124,7 +124,7 @@ class Pool:
                 p.kill()
 
 
-def measure(batch_sizes: list[int], ks: list[int], device: str, network: str, steps: int,
+def measure(batch_sizes: list[int], ks: list[int], *, device: str, network: str, steps: int,
             warmup: int, threads: int, rounds: int, extra: list[str],
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """One row per (batch size, k), the best of `rounds` interleaved rounds; k = 1 is always
@@ -139,7 +139,8 @@ def measure(batch_sizes: list[int], ks: list[int], device: str, network: str, st
                 for r in range(rounds):
                     for k in ks:
                         per = max(1, threads // k)
-                        got = pool.run(k, b, steps, warmup, per, flags)
+                        got = pool.run(k, b, steps=steps, warmup=warmup, threads=per,
+                                       extra=flags)
                         log(f"round {r + 1}: b={b} k={k} threads={per}: " + (
                             got["error"] if "error" in got
                             else f"{got['aggregate_steps_per_s']:.2f} steps/s"))
@@ -218,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     network = a.network or ("paper" if gpu else "demo")
     threads = a.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                             else os.cpu_count() or 1)
-    out = measure(sizes, ks, device, network, steps, warmup, threads, max(1, a.rounds),
-                  shlex.split(a.trainer_flags), log=lambda s: print(s, file=sys.stderr,
-                                                                   flush=True))
+    out = measure(sizes, ks, device=device, network=network, steps=steps, warmup=warmup,
+                  threads=threads, rounds=max(1, a.rounds), extra=shlex.split(a.trainer_flags),
+                  log=lambda s: print(s, file=sys.stderr, flush=True))
     out = {"command": "python -m bench.packing " + " ".join(
         sys.argv[1:] if argv is None else argv), "hardware": out["hardware"],
         "settings": {"device": device, "network": network, "steps": steps, "warmup": warmup,

@@ -30,13 +30,9 @@ import torch
 from bench import baseline
 from critbatch_trainer.config import parse_args
 from critbatch_trainer.data import TrainingData
-from critbatch_trainer.fid import (
-    Extractor,
-    FidInceptionV3,
-    FrechetReference,
-    eval_chunk,
-    generated_stats,
-)
+from critbatch_trainer.extractors import Extractor
+from critbatch_trainer.fid import FrechetReference, eval_chunk, generated_stats
+from critbatch_trainer.inception import FidInceptionV3
 from critbatch_trainer.loop import Trial
 
 # Dense (no sparsity) tensor-core peaks of an H100/H200 SXM by the vendor's datasheet, in
@@ -73,13 +69,13 @@ def build_trial(b: int, device: torch.device, cache: str, extra: list[str]) -> T
                       "--eval-samples", "2", "--real-samples", "64", "--gns-every", "0",
                       "--device", device.type, "--stats-cache", cache,
                       "--termination-log", "", *extra])
-    return Trial(cfg, log=lambda _m: None)
+    return Trial.create(cfg, log=lambda _m: None)
 
 
 def stepper(trial: Trial) -> Callable[[], None]:
     """One call = one `Trial.train_step`, the code path a trial runs, on seed 0's batches."""
-    trial.G.train()
-    trial.D.train()
+    trial.gan.G.train()
+    trial.gan.D.train()
     batches = trial.data.batches(0, trial.cfg.batch_size, 0, trial.device)
     return lambda: trial.train_step(batches)
 
@@ -92,10 +88,10 @@ def variants(device: torch.device) -> dict[str, list[str]]:
     return {"ours": []}
 
 
-def bench_training(sizes: list[int], device: torch.device, rounds: int, budget: float,
+def bench_training(sizes: list[int], device: torch.device, *, rounds: int, budget: float,
                    min_steps: int, warmup: int, workers: int, cache: str,
                    log: Callable[[str], None]) -> list[dict[str, Any]]:
-    images = TrainingData("digits", 64, 3).embedded.images  # what the trainer sees
+    images = TrainingData("digits", image_size=64, channels=3).embedded.images  # as trained
     rows = []
     for b in sizes:
         n = max(2 * b, 1024)
@@ -156,7 +152,8 @@ def bench_fid(samples: int, baseline_samples: int, device: torch.device,
     torch.manual_seed(0)
     G = baseline.generator().to(device)  # the same network as the trainer's DCGAN 64x64
     net = FidInceptionV3().eval().to(device)
-    ours_ex = Extractor("inception", net, 299, 3, "random").to(device)
+    ours_ex = Extractor(name="inception", network=net, input_size=299, channels=3,
+                        fingerprint="random").to(device)
     # The trainer computes the real statistics once per trial (cached on disk): the
     # reference and its matrix root exist before any evaluation, so they are set up here.
     z_ref = torch.randn(max(min(samples, eval_chunk(device)), 2), baseline.NZ)
@@ -242,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv), "hardware": hardware(device)}
     log(json.dumps(out["hardware"]))
     with tempfile.TemporaryDirectory() as cache:
-        rows = bench_training(sizes, device, a.rounds, a.budget, a.min_steps, a.warmup,
-                              workers, cache, log)
+        rows = bench_training(sizes, device, rounds=a.rounds, budget=a.budget,
+                              min_steps=a.min_steps, warmup=a.warmup, workers=workers,
+                              cache=cache, log=log)
     out["training"] = rows
     top = rows[-1]
     flops = top.get("flops_per_step", 0)

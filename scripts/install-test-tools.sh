@@ -11,6 +11,8 @@
 #   .tools/bin/checkov         checkov in its own venv (.tools/checkov-venv): its pins
 #                              conflict with the project's dependencies
 #   prometheus, lua5.1         Debian's packages, system-wide, only as root
+#   buildah, debootstrap       Debian's packages, system-wide, only as root: the image build
+#                              and run (tests/deploy/test_image.py, scripts/images/)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,13 +63,18 @@ if [[ ! -x "$BIN/checkov" ]]; then
     ln -sf "../checkov-venv/bin/checkov" "$BIN/checkov"
 fi
 
-# Debian packages: prometheus (the operator's and local runner's metrics tests) and lua5.1 (the
-# Argo CD health check in examples/gitops/, which Argo CD runs as Lua 5.1).
+# Debian packages: prometheus (the operator's and local runner's metrics tests), lua5.1 (the
+# Argo CD health check in examples/gitops/, which Argo CD runs as Lua 5.1), buildah and
+# debootstrap (the images built and run).
 APT_PACKAGES=()
 command -v prometheus >/dev/null 2>&1 || APT_PACKAGES+=(prometheus)
 command -v lua5.1 >/dev/null 2>&1 || APT_PACKAGES+=(lua5.1)
+command -v buildah >/dev/null 2>&1 || APT_PACKAGES+=(buildah)
+PATH="$PATH:/usr/sbin:/sbin" command -v debootstrap >/dev/null 2>&1 || APT_PACKAGES+=(debootstrap)
 if (( ${#APT_PACKAGES[@]} )); then
-    if [[ "$(id -u)" == 0 ]]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "no apt-get: ${APT_PACKAGES[*]} not installed (the tests that need them skip)"
+    elif [[ "$(id -u)" == 0 ]]; then
         log "${APT_PACKAGES[*]} from Debian's packages"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -15,7 +15,7 @@ from critbatch.spec import POD_TEMPLATE_ALLOWANCES
 ENV_PREFIX = "CRITBATCH_"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """What the handlers need to know about their environment."""
 

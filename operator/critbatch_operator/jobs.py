@@ -19,13 +19,12 @@ from critbatch.spec import (
     API_VERSION,
     KIND,
     Sweep,
-    TrialKey,
     check_pod_template,
     check_prometheus_url,
     resume_checkpoint_every,
 )
 from critbatch.trainer_args import trainer_args
-from critbatch.vocabulary import trials_text
+from critbatch.vocabulary import TrialKey, trials_text
 from critbatch_operator.config import Config
 
 MANAGED_BY = "app.kubernetes.io/managed-by"

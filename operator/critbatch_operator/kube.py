@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from critbatch.clock import utc_now
 from critbatch.spec import GROUP, PLURAL, VERSION
 
 
@@ -139,7 +139,7 @@ class Kube:
         """A core/v1 Event about the sweep, with a unique name of its own (no generateName)."""
         meta = involved.get("metadata") or {}
         ns = meta.get("namespace") or "default"
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = utc_now()
         self.core.create_namespaced_event(ns, {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": ns},

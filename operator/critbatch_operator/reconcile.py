@@ -17,12 +17,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
 from kubernetes.client.rest import ApiException
 
+from critbatch.clock import utc_now
 from critbatch.planner import (
     FINAL,
     invalid_status,
@@ -36,7 +36,8 @@ from critbatch_operator import opmetrics
 from critbatch_operator.config import Config
 from critbatch_operator.jobs import admit, build_job
 from critbatch_operator.kube import JobNameTaken, Kube
-from critbatch_operator.world import late_disagreements, metrics_source, observe, read_world
+from critbatch_operator.observations import late_disagreements, observe
+from critbatch_operator.world import metrics_source, read_world
 
 Emit = Callable[[str, str, str], None]
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ MAX_ERROR_TEXT = 200
 FINAL_PHASES = {p.value for p in FINAL}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SweepState:
     """What the operator remembers of a sweep between reconciles (only to be polite: losing it
     loses nothing but the backoff)."""
@@ -72,8 +73,18 @@ class Outcome:
     skipped: bool = False  # backing off after a failure: nothing was read or written
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@dataclass(frozen=True, kw_only=True)
+class _Run:
+    """One reconcile's sweep and what it works with."""
+
+    body: Mapping[str, Any]
+    ns: str
+    name: str
+    kube: Kube
+    cfg: Config
+    state: SweepState
+    emit: Emit
+    clock: Callable[[], float]
 
 
 def _own_status(status: Mapping[str, Any] | None) -> dict:
@@ -102,13 +113,15 @@ async def reconcile(
         ns, name = meta.get("namespace") or "default", meta.get("name")
         if not force and clock() < state.next_try:
             return Outcome(state.last_status or _own_status(body.get("status")), skipped=True)
+        run = _Run(body=body, ns=ns, name=name, kube=kube, cfg=cfg, state=state, emit=emit,
+                   clock=clock)
         started = time.perf_counter()
         try:
-            outcome = await _reconcile(body, ns, name, kube, cfg, state, emit, clock)
+            outcome = await _reconcile(run)
             state.errors, state.next_try = 0, 0.0
         except Exception as exc:
             opmetrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-            outcome = await _failed(body, ns, name, kube, cfg, state, emit, clock, exc)
+            outcome = await _failed(run, exc)
         finally:
             opmetrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         opmetrics.record_status(ns, name, outcome.status)
@@ -127,13 +140,12 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-async def _failed(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cfg: Config,
-                  state: SweepState, emit: Emit, clock: Callable[[], float],
-                  exc: Exception) -> Outcome:
+async def _failed(run: _Run, exc: Exception) -> Outcome:
     """Say that the reconcile failed (Degraded, an Event when it starts) and back off."""
+    body, ns, name, kube, cfg, state = run.body, run.ns, run.name, run.kube, run.cfg, run.state
     state.errors += 1
     wait = min(cfg.max_backoff, cfg.reconcile_interval * 2 ** min(state.errors - 1, 30))
-    state.next_try = clock() + wait
+    state.next_try = run.clock() + wait
     log.error("reconcile of %s/%s failed (%d in a row); retrying in %gs", ns, name,
               state.errors, wait, exc_info=exc)
     text = error_text(exc)
@@ -144,7 +156,7 @@ async def _failed(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cfg: 
                 "observedGeneration": generation}
     conditions = [c for c in old.get("conditions") or [] if c.get("type") != "Degraded"]
     status = {**old, "conditions": merge_conditions(old.get("conditions"),
-                                                    [*conditions, degraded], now_iso())}
+                                                    [*conditions, degraded], utc_now())}
     outcome = Outcome(status, error=text)
     try:
         outcome.patched = await _patch_if_changed(kube, ns, name, old, status)
@@ -154,12 +166,14 @@ async def _failed(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cfg: 
                     error_text(patch_exc))
         return outcome
     if _condition(old, "Degraded").get("reason") != "ReconcileError":
-        emit("Warning", "ReconcileError", f"reconcile failed ({text}); retrying with backoff")
+        run.emit("Warning", "ReconcileError",
+                 f"reconcile failed ({text}); retrying with backoff")
     return outcome
 
 
-async def _reconcile(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cfg: Config,
-                     state: SweepState, emit: Emit, clock: Callable[[], float]) -> Outcome:
+async def _reconcile(run: _Run) -> Outcome:
+    body, ns, name, kube, cfg, state = run.body, run.ns, run.name, run.kube, run.cfg, run.state
+    emit, clock = run.emit, run.clock
     old = _own_status(body.get("status"))
     generation = (body.get("metadata") or {}).get("generation")
     if state.last_status is not None:
@@ -173,7 +187,7 @@ async def _reconcile(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cf
         # Keep what is known of the trials: it is the memory of finished and pruned ones.
         status = {**old, **invalid_status(exc, generation)}
         status["conditions"] = merge_conditions(old.get("conditions"), status["conditions"],
-                                                now_iso())
+                                                utc_now())
         patched = await _patch_if_changed(kube, ns, name, old, status)
         state.last_status = status
         if patched and _condition(old, "Ready").get("message") != str(exc):
@@ -213,7 +227,7 @@ async def _reconcile(body: Mapping[str, Any], ns: str, name: str, kube: Kube, cf
              reference_dataset_size=ref_size, previous_status=old, problems=problems)
     status = p.status
     status["conditions"] = merge_conditions(old.get("conditions"), status["conditions"],
-                                            now_iso())
+                                            utc_now())
     patched = await _patch_if_changed(kube, ns, name, old, status)
     state.last_status = status
 

@@ -1,4 +1,4 @@
-"""`critbatch`: the command line. Each subcommand lives in `critbatch.commands.<name>`."""
+"""`critbatch`: the command line. `critbatch.commands.COMMANDS` lists the subcommands."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from critbatch.commands import silence_stdout
+from critbatch.commands import COMMANDS, silence_stdout
 from critbatch.errors import InputError, OutputError
 
-COMMANDS = ("estimate", "analyze", "run", "report")
 PROG = "critbatch"
 
 
@@ -31,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser with every subcommand whose module exists (others are not built yet)."""
+    """The parser with every subcommand of `COMMANDS`; ImportError if a module is missing."""
     parser = _Parser(
         prog=PROG,
         description="Find the critical batch size b* of TTUR GAN training: measure it with a "
@@ -40,15 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        module_name = f"critbatch.commands.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            if exc.name != module_name:  # a missing dependency inside it is a real error
-                raise
-            continue
-        module.register(subparsers)
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

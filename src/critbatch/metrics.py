@@ -2,27 +2,27 @@
 
 Both backends (Kubernetes Jobs, local processes) read trials through here, so a trial's step
 and FID mean the same wherever they come from. What is read is input from the user (the trainer
-image is the user's own): every read has a size cap and an overall deadline, every shape is
-checked, and a trial whose values make no sense comes back marked `invalid` instead of raising.
+image is the user's own): every read (`critbatch.bounded_http`) has a size cap and one
+deadline, every shape is checked, and a trial whose values make no sense comes back marked
+`invalid` instead of raising.
 Errors say which source failed and nothing about how (no response bodies, no socket errors):
 the details go to the debug log.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import logging
 import math
 import re
-import socket
 import threading
-import time
 import urllib.parse
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from critbatch import bounded_http
+from critbatch.numbers import number_text
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ _MIN_BYTES_PER_OBJECT = 32
 # Parsing JSON costs up to ~12x its size in memory: at most two answers are parsed at once,
 # whatever the number of sweeps reconciled concurrently.
 _JSON_PARSES = threading.BoundedSemaphore(2)
-_CHUNK = 64 * 1024
 _MAX_LINE = 4096  # a trainer's sample line is under 300 bytes
 # Samples of the six series read on one page: a pod's 8 trials have 48. The cap bounds the
 # parsing time a page can cost the operator (~0.1 s), whatever its size.
@@ -89,15 +88,6 @@ class TrialMetrics:
     steps_to_threshold: float | None = None
     max_steps: float | None = None
     invalid: str | None = None
-
-
-def number_text(value: float) -> str:
-    """A value as a message shows it: +Inf, -Inf, NaN, or %g."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return f"{value:g}"
 
 
 def _check(field: str, value: float) -> tuple[float | bool | None, str | None]:
@@ -155,80 +145,14 @@ def _collect(
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Bounded HTTP
-# ---------------------------------------------------------------------------------------------
-
-
-def _cut(conn: http.client.HTTPConnection) -> None:
-    """The deadline passed: shut the socket, so that a blocked read returns at once."""
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 def fetch(url: str, *, timeout: float, limit: int, deadline: float | None = None,
           accept: str = "*/*") -> bytes:
-    """GET `url` (http or https, no redirects, no proxy) and return its body, or raise
-    MetricsUnavailable when it does not answer 200 with at most `limit` bytes within `timeout`
-    seconds from now (and before `deadline`, a `time.monotonic()` value).
-
-    The deadline covers the whole exchange, not each socket operation: a watchdog shuts the
-    socket when it passes, so a server trickling its headers or body is cut there.
-    """
-    start = time.monotonic()
-    end = start + timeout if deadline is None else min(start + timeout, deadline)
+    """`critbatch.bounded_http.get`, its failure as MetricsUnavailable."""
     try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("not an http(s) URL")
-    except ValueError as exc:
-        log.debug("GET %s: %s", url, exc)
-        raise MetricsUnavailable(f"{url} unreachable or invalid") from None
-    remaining = end - start
-    if remaining <= 0:
-        raise MetricsUnavailable(f"{url} unreachable or invalid")
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname, port or (443 if parts.scheme == "https" else 80),
-               timeout=remaining)
-    watchdog = threading.Timer(remaining, _cut, (conn,))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        conn.connect()
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("GET", path, headers={"Accept": accept, "Accept-Encoding": "identity",
-                                           "User-Agent": "critbatch"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise ValueError(f"HTTP status {resp.status}")
-        length = resp.getheader("Content-Length")
-        if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise ValueError(f"Content-Length {int(length)} over the limit of {limit} bytes")
-        chunks, size = [], 0
-        while True:
-            if time.monotonic() >= end:
-                raise TimeoutError(f"not done within {timeout:g}s")
-            chunk = resp.read1(_CHUNK)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise ValueError(f"body over the limit of {limit} bytes")
-            chunks.append(chunk)
-        if time.monotonic() >= end:  # the watchdog may have ended the body early
-            raise TimeoutError(f"not done within {timeout:g}s")
-        if resp.length:  # closed before its Content-Length: a cut page could misread
-            raise ValueError("body shorter than its Content-Length")
-        return b"".join(chunks)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        log.debug("GET %s: %s: %s", url, type(exc).__name__, exc)
-        raise MetricsUnavailable(f"{url} unreachable or invalid") from None
-    finally:
-        watchdog.cancel()
-        conn.close()
+        return bounded_http.get(url, timeout=timeout, limit=limit, deadline=deadline,
+                                accept=accept)
+    except bounded_http.Unreachable as exc:
+        raise MetricsUnavailable(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +300,7 @@ class PrometheusClient:
 # ---------------------------------------------------------------------------------------------
 
 
-def _count(value: Any) -> bool:
+def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -397,8 +321,8 @@ def result_problem(data: Any) -> str | None:
         return "steps is too large"
     if not math.isfinite(value) or value < 0:
         return f"steps {number_text(value)}"
-    if not _count(data.get("batch_size")) or data["batch_size"] <= 0:
+    if not _is_int(data.get("batch_size")) or data["batch_size"] <= 0:
         return "batch_size is not a positive integer"
-    if "seed" in data and (not _count(data["seed"]) or data["seed"] < 0):
+    if "seed" in data and (not _is_int(data["seed"]) or data["seed"] < 0):
         return "seed is not an integer >= 0"
     return None

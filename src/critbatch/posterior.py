@@ -4,7 +4,8 @@ The model is science's N(b) = A*b/(K*b - B), reparametrised as N(b) = n_min*b/(b
 (n_min = A/K, beta = B/K, b* = 2*beta), with lognormal seed-to-seed noise of sd sigma on
 log N and a per-seed stall probability. beta, sigma and the stall rate live on fixed grids and
 log n_min is integrated out per cell, so the posterior is a sum over cells: exact enough, fast,
-and free of a sampler's randomness. Pure numpy (the operator's image has no scipy), no I/O.
+and free of a sampler's randomness (the cells' likelihood is `critbatch.likelihood`'s). Pure
+numpy (the operator's image has no scipy), no I/O.
 
 A trial that reached the target tau says N(b) lies in (steps - eval_every, steps]; one that did
 not (out of budget, pruned, still running) says N(b) > steps, or that the seed stalled. Neither
@@ -21,24 +22,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from critbatch.likelihood import distinct_trials, log_posterior, make_cells, n_min_grid
+from critbatch.logspace import logsumexp
 from critbatch.science import ScienceError, check_trial
 
 BETA_PER_OCTAVE = 8
 BETA_BELOW = 4.0  # beta from the smallest batch size / BETA_BELOW ...
 BETA_ABOVE = 2.0  # ... to the largest * BETA_ABOVE
-SIGMAS = tuple(float(s) for s in np.geomspace(0.03, 1.0, 12))
-SIGMA_PRIOR_MEDIAN = 0.2
-SIGMA_PRIOR_LOG_SD = 0.75
-STALLS = (0.0, 0.1, 0.25, 0.5)
-STALL_PRIOR = (0.55, 0.2, 0.15, 0.1)
 N_MIN_POINTS = 15  # log n_min quadrature points per (beta, sigma) cell
 N_MIN_HALF_WIDTH = 4.5  # in standard errors of log n_min
 COARSE_POINTS = 5
 COARSE_HALF_WIDTH = 4.0
 PRUNE_NATS = 20.0  # cells this far below the best in the coarse pass carry no weight
-
-_LOG_HALF = math.log(0.5)
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -207,53 +202,6 @@ def _grid(grid: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({int(g) for g in values}))
 
 
-# ---------------------------------------------------------------------------------------------
-# The normal distribution in log space, in numpy alone
-# ---------------------------------------------------------------------------------------------
-
-
-def _log_erfc_nonneg(z: np.ndarray) -> np.ndarray:
-    """log erfc(z) for z >= 0, relative error < 1.2e-7 (Numerical Recipes' erfcc), no underflow.
-
-    The Chebyshev form is exp(-z^2 + poly(t)) * t, so its log never leaves log space.
-    """
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-            -0.82215223 + t * 0.17087277))))))))
-    return np.log(t) - z * z + poly
-
-
-def log_ndtr(x: np.ndarray) -> np.ndarray:
-    """log Phi(x), accurate in both tails."""
-    x = np.asarray(x, dtype=float)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        lerfc = _log_erfc_nonneg(np.abs(x) * math.sqrt(0.5))
-        upper = np.log1p(-0.5 * np.exp(lerfc))
-    out = np.where(x < 0, lerfc + _LOG_HALF, upper)
-    out = np.where(x == np.inf, 0.0, out)
-    return np.where(x == -np.inf, -np.inf, out)
-
-
-def _log_interval(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """log(Phi(hi) - Phi(lo)) for lo < hi, from the tail where the difference is not a tiny
-    difference of two numbers near 1; a midpoint density where hi - lo is too small for that."""
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        upper_tail = lo > 0
-        a = np.where(upper_tail, -hi, lo)  # Phi(a) < Phi(b) on the side the tail is small
-        b = np.where(upper_tail, -lo, hi)
-        la, lb = log_ndtr(a), log_ndtr(b)
-        diff = lb + np.log(-np.expm1(la - lb))
-        mid = 0.5 * (lo + hi)
-        narrow = -0.5 * mid * mid - _LOG_SQRT_2PI + np.log(hi - lo)
-    return np.where(hi - lo < 1e-3, narrow, diff)
-
-
-# ---------------------------------------------------------------------------------------------
-# The posterior on the grid
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class _Summary:
     probabilities: tuple[tuple[int, float], ...]
@@ -267,37 +215,6 @@ class _Summary:
     reason: str | None
 
 
-@dataclass(frozen=True)
-class _Trials:
-    """Distinct observations with their multiplicities, split by what they say about N."""
-
-    batch: np.ndarray
-    log_hi: np.ndarray
-    log_lo: np.ndarray  # -inf: no lower bound; equal to log_hi: N known exactly
-    count: np.ndarray
-    reached: np.ndarray
-
-
-def _distinct(evidence: Sequence[Evidence]) -> _Trials:
-    rows: Counter[tuple[int, float, float, bool]] = Counter()
-    for e in evidence:
-        if e.reached:
-            exact = e.eval_every == 0
-            lo = e.steps if exact else e.steps - e.eval_every
-            rows[(e.batch_size, float(e.steps), float(lo) if lo > 0 else 0.0, True)] += 1
-        elif e.steps > 0:  # censored at step 0 says nothing
-            rows[(e.batch_size, float(e.steps), 0.0, False)] += 1
-    keys = sorted(rows)
-    with np.errstate(divide="ignore"):
-        return _Trials(
-            batch=np.array([k[0] for k in keys], dtype=float),
-            log_hi=np.log(np.array([k[1] for k in keys], dtype=float)),
-            log_lo=np.log(np.array([k[2] for k in keys], dtype=float)),
-            count=np.array([rows[k] for k in keys], dtype=float),
-            reached=np.array([k[3] for k in keys], dtype=bool),
-        )
-
-
 def _beta_cells(points: tuple[int, ...], evidence: Sequence[Evidence]) -> np.ndarray:
     """beta = 0, then log-spaced from the smallest batch size / 4 to twice the largest."""
     sizes = [*points, *(e.batch_size for e in evidence)]
@@ -306,128 +223,10 @@ def _beta_cells(points: tuple[int, ...], evidence: Sequence[Evidence]) -> np.nda
     return np.concatenate([[0.0], lo * 2.0 ** (np.arange(count) / BETA_PER_OCTAVE)])
 
 
-def _log_sigma_prior() -> np.ndarray:
-    z = (np.log(np.array(SIGMAS)) - math.log(SIGMA_PRIOR_MEDIAN)) / SIGMA_PRIOR_LOG_SD
-    logp = -0.5 * z * z
-    return logp - np.logaddexp.reduce(logp)
-
-
-def _logsumexp(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
-    top = np.max(x, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.squeeze(np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top,
-                          axis=axis)
-
-
-LIKELIHOOD_CHUNK = 64  # distinct trials per pass: memory stays cells x n_min x 64 floats
-
-
-def _log_likelihood(trials: _Trials, cells: _Cells, log_n_min: np.ndarray) -> np.ndarray:
-    """log P(data | cell, log n_min, stall) on axes (cell, n_min, stall), summed over chunks of
-    trials so that a sweep of thousands of trials needs no more memory than one of 64."""
-    total = np.zeros((*log_n_min.shape, len(STALLS)))
-    for start in range(0, len(trials.batch), LIKELIHOOD_CHUNK):
-        cols = slice(start, start + LIKELIHOOD_CHUNK)
-        part = _Trials(trials.batch[cols], trials.log_hi[cols], trials.log_lo[cols],
-                       trials.count[cols], trials.reached[cols])
-        total += _log_likelihood_part(part, cells.shift[:, cols], cells.feasible[:, cols],
-                                      cells.sigma, log_n_min)
-    return total
-
-
-def _log_likelihood_part(trials: _Trials, shift: np.ndarray, feasible: np.ndarray,
-                         sigma: np.ndarray, log_n_min: np.ndarray) -> np.ndarray:
-    sig = sigma[:, None, None]
-    base = log_n_min[..., None]
-    reached = np.zeros(log_n_min.shape)
-    exact = trials.log_lo == trials.log_hi
-    open_below = np.isneginf(trials.log_lo)
-    for kind in (trials.reached & exact, trials.reached & open_below,
-                 trials.reached & ~exact & ~open_below):
-        if not kind.any():
-            continue
-        mu = base + shift[:, None, kind]
-        hi = (trials.log_hi[kind] - mu) / sig
-        if exact[kind].all():
-            ll = -0.5 * hi * hi - _LOG_SQRT_2PI - np.log(sig) - trials.log_hi[kind]
-        elif open_below[kind].all():
-            ll = log_ndtr(hi)
-        else:
-            ll = _log_interval((trials.log_lo[kind] - mu) / sig, hi)
-        ll = np.where(feasible[:, None, kind], ll, -np.inf)
-        reached += ll @ trials.count[kind]
-    total = reached[..., None] + np.zeros(len(STALLS))
-    if trials.reached.any():
-        with np.errstate(divide="ignore"):
-            total += trials.count[trials.reached].sum() * np.log1p(-np.array(STALLS))
-    c = ~trials.reached
-    if c.any():
-        z = (trials.log_hi[c] - base - shift[:, None, c]) / sig
-        log_survive = np.where(feasible[:, None, c], log_ndtr(-z), 0.0)
-        survive = np.exp(log_survive)
-        for k, p in enumerate(STALLS):
-            per = log_survive if p == 0 else np.log(p + (1.0 - p) * survive)
-            total[..., k] += per @ trials.count[c]
-    return total
-
-
-@dataclass(frozen=True)
-class _Cells:
-    """(beta, sigma) cells, flattened, with what each trial's mean log N is shifted by there."""
-
-    beta_index: np.ndarray
-    beta: np.ndarray
-    sigma: np.ndarray
-    log_prior: np.ndarray
-    shift: np.ndarray  # (cell, trial): log(b / (b - beta)), 0 where b <= beta
-    feasible: np.ndarray  # (cell, trial): b > beta
-
-    def take(self, keep: np.ndarray) -> _Cells:
-        return _Cells(self.beta_index[keep], self.beta[keep], self.sigma[keep],
-                      self.log_prior[keep], self.shift[keep], self.feasible[keep])
-
-
-def _cells(trials: _Trials, betas: np.ndarray, log_beta_prior: np.ndarray) -> _Cells:
-    beta_index, sigma_index = (a.ravel() for a in np.meshgrid(
-        np.arange(len(betas)), np.arange(len(SIGMAS)), indexing="ij"))
-    beta = betas[beta_index]
-    feasible = trials.batch[None, :] > beta[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shift = np.where(feasible, np.log(trials.batch[None, :]
-                                          / (trials.batch[None, :] - beta[:, None])), 0.0)
-    return _Cells(beta_index, beta, np.array(SIGMAS)[sigma_index],
-                  log_beta_prior[beta_index] + _log_sigma_prior()[sigma_index], shift, feasible)
-
-
-def _n_min_grid(trials: _Trials, cells: _Cells, points: int,
-                half_width: float) -> tuple[np.ndarray, np.ndarray]:
-    """Quadrature points of log n_min per cell, centred where the reached trials put it, and
-    their spacing."""
-    r = trials.reached
-    count = trials.count[r]
-    width = np.where(np.isneginf(trials.log_lo[r]), 1.0, trials.log_hi[r] - trials.log_lo[r])
-    x = (trials.log_hi[r] - 0.5 * width) - cells.shift[:, r]  # each trial's own log n_min
-    n = count.sum()
-    mean = (x @ count) / n
-    scatter = np.sqrt(((x - mean[:, None]) ** 2) @ count / n)
-    spread = np.sqrt(cells.sigma**2 + (count @ width**2) / n / 12.0)
-    half = half_width * np.maximum(spread, scatter) / math.sqrt(n)
-    log_n_min = mean[:, None] + half[:, None] * np.linspace(-1.0, 1.0, points)
-    return log_n_min, 2.0 * half / (points - 1)
-
-
-def _log_posterior(trials: _Trials, cells: _Cells, log_n_min: np.ndarray,
-                   log_step: np.ndarray) -> np.ndarray:
-    """Unnormalised log posterior on (cell, n_min, stall), the quadrature weight included."""
-    return (_log_likelihood(trials, cells, log_n_min) + cells.log_prior[:, None, None]
-            + log_step[:, None, None] + np.log(np.array(STALL_PRIOR)))
-
-
 @functools.lru_cache(maxsize=64)
 def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confidence: float,
                   interval_level: float) -> _Summary:
-    trials = _distinct(evidence)
+    trials = distinct_trials(evidence)
     tested: Counter[int] = Counter(e.batch_size for e in evidence)
     reached_at: Counter[int] = Counter(e.batch_size for e in evidence if e.reached)
     reach_fraction = tuple((b, reached_at[b] / tested[b]) for b in sorted(tested))
@@ -439,23 +238,23 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
         # A reached trial at b <= beta rules that beta out: only beta below all of them.
         keep = betas < trials.batch[trials.reached].min()
         betas, log_beta_prior = betas[keep], log_beta_prior[keep]
-        cells = _cells(trials, betas, log_beta_prior)
+        cells = make_cells(trials, betas, log_beta_prior)
         # A coarse pass finds the cells that matter; the fine pass integrates only those.
-        coarse, step = _n_min_grid(trials, cells, COARSE_POINTS, COARSE_HALF_WIDTH)
-        mass = _logsumexp(_log_posterior(trials, cells, coarse, np.log(step)), axis=(1, 2))
+        coarse, step = n_min_grid(trials, cells, COARSE_POINTS, COARSE_HALF_WIDTH)
+        mass = logsumexp(log_posterior(trials, cells, coarse, np.log(step)), axis=(1, 2))
         cells = cells.take(mass > mass.max() - PRUNE_NATS)
-        log_n_min, step = _n_min_grid(trials, cells, N_MIN_POINTS, N_MIN_HALF_WIDTH)
+        log_n_min, step = n_min_grid(trials, cells, N_MIN_POINTS, N_MIN_HALF_WIDTH)
         log_step = np.log(step)
     else:
         # No scale from the data: a proper flat prior on log n_min from 1 step to 100 times
         # the longest trial, only so that `unreachable` means something.
-        cells = _cells(trials, betas, log_beta_prior)
+        cells = make_cells(trials, betas, log_beta_prior)
         top = math.log(100.0 * max([1.0, *np.exp(trials.log_hi)]))
         axis = np.linspace(0.0, top, N_MIN_POINTS)
         log_n_min = np.broadcast_to(axis, (len(cells.beta), len(axis)))
         log_step = np.full(len(cells.beta), -math.log(len(axis)))
-    log_post = _log_posterior(trials, cells, log_n_min, log_step)
-    weight = np.exp(log_post - _logsumexp(log_post, axis=(0, 1, 2)))
+    log_post = log_posterior(trials, cells, log_n_min, log_step)
+    weight = np.exp(log_post - logsumexp(log_post, axis=(0, 1, 2)))
     beta_weight = np.bincount(cells.beta_index, weights=weight.sum(axis=(1, 2)),
                               minlength=len(betas))
 

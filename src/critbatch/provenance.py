@@ -37,7 +37,7 @@ def cpu_model() -> str:
     return short_text(platform.processor() or platform.machine() or "unknown")
 
 
-def _text(value: Any) -> str | None:
+def _field_text(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     value = value.strip()
@@ -53,7 +53,7 @@ def hardware_fields(h: Any) -> dict[str, str | int | bool]:
         return {}
     out: dict[str, str | int | bool] = {}
     for key in TEXT_KEYS:
-        text = _text(h.get(key))
+        text = _field_text(h.get(key))
         if text is not None:
             out[key] = text
     threads = h.get("threads")

@@ -7,9 +7,7 @@ the same report from the same status.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from critbatch.errors import InputError, OutputError
+from critbatch.files import atomic_write
 from critbatch.spec import MAX_BATCH
 
 PNG_NAME = "critbatch.png"
@@ -42,7 +41,8 @@ class ReportFiles:
     markdown: Path
 
 
-def _num(value: Any) -> float | None:
+def _loose_number(value: Any) -> float | None:
+    """A finite float from a number or numeric text (a hand-edited status may hold either)."""
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -54,7 +54,7 @@ def _num(value: Any) -> float | None:
 
 def fmt(value: Any, digits: int = 4) -> str:
     """A number for humans: integers without a decimal point, others to `digits` significant."""
-    x = _num(value)
+    x = _loose_number(value)
     if x is None:
         return "—"
     if abs(x) >= 1e15:
@@ -121,12 +121,12 @@ def _name(resource: Mapping[str, Any]) -> str:
 
 
 def _threshold(resource: Mapping[str, Any]) -> float | None:
-    return _num(((resource.get("spec") or {}).get("target") or {}).get("fidThreshold"))
+    return _loose_number(((resource.get("spec") or {}).get("target") or {}).get("fidThreshold"))
 
 
 def fitted_curve(cbs: Mapping[str, Any]) -> tuple[float, float] | None:
     """(p, q) of 1/N = p + q/b from the status's fitted b* and N_min: p = 1/N_min, q = -b* p/2."""
-    b_star, n_min = _num(cbs.get("fitted")), _num(cbs.get("nMin"))
+    b_star, n_min = _loose_number(cbs.get("fitted")), _loose_number(cbs.get("nMin"))
     if b_star is None or n_min is None or n_min <= 0 or b_star <= 0:
         return None
     p = 1.0 / n_min
@@ -137,8 +137,8 @@ def trial_rows(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per trial, sorted by batch size and seed: b, seed, phase, N(b), SFO, FID, reached."""
     rows = []
     for t in status.get("trials", []):
-        b, steps = _num(t.get("batchSize")), _num(t.get("steps"))
-        sfo = _num(t.get("sfo"))
+        b, steps = _loose_number(t.get("batchSize")), _loose_number(t.get("steps"))
+        sfo = _loose_number(t.get("sfo"))
         if sfo is None and b is not None and steps is not None:
             sfo = b * steps
         rows.append({
@@ -147,7 +147,7 @@ def trial_rows(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             "phase": t.get("phase", "Pending"),
             "steps": steps,
             "sfo": sfo,
-            "fid": _num(t.get("fid")),
+            "fid": _loose_number(t.get("fid")),
             "reached": t.get("phase") == "Reached",
             "source": t.get("source"),
             "restarts": t.get("restarts", 0),
@@ -194,7 +194,7 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
                       color="tab:green", lw=1.5, label="fit SFO = N·b")
             ax_n.axhline(1.0 / p, color="tab:green", ls=":", lw=1,
                          label=f"N_min = {fmt(1.0 / p)}")
-    measured, fitted = _num(cbs.get("measured")), _num(cbs.get("fitted"))
+    measured, fitted = _loose_number(cbs.get("measured")), _loose_number(cbs.get("fitted"))
     if measured is not None and _on_axis(measured, grid):
         ax_s.axvline(measured, color="tab:blue", ls="-", lw=1.2,
                      label=f"b* measured = {fmt(measured)}")
@@ -203,12 +203,12 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
                      label=f"b* fitted = {fmt(fitted)}")
         interval = cbs.get("interval")
         if isinstance(interval, Sequence) and len(interval) == 2:
-            lo_i, hi_i = _num(interval[0]), _num(interval[1])
+            lo_i, hi_i = _loose_number(interval[0]), _loose_number(interval[1])
             if lo_i is not None and hi_i is not None and _on_axis(lo_i, grid) and \
                     _on_axis(hi_i, grid):
                 ax_s.axvspan(lo_i, hi_i, color="tab:green", alpha=0.12,
                              label=f"interval {fmt(lo_i)}–{fmt(hi_i)}")
-    predicted = _num(cbs.get("predicted"))
+    predicted = _loose_number(cbs.get("predicted"))
     if predicted is not None and _on_axis(predicted, grid):
         ax_s.axvline(predicted, color="tab:purple", ls=":", lw=1.2,
                      label=f"b* predicted = {fmt(predicted)}")
@@ -250,11 +250,11 @@ def _plot_probabilities(ax: Any, cbs: Mapping[str, Any], grid: Sequence[int]) ->
     plausible = set(cbs.get("plausible") or [])
     sizes = sorted({*grid, *(int(b) for b in probs if str(b).isdigit())})
     labels = [str(b) for b in sizes]
-    values = [_num(probs.get(str(b))) or 0.0 for b in sizes]
+    values = [_loose_number(probs.get(str(b))) or 0.0 for b in sizes]
     bars = ax.bar(labels, values, color=["tab:blue" if b in plausible else "none" for b in sizes],
                   edgecolor="tab:blue")
     ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8)
-    level = _num(cbs.get("confidence"))
+    level = _loose_number(cbs.get("confidence"))
     state = "resolved" if cbs.get("resolved") else "unresolved"
     ax.set_title(f"plausible set at {level:.0%} ({state}), filled" if level is not None
                  else "plausible set, filled", fontsize=9)
@@ -295,7 +295,7 @@ def _answer_lines(cbs: Mapping[str, Any]) -> list[str]:
     best = cbs.get("mostProbable")
     if best is None:
         return ["- **b\\***: no answer yet (no trial reached τ)"]
-    level = _num(cbs.get("confidence"))
+    level = _loose_number(cbs.get("confidence"))
     plausible = ", ".join(fmt(b) for b in cbs.get("plausible") or [])
     state = "resolved" if cbs.get("resolved") else "**not resolved**"
     probs = cbs.get("probabilities") or {}
@@ -304,8 +304,8 @@ def _answer_lines(cbs: Mapping[str, Any]) -> list[str]:
              f"sizes ({state}; plausible set at {fmt(level and level * 100)} %: {plausible})", "",
              "| b | P(b is b*) | seeds that reached τ |", "|---:|---:|---:|"]
     for b in sorted({*map(int, probs), *map(int, reach)}):
-        frac = _num(reach.get(str(b)))
-        lines.append(f"| {b} | {fmt(_num(probs.get(str(b))) or 0.0, 3)} | "
+        frac = _loose_number(reach.get(str(b)))
+        lines.append(f"| {b} | {fmt(_loose_number(probs.get(str(b))) or 0.0, 3)} | "
                      f"{fmt(frac * 100, 3) + ' %' if frac is not None else '—'} |")
     return [*lines, ""]
 
@@ -341,27 +341,27 @@ def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NA
     lines.append(
         f"- **b\\* measured** (least mean SFO over batch sizes whose seeds all reached τ; "
         f"descriptive): {fmt(measured)}"
-        + (f", SFO {fmt(cbs['measuredSfo'])}" if _num(cbs.get("measuredSfo")) else "")
+        + (f", SFO {fmt(cbs['measuredSfo'])}" if _loose_number(cbs.get("measuredSfo")) else "")
     )
-    if _num(cbs.get("fitted")) is not None:
+    if _loose_number(cbs.get("fitted")) is not None:
         text = (f"- **b\\* fitted** (N(b) = A·b/(K·b − B), b\\* = 2B/K, posterior median "
                 f"with censored trials): {fmt(cbs['fitted'])}")
         interval = cbs.get("interval")
         if isinstance(interval, Sequence) and len(interval) == 2:
             text += f", 95 % credible interval [{fmt(interval[0])}, {fmt(interval[1])}]"
-        if _num(cbs.get("nMin")) is not None:
+        if _loose_number(cbs.get("nMin")) is not None:
             text += f"; N_min = {fmt(cbs['nMin'])} steps"
         lines.append(text)
     else:
         why = cbs.get("notIdentifiable") or "not enough trials reached τ yet"
         lines.append(f"- **b\\* fitted**: not identifiable: {why}")
-    if _num(cbs.get("predicted")) is not None:
+    if _loose_number(cbs.get("predicted")) is not None:
         grid = cbs.get("predictedGrid")
         lines.append(f"- **b\\* predicted** (Proposition 3.4, reference noise ratio): "
                      f"{fmt(cbs['predicted'])}" + (f" (grid: {grid})" if grid else ""))
-    if _num(cbs.get("noiseRatio")) is not None:
+    if _loose_number(cbs.get("noiseRatio")) is not None:
         lines.append(f"- noise ratio σ²/ε³ = {fmt(cbs['noiseRatio'])}")
-    if _num(status.get("sfoSaved")):
+    if _loose_number(status.get("sfoSaved")):
         lines.append(f"- SFO saved by pruning (upper bound): {fmt(status['sfoSaved'])}")
     estimates = [e for e in cbs.get("estimates") or [] if isinstance(e, Mapping)]
     if estimates:
@@ -396,20 +396,9 @@ def render(resource: Mapping[str, Any], out_dir: Path) -> ReportFiles:
     markdown = summary_markdown(resource, PNG_NAME)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for path, write in ((files.png, lambda f: fig.savefig(f, dpi=120, format="png")),
-                            (files.svg, lambda f: fig.savefig(f, format="svg")),
-                            (files.markdown, lambda f: f.write(markdown.encode()))):
-            tmp = path.with_name(f".{path.name}.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            try:
-                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644),
-                               "wb") as f:
-                    write(f)
-                os.replace(tmp, path)
-            finally:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+        atomic_write(files.png, lambda f: fig.savefig(f, dpi=120, format="png"))
+        atomic_write(files.svg, lambda f: fig.savefig(f, format="svg"))
+        atomic_write(files.markdown, markdown)
     except OSError as exc:
         raise OutputError(f"{exc.filename or out_dir}: cannot write the report: "
                           f"{exc.strerror or exc}") from None

@@ -19,7 +19,8 @@ import numpy as np
 from critbatch.planner import Observation, Phase, plan
 from critbatch.posterior import Evidence, grid_argmin
 from critbatch.science import ScienceError
-from critbatch.spec import Sweep, TrialKey
+from critbatch.spec import Sweep
+from critbatch.vocabulary import TrialKey
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_packing_benchmark_reports_a_ratio_per_batch_size_and_k(tmp_path: Path) -> None:
+def test_packing_benchmark_reports_a_ratio_per_batch_size_and_k(tmp_path: Path,
+                                                                run_bench) -> None:
     out = tmp_path / "packing.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.packing", "--device", "cpu", "--batch-sizes", "2,4",
-         "--trials", "2,3", "--steps", "3", "--warmup", "1", "--rounds", "1", "--threads", "2",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_bench("packing", "--device", "cpu", "--batch-sizes", "2,4", "--trials", "2,3",
+                     "--steps", "3", "--warmup", "1", "--rounds", "1", "--threads", "2",
+                     "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert data["hardware"]["device"] == "cpu"

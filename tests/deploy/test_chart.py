@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from pod_security import restricted_violations
 
 from critbatch.spec import POD_TEMPLATE_ALLOWANCES
 from critbatch_operator.config import Config
@@ -28,9 +28,6 @@ from .conftest import (
     render,
     run,
 )
-
-sys.path.insert(0, str(ROOT / "tests" / "operator"))
-from pod_security import restricted_violations
 
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion: the CRD's CEL rules use
 # fieldPath and reason, new in 1.28) and the newest kubernetes-validate knows.

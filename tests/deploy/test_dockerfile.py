@@ -28,8 +28,8 @@ class Stage:
         return [arg for kw, arg in self.instructions if kw == keyword]
 
 
-def parse(text: str) -> list[Stage]:
-    """Stages of a Dockerfile: continuation lines joined, comments dropped."""
+def logical_lines(text: str) -> list[str]:
+    """The instructions of a Dockerfile: continuation lines joined, comments dropped."""
     logical, current = [], ""
     for line in text.splitlines():
         if not current and (not line.strip() or line.lstrip().startswith("#")):
@@ -40,14 +40,34 @@ def parse(text: str) -> list[Stage]:
         if not line.rstrip().endswith("\\"):
             logical.append(current.strip())
             current = ""
+    return logical
+
+
+def global_args(text: str) -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults ('' for none)."""
+    found = {}
+    for entry in logical_lines(text):
+        keyword, _, arg = entry.partition(" ")
+        if keyword.upper() == "FROM":
+            break
+        if keyword.upper() == "ARG":
+            name, _, default = arg.strip().partition("=")
+            found[name] = default
+    return found
+
+
+def parse(text: str) -> list[Stage]:
+    """Stages of a Dockerfile; a FROM's ${ARG} reads as that global ARG's default."""
+    defaults = global_args(text)
     stages: list[Stage] = []
-    for entry in logical:
+    for entry in logical_lines(text):
         keyword, _, arg = entry.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
             words = arg.split()
             assert len(words) == 3 and words[1].upper() == "AS", f"unnamed stage: {entry}"
-            stages.append(Stage(name=words[2], base=words[0]))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], words[0])
+            stages.append(Stage(name=words[2], base=base))
         elif stages:
             stages[-1].instructions.append((keyword, arg.strip()))
     return stages
@@ -78,7 +98,7 @@ def test_targets_exist(stages: dict[str, Stage]) -> None:
 
 
 def test_bases_are_pinned_by_tag_and_digest(stages: dict[str, Stage]) -> None:
-    external = {s.base for s in stages.values() if s.base not in stages}
+    external = {s.base for s in stages.values() if s.base not in stages} - {"scratch"}
     assert external, "no external base image"
     for base in external:
         assert re.fullmatch(r"[a-z0-9./_-]+:[\w.-]+@sha256:[0-9a-f]{64}", base), base
@@ -158,3 +178,25 @@ def test_dockerignore_keeps_the_context_small() -> None:
     for arg in stage.of("COPY"):
         for path in shlex.split(arg)[:-1]:
             assert path.rstrip("/") in allowed, path
+
+
+def test_bases_are_build_arguments() -> None:
+    """A base made elsewhere (scripts/images/build.sh) can replace each official one."""
+    text = DOCKERFILE.read_text()
+    assert set(global_args(text)) == {"PYTHON_IMAGE", "PYTHON_TAG", "TORCH_IMAGE", "TORCH_TAG"}
+    froms = [e.split()[1] for e in logical_lines(text) if e.upper().startswith("FROM ")]
+    for base in ("PYTHON", "TORCH"):
+        assert froms.count(f"${{{base}_IMAGE}}:${{{base}_TAG}}") == 1, base
+
+
+def test_every_pip_step_can_read_only_a_wheelhouse(stages: dict[str, Stage]) -> None:
+    """An empty `wheelhouse` stage that `--build-context wheelhouse=FOLDER` replaces, mounted
+    at /wheelhouse wherever pip runs, and pip's offline settings as build arguments without
+    defaults: an unset one leaves pip on its index, an empty one would be an invalid value."""
+    assert stages["wheelhouse"].base == "scratch" and not stages["wheelhouse"].instructions
+    pip_stages = [s for s in stages.values() if any("pip " in r for r in s.of("RUN"))]
+    assert {s.name for s in pip_stages} == {"wheel", "operator-build", "trainer-build"}
+    for stage in pip_stages:
+        assert set(stage.of("ARG")) >= {"PIP_NO_INDEX", "PIP_FIND_LINKS"}, stage.name
+        for step in stage.of("RUN"):
+            assert "--mount=type=bind,from=wheelhouse,target=/wheelhouse" in step, stage.name

@@ -1,7 +1,7 @@
 """The example sweeps: the paper's three settings and the small local ones, as documented.
 
 That every example validates against the CRD (schema and CEL rules) and parses is tested with
-the CRD's own tests (tests/test_crd.py); this file checks what the examples are meant to hold.
+the CRD's own tests (tests/core/test_crd.py); this file checks what the examples are meant to hold.
 """
 
 from __future__ import annotations

@@ -9,14 +9,12 @@ reason the harness cannot show it.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytest
 
 from .conftest import ROOT, by_kind, one
 
-sys.path.insert(0, str(ROOT / "tests" / "operator"))
 harness = pytest.importorskip("harness", reason="the operator's test harness is not there")
 
 Call = tuple[str, str, str]  # (API group, resource, verb)

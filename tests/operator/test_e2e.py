@@ -6,27 +6,23 @@ import asyncio
 from collections import Counter
 
 import pytest
+from fakes import NS, Behaviour, FakeCluster, FakePrometheus, model_steps
 from harness import (
-    NS,
     OPERATOR_RBAC,
     SWEEPS,
-    Behaviour,
-    FakeCluster,
-    FakePrometheus,
     api_calls,
     create_sweep,
     delete_sweep,
     full_sweep_scenario,
     job_posts,
-    model_steps,
     operator,
     patch_spec,
     phase_is,
     posted_events,
     status,
-    sweep_manifest,
     wait_for,
 )
+from sweeps import sweep_manifest
 
 from critbatch import science
 from critbatch_operator import opmetrics
@@ -184,8 +180,7 @@ async def test_prometheus_down_keeps_state_says_so_and_recovers(k):
 
 async def test_a_failing_trial_is_retried_by_its_job_then_failed_with_the_reason(k):
     body = sweep_manifest("flaky", batchSizes=[4, 8], seeds=1, parallelism=2,
-                          pruning={"sfoBound": False})
-    body["spec"]["trainer"]["backoffLimit"] = 1
+                          pruning={"sfoBound": False}, trainer={"backoffLimit": 1})
     async with FakeCluster(k, Behaviour(failures={(8, 0): 5})), operator(k):
         await create_sweep(k, body)
         await wait_for(phase_is(k, "flaky", "Succeeded", "Failed"), what="sweep done")
@@ -226,8 +221,7 @@ async def test_appending_batch_sizes_and_seeds_starts_only_the_new_trials(k):
 ])
 async def test_invalid_spec_sets_ready_false_invalid_spec_and_creates_no_job(k, spec, trainer,
                                                                             field):
-    body = sweep_manifest("bad", **spec)
-    body["spec"]["trainer"].update(trainer)
+    body = sweep_manifest("bad", trainer=trainer, **spec)
     async with FakeCluster(k), operator(k):
         await create_sweep(k, body)
         await wait_for(phase_is(k, "bad", "Invalid"), what="InvalidSpec")

@@ -10,29 +10,25 @@ import asyncio
 import copy
 import json
 import math
-import socket
-import threading
 import time
 
 import pytest
+from fakes import JOBS, NS, PODS, FakeCluster, FakeTrainer
 from harness import (
-    JOBS,
-    NS,
-    PODS,
-    FakeCluster,
-    FakeTrainer,
     create_sweep,
     job_posts,
     operator,
     posted_events,
     status,
-    sweep_manifest,
     wait_for,
 )
 from kubernetes.client.rest import ApiException
+from raw_http import RawServer, trickle
+from sweeps import sweep_manifest
 
 from critbatch.science import ScienceError
-from critbatch.spec import TrialKey, parse_sweep
+from critbatch.spec import parse_sweep
+from critbatch.vocabulary import TrialKey
 from critbatch_operator import opmetrics
 from critbatch_operator import reconcile as reconcile_module
 from critbatch_operator import world as world_module
@@ -159,6 +155,26 @@ async def test_a_foreign_job_with_a_finished_trials_name_blocks_nothing(k):
     st = status(k, "fin")
     assert rows(st)[(4, 0)]["phase"] == "Reached" and st["phase"] == "Succeeded"
     assert condition(st, "Degraded")["status"] == "False" and "JobNameTaken" not in run.reasons()
+
+
+@pytest.mark.parametrize("listed", ["4:x", "4:0,4:0", ",".join(f"{b}:0" for b in range(1, 10)),
+                                    "4:0," * 50_000 + "4:0"],
+                         ids=["malformed", "twice", "nine pairs", "oversized"])
+async def test_a_job_with_an_unreadable_trials_annotation_does_not_break_a_reconcile(k, listed):
+    body = await create_sweep(k, sweep_manifest("demo", batchSizes=[4, 8], seeds=1,
+                                                parallelism=2, pruning={"sfoBound": False}))
+    job = build_job(parse_sweep(body), TrialKey(4, 0))
+    job["metadata"]["uid"] = "uid-own-job"
+    job["metadata"]["annotations"]["critbatch.dev/trials"] = listed
+    k.objects[JOBS, NS, "demo-b4-s0"] = job
+    run = Driver(k, body)
+    for _ in range(2):
+        outcome = await run()
+        assert outcome.error is None
+    st = status(k, "demo")
+    assert condition(st, "Degraded")["status"] == "False"
+    # Not read as the trial's Job, which then is the sweep's own on a 409: nothing is taken.
+    assert rows(st)[(4, 0)]["phase"] == "Pending" and "ReconcileError" not in run.reasons()
 
 
 async def test_a_409_on_the_sweeps_own_job_is_success(k):
@@ -322,38 +338,6 @@ async def test_a_trainer_reporting_infinite_steps_fails_its_trial_and_the_sweep_
 # ---------------------------------------------------------------------------------------------
 
 
-class Trickler:
-    """An endpoint that answers one byte every 50 ms: never silent, never done."""
-
-    def __init__(self):
-        self.stop = threading.Event()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn):
-        with conn:
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-                while not self.stop.wait(0.05):
-                    conn.sendall(b"#")
-            except OSError:
-                pass
-
-    def close(self):
-        self.stop.set()
-        self.sock.close()
-
-
 class ListKube:
     """Answers the two lists from memory."""
 
@@ -373,7 +357,7 @@ def test_trickling_pods_cannot_hold_a_reconcile_past_the_shared_deadline(monkeyp
                               metrics={"source": "direct"})
     manifest["metadata"]["uid"] = "uid-slow"
     sweep = parse_sweep(manifest)
-    servers = [Trickler() for _ in range(4)]
+    servers = [RawServer(trickle(b"#" * 100_000)) for _ in range(4)]
     try:
         jobs, pods = [], []
         for key, server in zip(sweep.trials(), servers, strict=True):

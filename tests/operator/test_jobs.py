@@ -5,18 +5,24 @@ from __future__ import annotations
 import copy
 
 import pytest
-from harness import sweep_manifest
 from pod_security import restricted_violations
+from sweeps import sweep_manifest
 
-from critbatch.spec import JOB_MOUNT_PATHS, JOB_VOLUMES, TrialKey, parse_sweep
+from critbatch.spec import JOB_MOUNT_PATHS, JOB_VOLUMES, parse_sweep
 from critbatch.trainer_args import trainer_args
+from critbatch.vocabulary import TrialKey
 from critbatch_operator.config import Config
 from critbatch_operator.jobs import admit, build_job, sweep_label_value
 
 
 def job_for(key=None, **spec):
+    """The sweep "demo" with these spec fields, and the Job of trial `key` (b8-s1 if None)."""
+    return job_of(sweep_manifest("demo", **spec), key)
+
+
+def job_of(body, key=None):
+    """The sweep `body` as the API server stored it, and the Job of trial `key`."""
     key = key or TrialKey(8, 1)
-    body = sweep_manifest("demo", **spec)
     body["metadata"].update(uid="1234-uid", generation=3)
     return parse_sweep(body), build_job(parse_sweep(body), key)
 
@@ -37,8 +43,7 @@ def test_name_labels_and_owner_reference():
 
 
 def test_a_pods_trials_share_one_job_named_and_labelled_after_the_first():
-    body = sweep_manifest("demo", trialsPerGPU=2)
-    body["spec"]["trainer"]["gpus"] = 1
+    body = sweep_manifest("demo", trialsPerGPU=2, trainer={"gpus": 1})
     job = build_job(parse_sweep(body), (TrialKey(8, 0), TrialKey(16, 0)))
     meta, tpl = job["metadata"], job["spec"]["template"]
     assert meta["name"] == "demo-b8-s0"
@@ -61,8 +66,7 @@ def test_a_pods_trials_share_one_job_named_and_labelled_after_the_first():
     ({"limits": {"cpu": "4"}}, [{"name": "OMP_NUM_THREADS", "value": "2"}], None),
 ])
 def test_trainer_threads_follow_the_cpu_it_gets(resources, env, threads):
-    _, job = job_for(trainer={**sweep_manifest()["spec"]["trainer"], "resources": resources,
-                              "env": env})
+    _, job = job_for(trainer={"resources": resources, "env": env})
     got = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert got.get("CRITBATCH_THREADS") == threads
 
@@ -102,18 +106,16 @@ def test_trainer_runs_without_a_shell_with_the_contract_arguments():
 
 
 def test_gpus_resources_and_pod_overrides_come_from_the_spec():
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"].update(gpus=2, resources={"requests": {"cpu": "4"},
-                                                      "limits": {"memory": "16Gi"}},
-                                   podTemplate={
-                                       "nodeSelector": {"gpu": "h100"},
-                                       "tolerations": [{"key": "nvidia.com/gpu",
-                                                        "operator": "Exists"}],
-                                       "priorityClassName": "batch",
-                                       "labels": {"team": "ml"},
-                                       "volumes": [{"name": "extra", "emptyDir": {}}],
-                                       "volumeMounts": [{"name": "extra", "mountPath": "/x"}]},
-                                   env=[{"name": "NCCL_DEBUG", "value": "WARN"}])
+    body = sweep_manifest("demo", trainer={
+        "gpus": 2, "resources": {"requests": {"cpu": "4"}, "limits": {"memory": "16Gi"}},
+        "podTemplate": {
+            "nodeSelector": {"gpu": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "priorityClassName": "batch",
+            "labels": {"team": "ml"},
+            "volumes": [{"name": "extra", "emptyDir": {}}],
+            "volumeMounts": [{"name": "extra", "mountPath": "/x"}]},
+        "env": [{"name": "NCCL_DEBUG", "value": "WARN"}]})
     job = build_job(parse_sweep(body), TrialKey(2, 0))
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -128,20 +130,21 @@ def test_gpus_resources_and_pod_overrides_come_from_the_spec():
 
 
 def test_resources_naming_the_gpu_win_over_gpus_and_zero_gpus_asks_for_none():
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"].update(gpus=4, resources={"limits": {"nvidia.com/gpu": 1}})
+    body = sweep_manifest("demo", trainer={"gpus": 4,
+                                           "resources": {"limits": {"nvidia.com/gpu": 1}}})
     (c,) = build_job(parse_sweep(body), TrialKey(2, 0))["spec"]["template"]["spec"][
         "containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
-    _, job = job_for(trainer={"image": "t:1", "gpus": 0})
+    body = sweep_manifest("demo")
+    body["spec"]["trainer"] = {"image": "t:1", "gpus": 0}
+    _, job = job_of(body)
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == {}
 
 
 def test_dataset_and_inception_claims_are_mounted_read_only():
-    body = sweep_manifest("lsun")
-    body["spec"]["trainer"].update(dataset={"name": "lsun", "pvc": "lsun-data",
-                                            "path": "bedroom"},
-                                   inception={"pvc": "weights", "file": "pt_inception.pth"})
+    body = sweep_manifest("lsun", trainer={
+        "dataset": {"name": "lsun", "pvc": "lsun-data", "path": "bedroom"},
+        "inception": {"pvc": "weights", "file": "pt_inception.pth"}})
     job = build_job(parse_sweep(body), TrialKey(64, 0))
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -165,9 +168,7 @@ def _checkpoint_mounts(job):
 
 
 def test_persistent_checkpoints_give_each_trial_its_own_directory_on_the_claim():
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"]["checkpoints"] = {"pvc": "ckpt"}
-    sweep = parse_sweep(body)
+    sweep = parse_sweep(sweep_manifest("demo", trainer={"checkpoints": {"pvc": "ckpt"}}))
     dirs = set()
     for key in (TrialKey(8, 0), TrialKey(8, 1), TrialKey(16, 0)):
         job = build_job(sweep, key)
@@ -188,8 +189,8 @@ def test_persistent_checkpoints_give_each_trial_its_own_directory_on_the_claim()
 
 
 def test_persistent_checkpoints_are_written_at_every_evaluation_unless_a_period_is_set():
-    body = sweep_manifest("demo")  # evalEvery: 10, no checkpointEvery
-    body["spec"]["trainer"]["checkpoints"] = {"pvc": "ckpt"}
+    # evalEvery: 10, no checkpointEvery
+    body = sweep_manifest("demo", trainer={"checkpoints": {"pvc": "ckpt"}})
     _, _, flags = _checkpoint_mounts(build_job(parse_sweep(body), TrialKey(8, 0)))
     assert flags["--checkpoint-every"] == "10"
     body["spec"]["trainer"]["checkpointEvery"] = 250
@@ -208,8 +209,7 @@ def test_without_a_claim_checkpoints_stay_on_the_pods_scratch_space():
 
 def test_persistent_checkpoints_keep_the_pod_locked_down():
     _, plain = job_for()
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"]["checkpoints"] = {"pvc": "ckpt"}
+    body = sweep_manifest("demo", trainer={"checkpoints": {"pvc": "ckpt"}})
     job = build_job(parse_sweep(body), TrialKey(8, 1))
     pod, c, _ = _checkpoint_mounts(job)
     plain_pod, plain_c, _ = _checkpoint_mounts(plain)
@@ -220,10 +220,10 @@ def test_persistent_checkpoints_keep_the_pod_locked_down():
 
 def test_the_spec_knows_every_volume_and_mount_path_a_job_has():
     """parse_sweep refuses pod-template volumes that would clash with these."""
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"].update(dataset={"name": "lsun", "pvc": "lsun"},
-                                   inception={"pvc": "weights", "file": "pt_inception.pth"},
-                                   checkpoints={"pvc": "ckpt"})
+    body = sweep_manifest("demo", trainer={
+        "dataset": {"name": "lsun", "pvc": "lsun"},
+        "inception": {"pvc": "weights", "file": "pt_inception.pth"},
+        "checkpoints": {"pvc": "ckpt"}})
     pod = build_job(parse_sweep(body), TrialKey(8, 1))["spec"]["template"]["spec"]
     assert {v["name"] for v in pod["volumes"]} == set(JOB_VOLUMES)
     assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == set(JOB_MOUNT_PATHS)
@@ -239,8 +239,7 @@ def test_kueue_queue_label_and_suspended_creation():
 
 
 def test_retries_follow_backoff_limit_but_bad_configuration_fails_at_once():
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"]["backoffLimit"] = 5
+    body = sweep_manifest("demo", trainer={"backoffLimit": 5})
     job = build_job(parse_sweep(body), TrialKey(2, 0))
     assert job["spec"]["backoffLimit"] == 5
     rules = job["spec"]["podFailurePolicy"]["rules"]
@@ -263,8 +262,7 @@ def test_long_sweep_names_give_valid_label_values_and_job_names():
 ])
 def test_job_manifest_passes_kubernetes_schema(key, trainer):
     kv = pytest.importorskip("kubernetes_validate")
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"].update(trainer)
+    body = sweep_manifest("demo", trainer=trainer)
     job = copy.deepcopy(build_job(parse_sweep(body), key))
     job["metadata"]["ownerReferences"][0]["uid"] = "0000"
     kv.validate(job, "1.30", strict=True)
@@ -286,8 +284,7 @@ def test_job_manifest_passes_kubernetes_schema(key, trainer):
 ], ids=["plain", "claims and gpus", "what the default policy lets a template add"])
 def test_the_trial_pod_passes_pod_security_restricted(trainer):
     """Sweep namespaces may enforce `pod-security.kubernetes.io/enforce: restricted`."""
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"].update(trainer)
+    body = sweep_manifest("demo", trainer=trainer)
     job = build_job(admit(parse_sweep(body), Config()), TrialKey(8, 0))
     assert restricted_violations(job["spec"]["template"]) == []
 

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
-import urllib.request
 
 import pytest
-from harness import JOBS, NS, create_sweep, sweep_manifest, wait_for
+from fakes import JOBS, NS
+from harness import create_sweep, wait_for
+from loopback import free_port, http_get
+from sweeps import sweep_manifest
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status, resp.read().decode()
-    except OSError:
-        return 0, ""
 
 
 async def test_the_operator_process_serves_health_and_metrics_and_creates_jobs(k):
@@ -51,9 +38,9 @@ async def test_the_operator_process_serves_health_and_metrics_and_creates_jobs(k
 
         created = await wait_for(job, timeout=30, what="the first Job")
         assert created["spec"]["template"]["spec"]["containers"][0]["image"] == "trainer:default"
-        status, _ = await asyncio.to_thread(get, f"http://127.0.0.1:{health}/healthz")
+        status, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{health}/healthz")
         assert status == 200
-        status, text = await asyncio.to_thread(get, f"http://127.0.0.1:{metrics}/metrics")
+        status, text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{metrics}/metrics")
         assert status == 200 and "critbatch_operator_reconcile_duration_seconds" in text
         assert 'critbatch_operator_trials{namespace="default",phase="Pending",sweep="proc"}' \
             in text

@@ -12,15 +12,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from harness import sweep_manifest
+from sweeps import sweep_manifest
 
-from critbatch.spec import (
-    POD_TEMPLATE_ALLOWANCES,
-    SpecError,
-    TrialKey,
-    check_prometheus_url,
-    parse_sweep,
-)
+from critbatch.spec import POD_TEMPLATE_ALLOWANCES, SpecError, check_prometheus_url, parse_sweep
+from critbatch.vocabulary import TrialKey
 from critbatch_operator.__main__ import parse_args
 from critbatch_operator.config import Config
 from critbatch_operator.jobs import admit, build_job
@@ -30,9 +25,7 @@ TPL = "spec.trainer.podTemplate"
 
 
 def with_template(**template: Any) -> dict:
-    body = sweep_manifest("demo")
-    body["spec"]["trainer"]["podTemplate"] = template
-    return body
+    return sweep_manifest("demo", trainer={"podTemplate": template})
 
 
 def admitted(body: dict, **cfg: Any) -> Any:
@@ -316,7 +309,7 @@ class RecordingKube:
 
 
 @pytest.mark.parametrize(("spec", "field"), [
-    ({"trainer": {**sweep_manifest()["spec"]["trainer"], "podTemplate": {
+    ({"trainer": {"podTemplate": {
         "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}}},
      f"{TPL}.volumes[0].hostPath"),
     ({"metrics": {"prometheusURL": "http://10.0.0.1:2379"}}, "spec.metrics.prometheusURL"),

@@ -10,7 +10,9 @@ import asyncio
 import time
 from collections import Counter
 
-from harness import FakeCluster, api_calls, create_sweep, status, sweep_manifest
+from fakes import FakeCluster
+from harness import api_calls, create_sweep, status
+from sweeps import sweep_manifest
 
 from critbatch_operator.config import Config
 from critbatch_operator.kube import Kube, make_api_client

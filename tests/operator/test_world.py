@@ -6,25 +6,23 @@ import json
 import math
 
 import pytest
-from harness import sweep_manifest
+from sweeps import sweep_manifest
 
 from critbatch.metrics import TrialMetrics
 from critbatch.planner import Phase, plan
-from critbatch.spec import TrialKey, parse_sweep
+from critbatch.spec import parse_sweep
+from critbatch.vocabulary import TrialKey
 from critbatch_operator.__main__ import parse_args
 from critbatch_operator.config import Config
 from critbatch_operator.jobs import build_job
-from critbatch_operator.world import (
-    World,
-    group_objects,
+from critbatch_operator.observations import (
     late_disagreements,
-    metrics_source,
     observe,
     observe_trial,
-    scrape_targets,
     termination_result,
     termination_results,
 )
+from critbatch_operator.world import World, group_objects, metrics_source, scrape_targets
 
 KEY = TrialKey(8, 0)
 RESULT = {"sweep": "demo", "batch_size": 8, "seed": 0, "reached": True, "steps": 620,
@@ -73,63 +71,64 @@ FAILED = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
 
 def test_running_job_with_metrics_reports_progress():
     m = TrialMetrics(step=120, fid=180.0, reached=False, finished=False)
-    obs, note = observe_trial(KEY, job(active=1), [pod()], m, "direct")
+    obs, note = observe_trial(KEY, job(active=1), [pod()], metrics=m, source="direct")
     assert (obs.phase, obs.steps, obs.fid, obs.source) == (Phase.Running, 120, 180.0, "direct")
     assert note is None
 
 
 def test_metrics_that_show_the_target_reached_decide_the_trial_while_it_lingers():
     m = TrialMetrics(step=620, fid=48.0, reached=True, finished=True, steps_to_threshold=620)
-    obs, _ = observe_trial(KEY, job(active=1), [pod()], m, "prometheus")
+    obs, _ = observe_trial(KEY, job(active=1), [pod()], metrics=m, source="prometheus")
     assert (obs.phase, obs.steps, obs.source) == (Phase.Reached, 620, "prometheus")
 
 
 def test_censored_by_metrics():
     m = TrialMetrics(step=4000, fid=90.0, reached=False, finished=True, max_steps=4000)
-    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, "")], m, "prometheus")
+    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, "")],
+                           metrics=m, source="prometheus")
     assert (obs.phase, obs.steps) == (Phase.Censored, 4000)
 
 
 def test_termination_message_is_the_fallback_and_is_labelled_so():
     msg = json.dumps(RESULT)
     obs, note = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, msg)],
-                              None, None)
+                              metrics=None, source=None)
     assert (obs.phase, obs.steps, obs.source) == (Phase.Reached, 620, "termination-message")
     assert obs.result["generator_params"] == 1000 and note is None
 
 
 def test_disagreement_between_metrics_and_termination_message_is_noted():
     m = TrialMetrics(step=630, reached=True, finished=True, steps_to_threshold=630)
-    obs, note = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, json.dumps(RESULT))], m,
-                              "prometheus")
+    obs, note = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, json.dumps(RESULT))],
+                              metrics=m, source="prometheus")
     assert obs.source == "prometheus" and obs.steps == 630
     assert "630" in note and "620" in note and "termination message" in note
 
 
 def test_failed_job_reports_the_reason_and_the_last_crash():
     crash = pod("Failed", 1, "Traceback...\nRuntimeError: CUDA error: out of memory")
-    obs, _ = observe_trial(KEY, job(FAILED, failed=3), [crash], None, "direct")
+    obs, _ = observe_trial(KEY, job(FAILED, failed=3), [crash], metrics=None, source="direct")
     assert obs.phase is Phase.Failed and obs.restarts == 3
     assert obs.reason.startswith("BackoffLimitExceeded: Job has reached")
     assert "exit code 1" in obs.reason and "out of memory" in obs.reason
 
 
 def test_a_complete_job_without_a_readable_result_waits_then_is_lost_when_pods_are_gone():
-    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, "not json")], None,
-                           "direct")
+    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, "not json")],
+                           metrics=None, source="direct")
     assert obs.phase is Phase.Running and "waiting" in obs.reason
-    obs, _ = observe_trial(KEY, job(COMPLETE), [], None, "direct")
+    obs, _ = observe_trial(KEY, job(COMPLETE), [], metrics=None, source="direct")
     assert obs.phase is Phase.Failed and "pods are gone" in obs.reason
     # With the metrics source down, a missing pod is no proof: wait.
-    obs, _ = observe_trial(KEY, job(COMPLETE), [], None, None)
+    obs, _ = observe_trial(KEY, job(COMPLETE), [], metrics=None, source=None)
     assert obs.phase is Phase.Running
 
 
 def test_suspended_and_unscheduled_jobs_are_pending():
     suspended = {**job(), "spec": {"suspend": True}}
-    obs, _ = observe_trial(KEY, suspended, [], None, "direct")
+    obs, _ = observe_trial(KEY, suspended, [], metrics=None, source="direct")
     assert obs.phase is Phase.Pending and "queue" in obs.reason
-    obs, _ = observe_trial(KEY, job(), [pod("Pending")], None, "direct")
+    obs, _ = observe_trial(KEY, job(), [pod("Pending")], metrics=None, source="direct")
     assert obs.phase is Phase.Pending
 
 
@@ -171,6 +170,27 @@ def test_objects_are_grouped_by_trial_labels_and_strangers_ignored():
     assert scrape_targets(world, 9100) == {KEY: "http://10.0.0.7:9100/metrics"}
     obs, _ = observe(sweep, world)
     assert obs[KEY].phase is Phase.Running
+
+
+BAD_TRIALS_ANNOTATIONS = ["8:x", "8", "8:0:1", ",", "-1:0", "8:0,8:0", " ", 8,
+                          ",".join(f"{b}:0" for b in range(1, 10)), "8:0," * 50_000 + "8:0"]
+
+
+@pytest.mark.parametrize("listed", BAD_TRIALS_ANNOTATIONS,
+                         ids=["word", "no seed", "three parts", "empty pairs", "negative",
+                              "twice", "blank", "not text", "nine pairs", "oversized"])
+def test_a_job_whose_trials_annotation_cannot_be_read_is_not_a_trial(listed):
+    sweep = owned_sweep("demo")
+    j = build_job(sweep, KEY)
+    j["metadata"]["annotations"]["critbatch.dev/trials"] = listed
+    p = pod_of(j)
+    p["metadata"]["annotations"] = {**p["metadata"]["annotations"],
+                                    "critbatch.dev/trials": listed}
+    world = group_objects(sweep, [j], [p])
+    assert world.jobs == {} and world.pods == {}
+    obs, _ = observe(sweep, world)
+    assert obs == {}
+    assert plan(sweep, obs).status["phase"] == "Running"  # the trial is planned as new
 
 
 def test_deleting_jobs_are_not_counted():
@@ -329,8 +349,8 @@ def test_refused_metrics_are_ignored_with_a_reason_and_a_problem(metrics, why):
 ])
 def test_a_refused_result_in_the_termination_message_fails_the_trial(steps, why):
     line = json.dumps(RESULT).replace('"steps": 620', f'"steps": {steps}')
-    obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, line)], None,
-                           "direct", max_steps=4000)
+    obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, line)],
+                           metrics=None, source="direct", max_steps=4000)
     assert obs.phase is Phase.Failed
     assert obs.reason == f"MetricsInvalid: termination message: {why}"
 
@@ -340,8 +360,8 @@ def test_termination_messages_that_are_not_results_are_skipped_without_errors():
     for message in (deep, "\x00\x1b[31m", "{" + '"a":' * 10 + "1", json.dumps([RESULT]),
                     json.dumps({**RESULT, "batch_size": True, "seed": 0}),
                     json.dumps({**RESULT, "batch_size": "8"}), None, 42):
-        obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, message)], None,
-                               "direct", max_steps=4000)
+        obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, message)],
+                               metrics=None, source="direct", max_steps=4000)
         assert obs.phase is Phase.Running and obs.reason == "finished; waiting for its result"
     # A valid line for the trial counts, whatever else the message holds.
     bad = json.dumps({**RESULT, "steps": -1})
@@ -352,22 +372,22 @@ def test_termination_messages_that_are_not_results_are_skipped_without_errors():
 
 def test_a_nan_fid_is_unknown_and_does_not_fail_the_trial():
     line = json.dumps({**RESULT, "reached": False, "fid": math.nan})
-    obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, line)], None,
-                           "direct", max_steps=4000)
+    obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, line)],
+                           metrics=None, source="direct", max_steps=4000)
     assert (obs.phase, obs.steps, obs.fid) == (Phase.Censored, 620, None)
 
 
 def test_a_crash_tail_is_printable_and_short():
     crash = pod("Failed", 1, "x\n\x1b[2J\x07" + "A" * 5000)
-    obs, _ = observe_trial(KEY, job(FAILED, failed=1), [crash], None, "direct")
+    obs, _ = observe_trial(KEY, job(FAILED, failed=1), [crash], metrics=None, source="direct")
     assert obs.reason.isprintable() and len(obs.reason) <= 400
     assert "\x1b" not in obs.reason and "..." in obs.reason
 
 
 def test_disagreement_notes_survive_odd_values():
     m = TrialMetrics(step=None, reached=False, finished=True)
-    obs, note = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, json.dumps(RESULT))], m,
-                              "prometheus", max_steps=4000)
+    obs, note = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, json.dumps(RESULT))],
+                              metrics=m, source="prometheus", max_steps=4000)
     assert obs.phase is Phase.Censored and "steps=unknown" in note
     world = World(pods={KEY: [pod("Succeeded", 0, json.dumps(RESULT))]})
     status = {"trials": [{"batchSize": "x"}, {"batchSize": 8, "seed": 0, "phase": "Reached",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from loopback import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from trainer_helpers import QUICK, trainer_cmd
 
 from critbatch.metrics import scrape
+from critbatch.vocabulary import TrialKey
 from critbatch_trainer import checkpoint, group
 from critbatch_trainer.__main__ import main
 from critbatch_trainer.config import ConfigError, parse_args
 from critbatch_trainer.loop import Trial
+from critbatch_trainer.termination import (
+    TERMINATION_LIMIT,
+    termination_text,
+    write_termination_log,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,12 +40,6 @@ _B = QUICK.index("--batch-size")
 BASE = [*QUICK[:_B], *QUICK[_B + 2:], "--max-steps", "200"]
 TRIALS = "16:0,4:1"
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
@@ -54,7 +54,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
 def grouped(tmp_path_factory, stats_cache):
     """Two trials in one group, its metrics scraped during the linger, ended by SIGTERM."""
     d = tmp_path_factory.mktemp("group")
-    port, term = _free_port(), d / "termination-log"
+    port, term = free_port(), d / "termination-log"
     args = [*BASE, "--trials", TRIALS, "--threads", "2", "--stats-cache", str(stats_cache),
             "--termination-log", str(term), "--metrics-port", str(port),
             "--metrics-host", "127.0.0.1", "--linger", "60", "--sweep", "packed"]
@@ -83,7 +83,7 @@ def _alone(stats_cache: Path, batch_size: int, seed: int) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return Trial(cfg, log=lambda _msg: None).run()
+        return Trial.create(cfg, log=lambda _msg: None).run()
     finally:
         torch.set_num_threads(threads)
 
@@ -161,8 +161,9 @@ def test_child_command_line_overrides_what_each_child_must_own(tmp_path) -> None
         group.split_trials(["--trials", "8:0", "--trials", "4:0"])
     cfg = parse_args([*BASE, "--batch-size", "8", "--checkpoint-dir", str(tmp_path),
                       "--metrics-port", "9000", "--linger", "30", "--termination-log", ""])
-    pair = group.parse_trials("8:0, 16:3")[1]
-    argv = group.child_argv(["--x"], pair, cfg, tmp_path / "r", threads=3)
+    key = group.group_keys("8:0, 16:3")[1]
+    assert key == TrialKey(16, 3)
+    argv = group.child_argv(["--x"], key, cfg=cfg, result_file=tmp_path / "r", threads=3)
     assert argv[:4] == [sys.executable, "-m", "critbatch_trainer", "--x"]
     assert argv[4:] == ["--batch-size", "16", "--seed", "3", "--metrics-port", "0", "--linger",
                         "0", "--termination-log", str(tmp_path / "r"), "--checkpoint-dir",
@@ -172,10 +173,10 @@ def test_child_command_line_overrides_what_each_child_must_own(tmp_path) -> None
 def test_termination_text_stays_under_4_kib_with_the_failure_last() -> None:
     result = json.dumps({"sweep": "s" * 60, "batch_size": 1024, "seed": 7, "pad": "x" * 300})
     failure = "trial b=8 seed=1: exit code 1: " + "e" * 400
-    text = group.termination_text([result] * 7, [failure[:group.FAILURE_CHARS]])
-    assert len(text.encode()) <= group.TERMINATION_LIMIT
+    text = termination_text([result] * 7, [failure[:group.FAILURE_CHARS]])
+    assert len(text.encode()) <= TERMINATION_LIMIT
     assert text.splitlines()[-1].startswith("trial b=8 seed=1: exit code 1: ")
-    assert group.termination_text([], []) == ""
+    assert termination_text([], []) == ""
 
 
 def test_eight_results_that_would_not_fit_lose_their_hardware_not_their_numbers() -> None:
@@ -188,13 +189,48 @@ def test_eight_results_that_would_not_fit_lose_their_hardware_not_their_numbers(
                            "generator_params": 70433988, "dataset_size": 1281167,
                            "gradient_noise_scale": 12345.678, "hardware": hardware},
                           separators=(",", ":")) for i in range(8)]
-    text = group.termination_text(results, ["trial b=1 seed=0: exit code 1: boom"])
-    assert len(text.encode()) <= group.TERMINATION_LIMIT
+    text = termination_text(results, ["trial b=1 seed=0: exit code 1: boom"])
+    assert len(text.encode()) <= TERMINATION_LIMIT
     lines = text.splitlines()
     assert [json.loads(line) for line in lines[:8]] == [
         {k: v for k, v in json.loads(r).items() if k != "hardware"} for r in results]
     few = results[:4]
-    assert group.termination_text(few, []).splitlines() == few
+    assert termination_text(few, []).splitlines() == few
+
+
+def test_eight_results_of_a_sweep_with_the_longest_name_still_all_fit() -> None:
+    """A sweep's name may have 253 characters: eight lines shed it (the reader knows it)
+    rather than lose a trial's result."""
+    row = {"sweep": "s" * 253, "reached": True, "steps": 10**6,
+           "interpolated_steps": 999999.123456, "sfo": 10**12, "fid": 123456.123456,
+           "threshold": 12.5, "max_steps": 10**6, "wall_seconds": 123456.789,
+           "generator_params": 70433988, "dataset_size": 1281167,
+           "gradient_noise_scale": 12345.678}
+    results = [json.dumps({**row, "batch_size": 1 << 20, "seed": 24 + i}, separators=(",", ":"))
+               for i in range(8)]
+    assert sum(len(r) + 1 for r in results) > TERMINATION_LIMIT
+    lines = termination_text(results, ["trial b=1 seed=0: exit code 1: boom"]).splitlines()
+    assert sum(len(line.encode()) + 1 for line in lines) <= TERMINATION_LIMIT + 1
+    kept = [json.loads(line) for line in lines[:8]]
+    assert [(r["batch_size"], r["seed"]) for r in kept] == [(1 << 20, 24 + i) for i in range(8)]
+    for r in kept:
+        assert "sweep" not in r and r["reached"] is True and r["steps"] == 10**6
+        assert (r["fid"], r["generator_params"], r["dataset_size"]) == (123456.123456,
+                                                                        70433988, 1281167)
+    assert lines[-1] == "trial b=1 seed=0: exit code 1: boom"
+
+
+def test_one_writer_cuts_to_the_limit_and_only_warns_when_it_cannot_write(tmp_path,
+                                                                         capsys) -> None:
+    path = tmp_path / "term"
+    write_termination_log(str(path), "é" * 3000)  # 6000 bytes
+    assert len(path.read_bytes()) <= TERMINATION_LIMIT and set(path.read_text()) == {"é"}
+    write_termination_log(str(path), "")
+    write_termination_log(None, "x")
+    assert set(path.read_text()) == {"é"}
+    write_termination_log(str(tmp_path / "no" / "such" / "dir"), "x")
+    assert capsys.readouterr().err.startswith(
+        "critbatch-trainer: warning: cannot write termination log ")
 
 
 def test_a_crashing_child_leaves_the_other_to_finish_and_exits_1(tmp_path, stats_cache) -> None:

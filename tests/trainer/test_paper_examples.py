@@ -19,7 +19,7 @@ from critbatch_trainer.models import biggan, build, count_params
 
 ROOT = Path(__file__).resolve().parents[2]
 # Θ of the paper's DCGAN generator, which WGAN-GP shares (derived layer by layer in
-# test_trainer_models.py).
+# test_models.py).
 DCGAN_THETA = 3_576_704
 # The BigGAN paper gives its ImageNet-128 generator as 70.4 M: three significant digits, so
 # anything that rounds to it. (The trainer's attention convolutions carry biases that
@@ -52,8 +52,9 @@ def test_each_paper_example_builds_the_papers_generator(sweep: Sweep) -> None:
     argv = trainer_args(sweep, sweep.trials()[0], metrics_port=0, checkpoint_dir=None,
                         data_path="/data", extractor="inception:/inception/inception.pth")
     cfg = parse_args(argv)
-    nets = build(cfg.model, cfg.image_size, cfg.channels, cfg.width, cfg.z_dim,
-                 CLASSES.get(cfg.dataset, 1), cfg.attention_res)
+    nets = build(cfg.model, image_size=cfg.image_size, channels=cfg.channels, width=cfg.width,
+                 z_dim=cfg.z_dim, num_classes=CLASSES.get(cfg.dataset, 1),
+                 attention_res=cfg.attention_res)
     theta = count_params(nets.generator)
     if cfg.model == "biggan":
         assert (cfg.image_size, cfg.width, cfg.z_dim, cfg.attention_res) == (128, 96, 120, 64)
@@ -65,6 +66,7 @@ def test_each_paper_example_builds_the_papers_generator(sweep: Sweep) -> None:
 
 def test_the_biggan_example_would_be_far_off_at_the_trainers_default_width() -> None:
     (sweep,) = [s for s in SWEEPS if s.trainer.model == "biggan"]
-    default = build("biggan", 128, 3, width=32, z_dim=120, num_classes=1000, attention_res=64)
+    default = build("biggan", image_size=128, channels=3, width=32, z_dim=120, num_classes=1000,
+                    attention_res=64)
     assert sweep.trainer.width == 96
     assert count_params(default.generator) < BIGGAN_THETA[0] / 8

@@ -1,4 +1,4 @@
-"""Helpers for the trainer's tests (a module of its own so test files can import it)."""
+"""The trainer as the tests run it: a quick training on the digits, and the trainer as a process."""
 
 from __future__ import annotations
 

@@ -10,26 +10,15 @@ import json
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from critbatch_trainer.config import PROG
+from critbatch_trainer.settings import PROG
+from critbatch_trainer.termination import write_termination_log
 
 
 def _error(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     return 2
-
-
-def write_termination_log(path: str | None, line: str) -> None:
-    """The result for Kubernetes' termination message (kept under its 4 KiB limit)."""
-    if not path:
-        return
-    try:
-        Path(path).write_text(line[:4000])
-    except OSError as e:
-        print(f"{PROG}: warning: cannot write termination log {path}: {e.strerror}",
-              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from critbatch_trainer.checkpoint import WriteError
-    from critbatch_trainer.fid import ExtractorError
+    from critbatch_trainer.extractors import ExtractorError
     from critbatch_trainer.loop import Terminated, Trial
     from critbatch_trainer.metrics import TrainerMetrics
 
@@ -76,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _error(f"metrics-port: cannot listen on {cfg.metrics_host}:"
                               f"{cfg.metrics_port}: {e.strerror}")
         try:
-            trial = Trial(cfg, metrics)
+            trial = Trial.create(cfg, metrics)
             trial.restore()
             state["trial"] = trial
             trial.stop_requested = state["signal"] is not None

@@ -1,7 +1,8 @@
-"""Atomic checkpoints: write a temp file, fsync, rename over the old one.
+"""Checkpoints written atomically and durably (critbatch.files.atomic_write: a temp file,
+fsync, rename over the old one, fsync of the directory).
 
-A kill -9 mid-write leaves at worst a stray temp file; `checkpoint.pt` is always either the
-previous complete checkpoint or the new complete one.
+A kill -9 mid-write leaves at worst a stray temp file (removed on the next resume);
+`checkpoint.pt` is always either the previous complete checkpoint or the new complete one.
 
 Loading never executes code from the file: torch's weights-only unpickler accepts tensors, plain
 data and SAFE_GLOBALS only. A file that cannot be read or applied is set aside and the run
@@ -23,10 +24,12 @@ from typing import Any
 
 import torch
 
-from critbatch_trainer.config import PROG, ConfigError
+from critbatch.files import atomic_write
+from critbatch_trainer.settings import PROG, ConfigError
 
 NAME = "checkpoint.pt"
 CORRUPT = NAME + ".corrupt-"
+PROBE_PREFIX = ".checkpoint-"  # the write test of check_directory
 KEEP_CORRUPT = 3  # set-aside files kept for inspection, newest first
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # The only non-tensor, non-plain type in a trainer state: nn.Module.state_dict() returns an
@@ -60,7 +63,7 @@ def check_directory(directory: str | Path) -> None:
         raise ConfigError(f"checkpoint-dir: {d} exists and is not a directory")
     try:
         d.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=d, prefix=".checkpoint-", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=d, prefix=PROBE_PREFIX, suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -104,24 +107,7 @@ def save(directory: str | Path, state: dict[str, Any]) -> Path:
 
 def _save(d: Path, state: dict[str, Any]) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, d / NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory
+    atomic_write(d / NAME, lambda fh: torch.save(state, fh), durable=True, mode=0o600)
     return d / NAME
 
 
@@ -218,5 +204,6 @@ def _discard(directory: str | Path, why: str, log: Callable[[str], None]) -> Non
 
 def remove_partial(directory: str | Path) -> None:
     """Delete temp files left by a writer killed mid-save (call only from that writer)."""
-    for stale in Path(directory).glob(".checkpoint-*.tmp"):
-        stale.unlink(missing_ok=True)
+    for pattern in (f".{NAME}.*.tmp", PROBE_PREFIX + "*.tmp"):
+        for stale in Path(directory).glob(pattern):
+            stale.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ does not stop the others. docs/trainer.md describes the contract.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -24,44 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from critbatch.vocabulary import TrialKey, TrialsError, parse_trials
 from critbatch_trainer import numerics
-from critbatch_trainer.config import (
-    GROUP_SIZE_ENV,
-    PROG,
-    ConfigError,
-    TrainerConfig,
-    given_flags,
-    parse_args,
-)
+from critbatch_trainer.config import given_flags, parse_args
+from critbatch_trainer.settings import GROUP_SIZE_ENV, PROG, ConfigError, TrainerConfig
+from critbatch_trainer.termination import termination_text, write_termination_log
 
-MAX_TRIALS = 8
-TERMINATION_LIMIT = 4000  # bytes; Kubernetes keeps 4096 of a termination message
 FAILURE_CHARS = 300
-FLAG = "--trials"
+TRIALS_FLAG = "--trials"
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One trial of the group."""
+def _tag(key: TrialKey) -> str:
+    """How a child's lines are prefixed: `b=8 s=0`."""
+    return f"b={key.batch_size} s={key.seed}"
 
-    batch_size: int
-    seed: int
 
-    @property
-    def tag(self) -> str:
-        return f"b={self.batch_size} s={self.seed}"
-
-    @property
-    def dirname(self) -> str:
-        return f"b{self.batch_size}-s{self.seed}"
-
-    def flags(self) -> list[str]:
-        return ["--batch-size", str(self.batch_size), "--seed", str(self.seed)]
+def _key_flags(key: TrialKey) -> list[str]:
+    return ["--batch-size", str(key.batch_size), "--seed", str(key.seed)]
 
 
 @dataclass
 class _Child:
-    pair: Pair
+    key: TrialKey
     proc: subprocess.Popen[str]
     result_file: Path
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=5))
@@ -74,10 +57,10 @@ def split_trials(argv: list[str]) -> tuple[str, list[str]] | None:
     rest: list[str] = []
     it = iter(argv)
     for arg in it:
-        if arg == FLAG or arg.startswith(FLAG + "="):
+        if arg == TRIALS_FLAG or arg.startswith(TRIALS_FLAG + "="):
             if value is not None:
                 raise ConfigError("trials: given more than once")
-            value = arg[len(FLAG) + 1:] if "=" in arg else next(it, None)
+            value = arg[len(TRIALS_FLAG) + 1:] if "=" in arg else next(it, None)
             if value is None:
                 raise ConfigError("trials: expected batch_size:seed[,batch_size:seed...]")
         else:
@@ -85,43 +68,21 @@ def split_trials(argv: list[str]) -> tuple[str, list[str]] | None:
     return None if value is None else (value, rest)
 
 
-def _int(text: str, item: str, what: str, low: int | None) -> int:
+def group_keys(text: str) -> list[TrialKey]:
+    """The trials of `--trials B:S,B:S,...`; ConfigError (exit 2) when they cannot be run."""
     try:
-        value = int(text.strip())
-    except ValueError:
-        value = None
-    if value is None or (low is not None and value < low):
-        bound = f" >= {low}" if low is not None else ""
-        raise ConfigError(f"trials: {item!r}: {what} must be an integer{bound}")
-    return value
+        return parse_trials(text)
+    except TrialsError as e:
+        raise ConfigError(str(e)) from None
 
 
-def parse_trials(text: str) -> list[Pair]:
-    """`B:S,B:S,...` -> pairs, each checked as --batch-size and --seed are."""
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or not all(items):
-        raise ConfigError(f"trials: expected batch_size:seed[,batch_size:seed...], got {text!r}")
-    if len(items) > MAX_TRIALS:
-        raise ConfigError(f"trials: at most {MAX_TRIALS} pairs, got {len(items)}")
-    pairs: list[Pair] = []
-    for item in items:
-        b, sep, s = item.partition(":")
-        if not sep:
-            raise ConfigError(f"trials: {item!r} is not batch_size:seed")
-        pair = Pair(_int(b, item, "batch size", 1), _int(s, item, "seed", None))
-        if pair in pairs:
-            raise ConfigError(f"trials: {item!r} is given twice")
-        pairs.append(pair)
-    return pairs
-
-
-def child_argv(rest: list[str], pair: Pair, cfg: TrainerConfig, result_file: Path,
+def child_argv(rest: list[str], key: TrialKey, *, cfg: TrainerConfig, result_file: Path,
                threads: int | None) -> list[str]:
     """The child's command line: the group's flags, then the overrides (the last flag wins)."""
-    args = [sys.executable, "-m", "critbatch_trainer", *rest, *pair.flags(),
+    args = [sys.executable, "-m", "critbatch_trainer", *rest, *_key_flags(key),
             "--metrics-port", "0", "--linger", "0", "--termination-log", str(result_file)]
     if cfg.checkpoint_dir:
-        args += ["--checkpoint-dir", str(Path(cfg.checkpoint_dir) / pair.dirname)]
+        args += ["--checkpoint-dir", str(Path(cfg.checkpoint_dir) / key.name)]
     if threads is not None:
         args += ["--threads", str(threads)]
     return args
@@ -155,7 +116,7 @@ def _failure(child: _Child) -> str:
     code = child.proc.returncode
     last = child.tail[-1] if child.tail else (
         f"killed by {signal.Signals(-code).name}" if code < 0 else "no output")
-    line = f"trial b={child.pair.batch_size} seed={child.pair.seed}: exit code " \
+    line = f"trial b={child.key.batch_size} seed={child.key.seed}: exit code " \
            f"{_exit_code(code)}: {last}"
     return line if len(line) <= FAILURE_CHARS else line[:FAILURE_CHARS - 3] + "..."
 
@@ -166,44 +127,6 @@ def _result(child: _Child) -> str | None:
         if text:
             return text
     return None
-
-
-def _without_hardware(line: str) -> str:
-    try:
-        result = json.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(result, dict):
-        return line
-    result.pop("hardware", None)
-    return json.dumps(result, separators=(",", ":"))
-
-
-def termination_text(results: list[str], failures: list[str]) -> str:
-    """Results in order, then as many failure lines as fit in the termination message.
-
-    Results that would not fit lose their `hardware` object: the numbers matter more.
-    """
-    lines = list(results)
-    if sum(len(r.encode()) + 1 for r in lines) > TERMINATION_LIMIT:
-        lines = [_without_hardware(r) for r in lines]
-    size = sum(len(r.encode()) + 1 for r in lines)
-    for line in failures:
-        size += len(line.encode()) + 1
-        if size > TERMINATION_LIMIT:
-            break
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _write_termination_log(path: str | None, text: str) -> None:
-    if not path or not text:
-        return
-    try:
-        Path(path).write_text(text)
-    except OSError as e:
-        print(f"{PROG}: warning: cannot write termination log {path}: {e.strerror}",
-              file=sys.stderr, flush=True)
 
 
 def _serve(directory: Path, port: int, host: str) -> Any:
@@ -221,12 +144,12 @@ def _serve(directory: Path, port: int, host: str) -> Any:
 
 def run(trials: str, rest: list[str]) -> int:
     """Run the group to its end; the exit code of docs/trainer.md. ConfigError: exit 2."""
-    pairs = parse_trials(trials)
+    keys = group_keys(trials)
     clash = sorted(given_flags(rest) & {"batch_size", "seed"})
     if clash:
         raise ConfigError(f"trials: cannot be combined with --{clash[0].replace('_', '-')}")
-    cfg = parse_args([*rest, *pairs[0].flags()])
-    threads = max(1, cfg.threads // len(pairs)) if cfg.threads else None
+    cfg = parse_args([*rest, *_key_flags(keys[0])])
+    threads = max(1, cfg.threads // len(keys)) if cfg.threads else None
     state: dict[str, Any] = {"signals": 0, "signal": None}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -244,28 +167,29 @@ def run(trials: str, rest: list[str]) -> int:
             server = _serve(metrics_dir, cfg.metrics_port, cfg.metrics_host)
         # The group's size lets a child's `--resident auto` leave room for its siblings.
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-                   **{GROUP_SIZE_ENV: str(len(pairs))})
+                   **{GROUP_SIZE_ENV: str(len(keys))})
         if threads is not None:
             env.update(OMP_NUM_THREADS=str(threads), CRITBATCH_THREADS=str(threads))
         if cfg.reproducible_cpu:
             env.update(numerics.REPRODUCIBLE_ENV)
-        print(f"{PROG}: {len(pairs)} trials as processes: " + ", ".join(p.tag for p in pairs)
+        print(f"{PROG}: {len(keys)} trials as processes: " + ", ".join(map(_tag, keys))
               + (f"; {threads} threads each" if threads else ""), file=sys.stderr, flush=True)
         lock = threading.Lock()
-        for pair in pairs:
+        for key in keys:
             if state["signal"] is None:
-                children.append(_start(pair, rest, cfg, work, threads, env, lock))
+                children.append(_start(key, rest, cfg=cfg, work=work, threads=threads, env=env,
+                                       lock=lock))
         forwarded = _wait(children, state)
         results = [r for c in children if (r := _result(c)) is not None]
         stopped = {128 + s for s in forwarded} | {-s for s in forwarded}
         failures = [_failure(c) for c in children
                     if c.proc.returncode != 0 and c.proc.returncode not in stopped]
-        _write_termination_log(cfg.termination_log, termination_text(results, failures))
+        write_termination_log(cfg.termination_log, termination_text(results, failures))
         for line in failures:
             print(f"{PROG}: {line}", file=sys.stderr, flush=True)
         for line in results:
             print(line, flush=True)
-        if forwarded or len(children) < len(pairs):
+        if forwarded or len(children) < len(keys):
             return 128 + int(state["signal"])
         deadline = time.monotonic() + cfg.linger
         while server is not None and state["signal"] is None and time.monotonic() < deadline:
@@ -302,17 +226,18 @@ def _wait(children: list[_Child], state: dict[str, Any]) -> set[int]:
     return forwarded
 
 
-def _start(pair: Pair, rest: list[str], cfg: TrainerConfig, work: Path, threads: int | None,
-           env: dict[str, str], lock: threading.Lock) -> _Child:
+def _start(key: TrialKey, rest: list[str], *, cfg: TrainerConfig, work: Path,
+           threads: int | None, env: dict[str, str], lock: threading.Lock) -> _Child:
     if cfg.checkpoint_dir:
         with contextlib.suppress(OSError):  # the child reports what it cannot write
-            (Path(cfg.checkpoint_dir) / pair.dirname).mkdir(parents=True, exist_ok=True)
-    result_file = work / f"{pair.dirname}.result"
-    proc = subprocess.Popen(child_argv(rest, pair, cfg, result_file, threads), env=env,
+            (Path(cfg.checkpoint_dir) / key.name).mkdir(parents=True, exist_ok=True)
+    result_file = work / f"{key.name}.result"
+    argv = child_argv(rest, key, cfg=cfg, result_file=result_file, threads=threads)
+    proc = subprocess.Popen(argv, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, errors="replace")
-    child = _Child(pair, proc, result_file)
-    prefix = f"[{pair.tag}] "
+    child = _Child(key, proc, result_file)
+    prefix = f"[{_tag(key)}] "
     assert proc.stdout is not None and proc.stderr is not None
     for stream, out, tail in ((proc.stdout, sys.stdout, None),
                               (proc.stderr, sys.stderr, child.tail)):

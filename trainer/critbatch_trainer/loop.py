@@ -1,45 +1,42 @@
 """One trial: train a GAN with TTUR until its FID reaches the threshold or the step budget ends.
 
-Everything random in training comes from one seeded CPU generator (noise, fake labels,
-penalty interpolation) plus the stateless data order, and all of it is checkpointed, so a
-resumed run follows the uninterrupted one step for step and reports the same N(b).
+`Trial.create` loads what a trial needs (data, feature extractor, real statistics); `run`
+trains, evaluates every eval_every steps and checkpoints. A trial's whole state is
+checkpointed, so a resumed run follows the uninterrupted one step for step and reports the
+same N(b).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from critbatch.science import GradientNoiseScale
 from critbatch_trainer import checkpoint, numerics
-from critbatch_trainer.config import ConfigError, TrainerConfig
 from critbatch_trainer.data import TrainingData
+from critbatch_trainer.extractors import Extractor, load_extractor
 from critbatch_trainer.fid import (
     FrechetReference,
     cached_real_stats,
     feature_stats,
     generated_stats,
-    load_extractor,
     stats_key,
 )
-from critbatch_trainer.metrics import TrainerMetrics
-from critbatch_trainer.models import biggan, build, count_params, dcgan, wgan
-from critbatch_trainer.optim import make_optimizer
+from critbatch_trainer.gan import Batches, Gan
+from critbatch_trainer.metrics import NullMetrics, TrainerMetrics
+from critbatch_trainer.models import count_params
+from critbatch_trainer.settings import ConfigError, TrainerConfig, flag_name
 
 CHECKPOINT_VERSION = 1
 # On a GPU, losses and gradient norms reach the metrics every this many steps (and at each
 # evaluation): reading them is a host synchronisation, which would stall the step queue.
 METRICS_EVERY = 10
-GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuDNN autotuning, lazy init)
 # Settings that define N(b): a checkpoint written under other values belongs to another run.
 # Not `resident`: it serves the same images in the same order (bit for bit on the CPU).
 IDENTITY = ("model", "dataset", "data_path", "lsun_classes", "image_size", "channels",
@@ -47,6 +44,7 @@ IDENTITY = ("model", "dataset", "data_path", "lsun_classes", "image_size", "chan
             "beta1_d", "beta2_d", "eps_d", "fid_threshold", "eval_every", "eval_samples",
             "real_samples", "extractor", "width", "z_dim", "n_critic", "gp_lambda",
             "ema_decay", "ema_start", "attention_res", "gns_every", "bf16", "reproducible_cpu")
+EVAL_SEED_OFFSET = 0x0E7A1  # the evaluation noise's seed is the trial's seed plus this
 
 
 class Terminated(Exception):
@@ -70,12 +68,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _grad_norm(module: nn.Module) -> torch.Tensor:
-    """Global gradient norm as a tensor: read it only when needed (reading it synchronises)."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -89,75 +83,56 @@ class Progress:
 
 
 class Trial:
-    """Models, optimizers, data and FID machinery of one trial; `run` trains it."""
+    """The GAN, data and FID reference of one trial; `run` trains it."""
 
-    def __init__(self, cfg: TrainerConfig, metrics: TrainerMetrics | None = None,
+    def __init__(self, cfg: TrainerConfig, *, device: torch.device, data: TrainingData,
+                 extractor: Extractor, reference: FrechetReference, hardware: dict[str, Any],
+                 metrics: TrainerMetrics | NullMetrics | None = None,
                  log: Callable[[str], None] | None = None) -> None:
-        self.cfg = cfg
-        self.metrics = metrics
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.cfg, self.device, self.data = cfg, device, data
+        self.extractor, self.reference, self.hardware = extractor, reference, hardware
+        self.metrics = metrics if metrics is not None else NullMetrics()
+        self.log = log or _stderr
         self.stop_requested = False
+        self.gan = Gan(cfg, device=device, num_classes=data.num_classes)
+        self.gns = GradientNoiseScale()
+        self.generator_params = count_params(self.gan.G)
+        self.progress = Progress(history=[])
+        eval_rng = torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET)
+        self.eval_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=eval_rng)
+        self.eval_y = torch.randint(data.num_classes, (cfg.eval_samples,), generator=eval_rng)
+
+    @classmethod
+    def create(cls, cfg: TrainerConfig, metrics: TrainerMetrics | NullMetrics | None = None,
+               log: Callable[[str], None] | None = None) -> Trial:
+        """A trial with its device, data, feature extractor and real statistics loaded (the
+        statistics computed once per cache). ConfigError or ExtractorError names what cannot
+        be used."""
         if cfg.checkpoint_dir:
             checkpoint.check_directory(cfg.checkpoint_dir)
-        self.device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
         if cfg.reproducible_cpu:
             numerics.pin_torch()
-        self.hardware = numerics.hardware(self.device, cfg.reproducible_cpu)
+        hardware = numerics.hardware(device, cfg.reproducible_cpu)
         try:
-            self.data = TrainingData(cfg.dataset, cfg.image_size, cfg.channels, cfg.data_path,
-                                     cfg.lsun_classes, cfg.workers, cfg.resident, self.device,
-                                     cfg.stats_cache)
+            data = TrainingData(cfg.dataset, image_size=cfg.image_size, channels=cfg.channels,
+                                data_path=cfg.data_path, lsun_classes=cfg.lsun_classes,
+                                workers=cfg.workers, resident=cfg.resident, device=device,
+                                cache_dir=cfg.stats_cache)
         except (FileNotFoundError, RuntimeError, OSError) as e:
             raise ConfigError(f"data-path: cannot read {cfg.dataset} at {cfg.data_path}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                               ) from None
-        cuda = self.device.type == "cuda"
-        if cuda:
+        if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
-        torch.manual_seed(cfg.seed)
-        nets = build(cfg.model, cfg.image_size, cfg.channels, cfg.width, cfg.z_dim,
-                     self.data.num_classes, cfg.attention_res)
-        self.conditional = nets.conditional
-        self.G = nets.generator.to(self.device)
-        self.D = nets.discriminator.to(self.device)
-        if cuda:  # NHWC: cuDNN's tensor-core convolutions need no layout transposes
-            self.G.to(memory_format=torch.channels_last)
-            self.D.to(memory_format=torch.channels_last)
-        self.G_ema: nn.Module | None = None
-        if cfg.model == "biggan":
-            self.G_ema = copy.deepcopy(self.G).eval()
-            for p in self.G_ema.parameters():
-                p.requires_grad_(False)
-        self.use_graph = cfg.cuda_graph and cuda
-        self.opt_g = make_optimizer(cfg.optimizer, self.G.parameters(), cfg.lr_g, cfg.beta1_g,
-                                    cfg.beta2_g, cfg.eps_g, self.device, self.use_graph)
-        self.opt_d = make_optimizer(cfg.optimizer, self.D.parameters(), cfg.lr_d, cfg.beta1_d,
-                                    cfg.beta2_d, cfg.eps_d, self.device, self.use_graph)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        # On a GPU the training noise is drawn there (a CPU draw costs a blocking copy per
-        # step); on the CPU it is the CPU generator, as before.
-        self.dev_gen = (torch.Generator(device=self.device).manual_seed(cfg.seed) if cuda
-                        else self.gen)
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_out: tuple[torch.Tensor, ...] | None = None
-        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._eager_graph_steps = 0
-        self.gns = GradientNoiseScale()
-        self.generator_params = count_params(self.G)
-        self.progress = Progress(history=[])
-        self.losses: dict[str, float | torch.Tensor] = {}
-        eval_gen = torch.Generator().manual_seed(cfg.seed + 0x0E7A1)
-        self.eval_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=eval_gen)
-        self.eval_y = torch.randint(self.data.num_classes, (cfg.eval_samples,),
-                                    generator=eval_gen)
-        self.extractor = load_extractor(cfg.extractor, cfg.dataset,
-                                        cfg.allow_download).to(self.device)
-        key = stats_key(self.data.key, self.extractor, cfg.real_samples)
-        self.real_mu, self.real_sigma = cached_real_stats(
+        extractor = load_extractor(cfg.extractor, cfg.dataset, cfg.allow_download).to(device)
+        key = stats_key(data.key, extractor, cfg.real_samples)
+        mu, sigma = cached_real_stats(
             cfg.stats_cache, key,
-            lambda: feature_stats(self.extractor, self.data.real_images(cfg.real_samples),
-                                  self.device))
-        self.reference = FrechetReference(self.real_mu, self.real_sigma)
+            lambda: feature_stats(extractor, data.real_images(cfg.real_samples), device))
+        return cls(cfg, device=device, data=data, extractor=extractor,
+                   reference=FrechetReference(mu, sigma), hardware=hardware, metrics=metrics,
+                   log=log)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -171,13 +146,8 @@ class Trial:
             "identity": self.identity(),
             "step": p.step, "history": list(p.history or []), "reached_at": p.reached_at,
             "interpolated": p.interpolated, "elapsed": p.elapsed, "finished": p.finished,
-            "G": self.G.state_dict(), "D": self.D.state_dict(),
-            "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "dev_gen": self.dev_gen.get_state() if self.dev_gen is not self.gen else None,
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "gns": self.gns.state_dict(), "losses": self.loss_values(),
+            **self.gan.state_dict(),
+            "gns": self.gns.state_dict(),
         }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
@@ -185,205 +155,16 @@ class Trial:
             raise ConfigError(f"checkpoint-dir: checkpoint version {s.get('version')!r} is not "
                               f"{CHECKPOINT_VERSION}")
         mine = self.identity()
-        # Checkpoints from before the flag existed were written with unpinned numerics.
+        # A checkpoint without the flag in its identity was written with unpinned numerics.
         for k, v in {"reproducible_cpu": False, **s["identity"]}.items():
             if mine.get(k) != v:
-                raise ConfigError(f"checkpoint-dir: holds a run with {k.replace('_', '-')} = "
+                raise ConfigError(f"checkpoint-dir: holds a run with {flag_name(k)} = "
                                   f"{v!r}, this run has {mine.get(k)!r}")
-        self.G.load_state_dict(s["G"])
-        self.D.load_state_dict(s["D"])
-        if self.G_ema is not None and s["G_ema"] is not None:
-            self.G_ema.load_state_dict(s["G_ema"])
-        self.opt_g.load_state_dict(s["opt_g"])
-        self.opt_d.load_state_dict(s["opt_d"])
-        self.gen.set_state(s["gen"])
-        if self.dev_gen is not self.gen and s.get("dev_gen") is not None:
-            self.dev_gen.set_state(s["dev_gen"])
-        torch.set_rng_state(s["torch_rng"])
-        if s["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        self.gan.load_state_dict(s)
         self.gns.load_state_dict(s["gns"])
-        self.losses = dict(s.get("losses", {}))
+        self.gan.losses = dict(s.get("losses", {}))
         self.progress = Progress(s["step"], [tuple(h) for h in s["history"]], s["reached_at"],
                                  s["interpolated"], s["elapsed"], s["finished"])
-
-    # -- training ------------------------------------------------------------------------------
-
-    def loss_values(self) -> dict[str, float]:
-        """The last step's losses and gradient norms as numbers (a host synchronisation)."""
-        return {k: float(v) for k, v in self.losses.items()}
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        # No weight cache: cached casts would go stale across CUDA-graph replays.
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16,
-                              cache_enabled=False)
-
-    def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.dev_gen is self.gen:
-            z = torch.randn(n, self.cfg.z_dim, generator=self.gen).to(self.device)
-        else:
-            z = torch.empty(n, self.cfg.z_dim, device=self.device).normal_(
-                generator=self.dev_gen)
-        y = None
-        if self.conditional:
-            y = torch.randint(self.data.num_classes, (n,), generator=self.gen).to(self.device)
-        return z, y
-
-    def _losses(self) -> tuple[Callable, Callable]:
-        if self.cfg.model == "dcgan":
-            return dcgan.d_loss, dcgan.g_loss
-        if self.cfg.model == "wgan-gp":
-            return wgan.critic_loss, wgan.generator_loss
-        return biggan.d_loss, biggan.g_loss
-
-    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """One discriminator update (n_critic for WGAN-GP/BigGAN) and one generator update.
-
-        Nothing here reads a value back to the host: losses and norms stay tensors.
-        """
-        cfg, G, D = self.cfg, self.G, self.D
-        if cfg.model == "dcgan":
-            x, y = next(batches)
-            if self.use_graph:
-                out = self._graph_step(x)
-            else:
-                z, yf = self._noise(cfg.batch_size)
-                out = self._dcgan_step(x, y, z, yf)
-            loss_g, loss_d, gg, gd = out
-        else:
-            d_loss_fn, g_loss_fn = self._losses()
-            b = cfg.batch_size
-            D.requires_grad_(True)
-            for _ in range(cfg.n_critic):
-                x, y = next(batches)
-                z, yf = self._noise(b)
-                with torch.no_grad(), self._autocast():
-                    fake = G(z, yf)
-                self.opt_d.zero_grad(set_to_none=True)
-                with self._autocast():
-                    loss_d = d_loss_fn(D(x, y), D(fake, yf))
-                    if cfg.model == "wgan-gp":
-                        loss_d = loss_d + wgan.gradient_penalty(D, x, fake, cfg.gp_lambda,
-                                                                self.gen, y)
-                loss_d.backward()
-                gd = _grad_norm(D)
-                self.opt_d.step()
-            z, yf = self._noise(b)
-            with self._autocast():
-                fake = G(z, yf)
-            D.requires_grad_(False)
-            self.opt_g.zero_grad(set_to_none=True)
-            with self._autocast():
-                loss_g = g_loss_fn(D(fake, yf))
-            loss_g.backward()
-            gg = _grad_norm(G)
-            self.opt_g.step()
-            loss_g, loss_d = loss_g.detach(), loss_d.detach()
-        if self.G_ema is not None:
-            self._update_ema()
-        self.losses = {"generator": loss_g, "discriminator": loss_d,
-                       "grad_generator": gg, "grad_discriminator": gd}
-
-    def _dcgan_step(self, x: torch.Tensor, y: torch.Tensor | None, z: torch.Tensor,
-                    yf: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """The paper's DCGAN step on given data and noise; also the body a CUDA graph captures."""
-        G, D = self.G, self.D
-        D.requires_grad_(True)
-        with self._autocast():
-            fake = G(z, yf)
-        self.opt_d.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss_d = dcgan.d_loss(D(x, y), D(fake.detach(), yf))
-        loss_d.backward()
-        gd = _grad_norm(D)
-        self.opt_d.step()
-        D.requires_grad_(False)
-        self.opt_g.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss_g = dcgan.g_loss(D(fake, yf))
-        loss_g.backward()
-        gg = _grad_norm(G)
-        self.opt_g.step()
-        return loss_g.detach(), loss_d.detach(), gg, gd
-
-    def _graph_step(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The DCGAN step replayed as one CUDA graph: one launch instead of hundreds.
-
-        Data and noise go into static buffers outside the graph. The first GRAPH_WARMUP steps
-        run eagerly on a side stream (real steps, as the capture recipe asks); the next one
-        is captured and then replayed, so every step trains exactly once.
-        """
-        if self._static is None:
-            self._static = (torch.empty_like(x), torch.empty(
-                self.cfg.batch_size, self.cfg.z_dim, device=self.device))
-        sx, sz = self._static
-        sx.copy_(x)
-        sz.normal_(generator=self.dev_gen)
-        if self._graph is None:
-            main = torch.cuda.current_stream()
-            if self._eager_graph_steps < GRAPH_WARMUP:
-                side = torch.cuda.Stream()
-                side.wait_stream(main)
-                with torch.cuda.stream(side):
-                    out = self._dcgan_step(sx, None, sz, None)
-                main.wait_stream(side)
-                self._eager_graph_steps += 1
-                return out
-            self.opt_d.zero_grad(set_to_none=True)  # gradients then live in the graph's pool
-            self.opt_g.zero_grad(set_to_none=True)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._graph_out = self._dcgan_step(sx, None, sz, None)
-            self._graph = graph
-        self._graph.replay()
-        assert self._graph_out is not None
-        return self._graph_out
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        assert self.G_ema is not None
-        decay = 0.0 if self.progress.step < self.cfg.ema_start else self.cfg.ema_decay
-        for pe, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
-            pe.lerp_(p, 1.0 - decay)
-        for be, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            be.copy_(b)
-
-    def measure_noise_scale(self) -> float | None:
-        """B_simple from the generator's gradients on the two halves of one extra minibatch.
-
-        |g_half|^2 (averaged over the halves) is the small-batch norm at b/2 and the norm of
-        their mean the big-batch one at b. The noise comes from a generator seeded by the
-        step, so the measurement never shifts the training's random stream.
-        """
-        half = self.cfg.batch_size // 2
-        if half < 1:
-            return self.gns.value
-        g = torch.Generator().manual_seed(self.cfg.seed * 7_777_777 + self.progress.step)
-        z = torch.randn(2 * half, self.cfg.z_dim, generator=g).to(self.device)
-        y = torch.randint(self.data.num_classes, (2 * half,), generator=g).to(self.device)
-        y = y if self.conditional else None
-        _, g_loss_fn = self._losses()
-        params = [p for p in self.G.parameters() if p.requires_grad]
-        self.D.requires_grad_(False)
-        halves = []
-        for part in (slice(0, half), slice(half, 2 * half)):
-            loss = g_loss_fn(self.D(self.G(z[part], None if y is None else y[part]),
-                                    None if y is None else y[part]))
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            halves.append([torch.zeros_like(p) if gr is None else gr
-                           for gr, p in zip(grads, params, strict=True)])
-        sq = [float(sum((gr.double() ** 2).sum() for gr in h)) for h in halves]
-        big = float(sum(((a.double() + b.double()) / 2).pow(2).sum()
-                        for a, b in zip(*halves, strict=True)))
-        return self.gns.update(sum(sq) / 2, big, half, 2 * half)
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """FID of eval_samples generated images (fixed noise) against the real statistics."""
-        net = self.G_ema if self.G_ema is not None else self.G
-        mu, sigma = generated_stats(net, self.extractor, self.eval_z,
-                                    self.eval_y if self.conditional else None, self.device)
-        return self.reference.distance(mu, sigma)
 
     def _save(self) -> None:
         if self.cfg.checkpoint_dir:
@@ -399,27 +180,47 @@ class Trial:
         return checkpoint.resume(self.cfg.checkpoint_dir, self.load_state_dict, self.state_dict,
                                  self.log)
 
+    # -- training ------------------------------------------------------------------------------
+
+    def train_step(self, batches: Batches) -> None:
+        """One training step of the GAN at the trial's current step."""
+        self.gan.train_step(batches, self.progress.step)
+
+    def measure_noise_scale(self) -> float | None:
+        """B_simple, updated from one measurement at the current step (science's estimator)."""
+        norms = self.gan.noise_scale_norms(self.progress.step)
+        if norms is None:
+            return self.gns.value
+        small_sq, big_sq, half = norms
+        return self.gns.update(small_sq, big_sq, half, 2 * half)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """FID of eval_samples generated images (fixed noise) against the real statistics."""
+        labels = self.eval_y if self.gan.recipe.conditional else None
+        mu, sigma = generated_stats(self.gan.evaluated, self.extractor, self.eval_z, labels,
+                                    self.device)
+        return self.reference.distance(mu, sigma)
+
     def run(self) -> dict[str, Any]:
         """Train to the threshold or the budget; the contract's result object."""
-        cfg, p = self.cfg, self.progress
+        cfg, p, metrics = self.cfg, self.progress, self.metrics
         if p.finished and p.reached_at is None and p.step < cfg.max_steps:
             p.finished = False  # a censored run resumed with a larger budget trains on
-        if self.metrics is not None:
-            self.metrics.static(self.generator_params, self.data.size, cfg.max_steps,
-                                cfg.fid_threshold)
-            self.metrics.hardware(self.hardware)
-            self.metrics.step(p.step, p.step * cfg.batch_size)
-            if p.history:
-                self.metrics.evaluation(p.history[-1][1])
-            if p.reached_at is not None:
-                self.metrics.reached(p.reached_at, p.interpolated)
-            self.metrics.noise_scale(self.gns.value)
-        batches = self.data.batches(cfg.seed, cfg.batch_size, p.step * self._batches_per_step(),
-                                    self.device)
+        metrics.static(self.generator_params, self.data.size, cfg.max_steps, cfg.fid_threshold)
+        metrics.hardware(self.hardware)
+        metrics.step(p.step, p.step * cfg.batch_size)
+        if p.history:
+            metrics.evaluation(p.history[-1][1])
+        if p.reached_at is not None:
+            metrics.reached(p.reached_at, p.interpolated)
+        metrics.noise_scale(self.gns.value)
+        batches = self.data.batches(cfg.seed, cfg.batch_size,
+                                    p.step * self.gan.batches_per_step, self.device)
         t_start = time.perf_counter()
         elapsed0 = p.elapsed
-        self.G.train()
-        self.D.train()
+        self.gan.G.train()
+        self.gan.D.train()
         while not p.finished:
             if self.stop_requested:
                 p.elapsed = elapsed0 + time.perf_counter() - t_start
@@ -429,19 +230,15 @@ class Trial:
             self.train_step(batches)
             p.step += 1
             if cfg.gns_every and p.step % cfg.gns_every == 0:
-                value = self.measure_noise_scale()
-                if self.metrics is not None:
-                    self.metrics.noise_scale(value)
+                metrics.noise_scale(self.measure_noise_scale())
             dt = time.perf_counter() - t0
             evaluating = p.step % cfg.eval_every == 0 or p.step >= cfg.max_steps
-            if self.metrics is not None:
-                self.metrics.step(p.step, cfg.batch_size, dt)
-                if (self.device.type == "cpu" or evaluating or p.step % METRICS_EVERY == 0
-                        or self.stop_requested):
-                    v = self.loss_values()
-                    self.metrics.network("generator", v["generator"], v["grad_generator"])
-                    self.metrics.network("discriminator", v["discriminator"],
-                                         v["grad_discriminator"])
+            metrics.step(p.step, cfg.batch_size, dt)
+            if (self.device.type == "cpu" or evaluating or p.step % METRICS_EVERY == 0
+                    or self.stop_requested):
+                v = self.gan.loss_values()
+                metrics.network("generator", v["generator"], v["grad_generator"])
+                metrics.network("discriminator", v["discriminator"], v["grad_discriminator"])
             if evaluating:
                 self._after_evaluation(self.evaluate())
             if p.reached_at is not None or p.step >= cfg.max_steps:
@@ -449,22 +246,17 @@ class Trial:
             p.elapsed = elapsed0 + time.perf_counter() - t_start
             if p.finished or (cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0):
                 self._save()
-        if self.metrics is not None:
-            self.metrics.finished()
+        metrics.finished()
         return self.result()
-
-    def _batches_per_step(self) -> int:
-        return 1 if self.cfg.model == "dcgan" else self.cfg.n_critic
 
     def _after_evaluation(self, fid: float) -> None:
         cfg, p = self.cfg, self.progress
         assert p.history is not None
         prev = p.history[-1] if p.history else None
         p.history.append((p.step, fid))
-        if self.metrics is not None:
-            self.metrics.evaluation(fid)
+        self.metrics.evaluation(fid)
         gns = self.gns.value
-        losses = self.loss_values()
+        losses = self.gan.loss_values()
         self.log(f"step {p.step} fid {fid:.3f} (threshold {cfg.fid_threshold:g}) "
                  f"loss_g {losses['generator']:.3f} loss_d "
                  f"{losses['discriminator']:.3f}"
@@ -473,8 +265,7 @@ class Trial:
             p.reached_at = p.step
             p.interpolated = (interpolate_crossing(prev, (p.step, fid), cfg.fid_threshold)
                               if prev else None)
-            if self.metrics is not None:
-                self.metrics.reached(p.step, p.interpolated)
+            self.metrics.reached(p.step, p.interpolated)
 
     def result(self) -> dict[str, Any]:
         cfg, p = self.cfg, self.progress

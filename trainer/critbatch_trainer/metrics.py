@@ -110,3 +110,31 @@ def _label(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return "" if value is None else str(value)
+
+
+class NullMetrics:
+    """TrainerMetrics' interface, recording nothing: a trial run without an endpoint."""
+
+    def static(self, params: int, dataset_size: int, max_steps: int, threshold: float) -> None:
+        pass
+
+    def hardware(self, info: Mapping[str, Any]) -> None:
+        pass
+
+    def step(self, step: int, samples: int, seconds: float | None = None) -> None:
+        pass
+
+    def network(self, network: str, loss: float, grad_norm: float) -> None:
+        pass
+
+    def noise_scale(self, value: float | None) -> None:
+        pass
+
+    def evaluation(self, fid: float) -> None:
+        pass
+
+    def reached(self, steps: int, interpolated: float | None) -> None:
+        pass
+
+    def finished(self) -> None:
+        pass

@@ -16,7 +16,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from critbatch.provenance import cpu_model, short_text
-from critbatch_trainer.config import ConfigError
+from critbatch_trainer.settings import ConfigError
 
 REPRODUCIBLE_ENV = {
     "ATEN_CPU_CAPABILITY": "default",
@@ -24,7 +24,7 @@ REPRODUCIBLE_ENV = {
     # oneDNN is off for convolutions; any other op that still reaches it stays portable too.
     "ONEDNN_MAX_CPU_ISA": "SSE41",
 }
-FLAG = "reproducible-cpu"
+PIN_FLAG = "reproducible-cpu"
 
 
 def pinned(environ: MutableMapping[str, str] | None = None) -> bool:
@@ -38,7 +38,7 @@ def pin_environment(environ: MutableMapping[str, str] | None = None) -> None:
     if pinned(env):
         return
     if "torch" in sys.modules:
-        raise ConfigError(f"{FLAG}: torch was imported before the CPU numerics could be "
+        raise ConfigError(f"{PIN_FLAG}: torch was imported before the CPU numerics could be "
                           "pinned: run critbatch-trainer as a process of its own, or set "
                           + " ".join(f"{k}={v}" for k, v in REPRODUCIBLE_ENV.items())
                           + " in its environment")
@@ -50,7 +50,7 @@ def pin_torch() -> None:
     import torch
 
     if not pinned() or torch.backends.cpu.get_cpu_capability() != "DEFAULT":
-        raise ConfigError(f"{FLAG}: the CPU numerics are not pinned in this process (torch "
+        raise ConfigError(f"{PIN_FLAG}: the CPU numerics are not pinned in this process (torch "
                           f"dispatches {torch.backends.cpu.get_cpu_capability()}): run "
                           "critbatch-trainer as a process of its own")
     torch.backends.mkldnn.enabled = False

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 
 
-def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, beta1: float,
+def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], *, lr: float, beta1: float,
                    beta2: float, eps: float, device: torch.device | None = None,
                    capturable: bool = False) -> torch.optim.Optimizer:
     """Adam, AdaBelief (timm's, rectified, no weight decay) or RMSProp.

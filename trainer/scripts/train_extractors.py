@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from critbatch_trainer.data import load_digits_images, load_lfw_subset
-from critbatch_trainer.fid import WEIGHTS_DIR, SmallClassifier
+from critbatch_trainer.embedded import load_digits_images, load_lfw_subset
+from critbatch_trainer.extractors import WEIGHTS_DIR, SmallClassifier
 
 SPECS = {
     # name: (input size, widths, features, epochs, loader)
@@ -28,34 +28,34 @@ SPECS = {
 }
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
+def _augment(x: torch.Tensor, rng: torch.Generator, max_shift: int) -> torch.Tensor:
     """Random integer translations (zero-filled with the background value -1) and noise."""
     n, _, h, w = x.shape
     pad = F.pad(x, (max_shift,) * 4, value=-1.0)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=rng)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=rng)
     out = torch.stack([pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-    return out + 0.05 * torch.randn(out.shape, generator=gen)
+    return out + 0.05 * torch.randn(out.shape, generator=rng)
 
 
 def train(name: str, epochs: int | None = None, seed: int = 0) -> tuple[dict, bytes]:
     size, widths, feats, default_epochs, loader = SPECS[name]
     epochs = default_epochs if epochs is None else epochs
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     data = loader()
     x, y = data.images, data.labels
-    perm = torch.randperm(len(x), generator=gen)
+    perm = torch.randperm(len(x), generator=rng)
     n_val = len(x) // 5
     val, tr = perm[:n_val], perm[n_val:]
     net = SmallClassifier(size, 1, int(y.max()) + 1, widths, feats)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(epochs):
         net.train()
-        order = tr[torch.randperm(len(tr), generator=gen)]
+        order = tr[torch.randperm(len(tr), generator=rng)]
         for i in range(0, len(order), 64):
             idx = order[i:i + 64]
-            loss = F.cross_entropy(net(_augment(x[idx], gen, max(1, size // 16))), y[idx])
+            loss = F.cross_entropy(net(_augment(x[idx], rng, max(1, size // 16))), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

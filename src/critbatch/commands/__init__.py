@@ -1,7 +1,8 @@
-"""The CLI's subcommands: each module's `register(subparsers)` adds one and sets `func`.
+"""The CLI's subcommands, and the output helpers they share.
 
-`func(args) -> int` returns the exit code; bad input raises `critbatch.errors.InputError`,
-which the CLI turns into one line and exit code 2.
+`COMMANDS` names every subcommand and its module; each module's `register(subparsers)` adds
+it and sets `func`. `func(args) -> int` returns the exit code; bad input raises
+`critbatch.errors.InputError`, which the CLI turns into one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,24 +17,34 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
+# Subcommand -> its module, in `critbatch --help` order; imported when the parser is built.
+COMMANDS: dict[str, str] = {
+    "estimate": "critbatch.commands.estimate",
+    "analyze": "critbatch.commands.analyze",
+    "run": "critbatch.commands.run",
+    "report": "critbatch.commands.report",
+}
+
 
 def print_json(obj: Any) -> None:
     """One JSON document on stdout; NaN and infinity are not JSON, so they become null."""
-    print(json.dumps(_finite(obj), indent=2, sort_keys=False))
+    print(json.dumps(_json_safe(obj), indent=2, sort_keys=False))
 
 
-def _finite(obj: Any) -> Any:
+def _json_safe(obj: Any) -> Any:
+    """`obj` with every NaN and infinity, however deep, replaced by None."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [_json_safe(v) for v in obj]
     return obj
 
 
-def fmt(value: float | None, digits: int = 4) -> str:
-    """A number for a table: integers as integers, others to `digits` significant figures."""
+def short_number(value: float | None, digits: int = 4) -> str:
+    """A number for a table: integers as integers, others to `digits` significant figures
+    (exponent form when large); `-` when there is none."""
     if value is None:
         return "-"
     if float(value).is_integer() and abs(value) < 1e15:

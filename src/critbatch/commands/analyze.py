@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from critbatch import posterior, science
-from critbatch.commands import fmt, print_json, stdout_console
+from critbatch.commands import print_json, short_number, stdout_console
 from critbatch.errors import InputError
 from critbatch.files import load_yaml, read_text
 from critbatch.spec import MAX_BATCH
@@ -174,35 +174,33 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _int(value: Any, where: str, column: str) -> int:
+def _cell_float(value: Any, where: str, column: str, expected: str) -> float:
+    """A cell as a float: numbers and numeric text, never a boolean."""
     if isinstance(value, bool):
-        raise InputError(f"{where}, column {column}: expected an integer, got {value!r}")
+        raise InputError(f"{where}, column {column}: expected {expected}, got {value!r}")
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise InputError(f"{where}, column {column}: not a number: {_short(value)}") from None
     except OverflowError:
         raise InputError(f"{where}, column {column}: too large: {_short(value)}") from None
+
+
+def _cell_int(value: Any, where: str, column: str) -> int:
+    number = _cell_float(value, where, column, "an integer")
     if not number.is_integer():
         raise InputError(f"{where}, column {column}: expected an integer, got {value!r}")
     return int(number)
 
 
-def _number(value: Any, where: str, column: str) -> float:
-    if isinstance(value, bool):
-        raise InputError(f"{where}, column {column}: expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}, column {column}: not a number: {_short(value)}") from None
-    except OverflowError:
-        raise InputError(f"{where}, column {column}: too large: {_short(value)}") from None
+def _cell_number(value: Any, where: str, column: str) -> float:
+    number = _cell_float(value, where, column, "a number")
     if not math.isfinite(number):
         raise InputError(f"{where}, column {column}: must be finite, got {value!r}")
     return number
 
 
-def _bool(value: Any, where: str, column: str) -> bool:
+def _cell_bool(value: Any, where: str, column: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -221,21 +219,21 @@ def parse_trial(where: str, row: Mapping[str, Any],
     for col in REQUIRED:
         if col not in row or row[col] is None or row[col] == "":
             raise InputError(f"{where}, column {col}: missing")
-    batch = _int(row["batch_size"], where, "batch_size")
+    batch = _cell_int(row["batch_size"], where, "batch_size")
     if not 0 < batch <= MAX_BATCH:
         raise InputError(f"{where}, column batch_size: must be in 1..{MAX_BATCH}, got "
                          f"{_short(row['batch_size'])}")
-    steps = _number(row["steps"], where, "steps")
-    reached = _bool(row["reached"], where, "reached")
+    steps = _cell_number(row["steps"], where, "steps")
+    reached = _cell_bool(row["reached"], where, "reached")
     if steps < 0 or (reached and steps == 0):
         raise InputError(f"{where}, column steps: must be "
                          f"{'> 0 for a trial that reached the target' if reached else '>= 0'}, "
                          f"got {row['steps']!r}")
     seed_value = row.get("seed")
-    seed = 0 if seed_value is None or seed_value == "" else _int(seed_value, where, "seed")
+    seed = 0 if seed_value is None or seed_value == "" else _cell_int(seed_value, where, "seed")
     every = row.get("eval_every")
     eval_every = default_eval_every if every is None or every == "" \
-        else _number(every, where, "eval_every")
+        else _cell_number(every, where, "eval_every")
     if eval_every < 0:
         raise InputError(f"{where}, column eval_every: must be >= 0, got {every!r}")
     return posterior.Evidence(batch_size=batch, steps=steps, reached=reached,
@@ -359,21 +357,22 @@ def print_table(result: Mapping[str, Any], trials: list[posterior.Evidence]) -> 
         if b in points and b == result["measured_batch_size"]:
             notes.append("min mean SFO")
         if len(reached) < len(group):
-            notes.append(f"censored >= {fmt(max(t.steps for t in group if not t.reached))}")
+            longest = max(t.steps for t in group if not t.reached)
+            notes.append(f"censored >= {short_number(longest)}")
         note = ", ".join(filter(None, notes))
         table.add_row(str(b), str(len(group)), f"{len(reached)}/{len(group)}",
-                      fmt(steps, 6) if steps is not None else "-",
-                      fmt(steps * b, 6) if steps is not None else "-",
+                      short_number(steps, 6) if steps is not None else "-",
+                      short_number(steps * b, 6) if steps is not None else "-",
                       f"{result['argmin_probabilities'].get(str(b), 0.0):.3f}", note,
                       style="bold" if b == best else None)
     console.print(table)
     if result["fitted_batch_size"] is not None:
         interval = result["fitted_interval"]
-        ci = (f" [{fmt(interval[0])}, {fmt(interval[1])}] ({level} credible interval)"
-              if interval else "")
-        console.print(f"fitted b*: {fmt(result['fitted_batch_size'])}{ci}", markup=False,
+        ci = (f" [{short_number(interval[0])}, {short_number(interval[1])}] "
+              f"({level} credible interval)" if interval else "")
+        console.print(f"fitted b*: {short_number(result['fitted_batch_size'])}{ci}", markup=False,
                       soft_wrap=True)
-        console.print(f"N_min (steps with unlimited batch): {fmt(result['n_min'], 6)}",
+        console.print(f"N_min (steps with unlimited batch): {short_number(result['n_min'], 6)}",
                       markup=False)
     for w in result["warnings"]:
         console.print(f"warning: {w}", style="yellow", markup=False, soft_wrap=True)

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from critbatch import science
-from critbatch.commands import fmt, print_json, stdout_console
+from critbatch.commands import print_json, short_number, stdout_console
 from critbatch.errors import InputError
 
 HELP = "estimate b* for other optimizers from a measured reference b* (Proposition 3.4)"
@@ -169,11 +169,11 @@ def _beyond_grid(field: str, value: float, grid: tuple[int, ...]) -> str | None:
     lo, hi = min(grid), max(grid)
     if value > hi:
         shown = "overflows (infinite)" if math.isinf(value) else \
-            f"{fmt(value)} is above the grid's largest batch size {hi}"
+            f"{short_number(value)} is above the grid's largest batch size {hi}"
         return f"{field}: the estimate {shown}: its grid b* is clamped to {hi}"
     if value < lo:
-        return (f"{field}: the estimate {fmt(value)} is below the grid's smallest batch size "
-                f"{lo}: its grid b* is clamped to {lo}")
+        return (f"{field}: the estimate {short_number(value)} is below the grid's smallest "
+                f"batch size {lo}: its grid b* is clamped to {lo}")
     return None
 
 
@@ -192,8 +192,9 @@ def run(args: argparse.Namespace) -> int:
     ref = result["reference"]
     console = stdout_console()
     console.print(
-        f"reference: {ref['optimizer']} lr={fmt(ref['lr'])} beta1={fmt(ref['beta1'])} "
-        f"beta2={fmt(ref['beta2'])}, measured b* = {fmt(ref['batch_size'])}, "
+        f"reference: {ref['optimizer']} lr={short_number(ref['lr'])} "
+        f"beta1={short_number(ref['beta1'])} beta2={short_number(ref['beta2'])}, "
+        f"measured b* = {short_number(ref['batch_size'])}, "
         f"Theta = {ref['params']}, |S| = {ref['dataset_size']}", markup=False, soft_wrap=True)
     console.print(f"noise ratio sigma^2/eps^3 = {result['noise_ratio']:.6g}", markup=False,
                   soft_wrap=True)
@@ -206,9 +207,11 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col, justify="left" if col == "optimizer" else "right")
     for e in result["estimates"]:
         rms = e["optimizer"] == "rmsprop"  # its bound does not depend on the betas
-        table.add_row(e["optimizer"], fmt(e["lr"]), "-" if rms else fmt(e["beta1"]),
-                      "-" if rms else fmt(e["beta2"]), str(e["params"]),
-                      str(e["dataset_size"]), fmt(e["batch_size"]), str(e["grid_batch_size"]))
+        table.add_row(e["optimizer"], short_number(e["lr"]),
+                      "-" if rms else short_number(e["beta1"]),
+                      "-" if rms else short_number(e["beta2"]), str(e["params"]),
+                      str(e["dataset_size"]), short_number(e["batch_size"]),
+                      str(e["grid_batch_size"]))
     console.print(table)
     for w in result["warnings"]:
         console.print(f"warning: {w}", style="yellow", markup=False, soft_wrap=True)

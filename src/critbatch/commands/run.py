@@ -12,8 +12,10 @@ from pathlib import Path
 from critbatch import report
 from critbatch.commands import silence_stdout
 from critbatch.errors import InputError
+from critbatch.local.options import MetricsMode, RunError, RunOptions
 from critbatch.local.progress import failure_reason, headline, make_progress
-from critbatch.local.runner import LocalRun, RunError, RunOptions, load_manifest
+from critbatch.local.rundir import load_manifest
+from critbatch.local.runner import LocalRun
 from critbatch.spec import parse_sweep
 
 HELP = "run a sweep's trials as local processes and write its status and report"
@@ -85,12 +87,12 @@ def _options(args: argparse.Namespace, out: Path) -> RunOptions:
     if args.prometheus:
         if not args.prometheus.startswith(("http://", "https://")):
             raise RunError(f"--prometheus: must be an http(s) URL, got {args.prometheus!r}")
-        opts.metrics, opts.prometheus_url, opts.sd_file = "prometheus", args.prometheus, \
-            args.sd_file
+        opts.metrics, opts.prometheus_url, opts.sd_file = MetricsMode.PROMETHEUS, \
+            args.prometheus, args.sd_file
     elif args.with_prometheus:
-        opts.metrics = "with-prometheus"
+        opts.metrics = MetricsMode.WITH_PROMETHEUS
     elif args.direct:
-        opts.metrics = "direct"
+        opts.metrics = MetricsMode.DIRECT
     if args.trainer:
         try:
             command = shlex.split(args.trainer)

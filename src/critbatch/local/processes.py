@@ -101,7 +101,7 @@ class Supervisor:
             raise RuntimeError(f"{name}: already running as pid {self.processes[name].pid}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # local time: for a person reading
             log.write(f"# {stamp} start: {shlex.join(argv)}\n".encode())
             log.flush()
             popen = subprocess.Popen(

@@ -6,6 +6,7 @@ runner knows (live step rate, restarts); each view decides what to print.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import sys
@@ -33,7 +34,7 @@ _PHASE_STYLE = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialView:
     """One row of the progress display."""
 
@@ -152,6 +153,39 @@ class Progress:
 
     def close(self) -> None:
         pass
+
+
+class GuardedProgress(Progress):
+    """A view that goes quiet once its output is gone (`critbatch run --json | head`, a closed
+    terminal); `closed` then says why, and the run stops as if interrupted."""
+
+    def __init__(self, view: Progress) -> None:
+        self.view = view
+        self.closed: str | None = None
+
+    def _call(self, method: str, *args: Any, **fields: Any) -> None:
+        if self.closed is not None:
+            return
+        try:
+            getattr(self.view, method)(*args, **fields)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self.closed = f"output closed: {(exc.strerror or 'broken pipe').lower()}"
+
+    def start(self, sweep: str, out_dir: str, total: int) -> None:
+        self._call("start", sweep, out_dir, total)
+
+    def update(
+        self, status: Mapping[str, Any], trials: Sequence[TrialView], elapsed: float
+    ) -> None:
+        self._call("update", status, trials, elapsed)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self._call("event", kind, **fields)
+
+    def close(self) -> None:
+        self._call("close")
 
 
 class JsonProgress(Progress):

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from critbatch.errors import InputError
+from critbatch.files import atomic_write
 
 
 class PrometheusError(RuntimeError):
@@ -64,9 +65,7 @@ def write_targets(path: Path, targets: Iterable[Target]) -> None:
     """Write a file_sd_configs JSON file atomically, so Prometheus never reads half a file."""
     doc = [{"targets": [t.address], "labels": dict(t.labels)} for t in targets]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def render_config(sd_glob: str, scrape_interval: float = 1.0) -> dict:

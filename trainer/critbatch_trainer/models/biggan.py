@@ -3,8 +3,9 @@
 Spectral norm in G and D, conditional batch norm whose gains and biases come from a shared
 class embedding concatenated with a chunk of z (hierarchical z), self-attention at one
 resolution, a projection discriminator, hinge loss, orthogonal init. The generator's EMA is
-kept by the training loop. `width` is the channel multiplier (the paper's ImageNet-128 run:
-96, z 120, shared embedding 128, attention at 64); the default 32 fits small GPUs.
+kept by the training step (the recipe asks for it). `width` is the channel multiplier (the
+paper's ImageNet-128 run: 96, z 120, shared embedding 128, attention at 64); the default 32
+fits small GPUs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
+
+from critbatch_trainer.models.recipe import NetworkShape, Recipe
 
 # Channel multipliers per resolution (BigGAN-PyTorch's G_arch / D_arch).
 G_ARCH = {
@@ -201,3 +204,14 @@ def d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor
 
 def g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return -fake_scores.mean()
+
+
+def networks(shape: NetworkShape) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator), both conditioned on the class labels."""
+    return (Generator(shape.image_size, shape.channels, shape.z_dim, shape.width,
+                      shape.num_classes, attention_res=shape.attention_res),
+            Discriminator(shape.image_size, shape.channels, shape.width, shape.num_classes,
+                          attention_res=shape.attention_res))
+
+
+RECIPE = Recipe(d_loss=d_loss, g_loss=g_loss, conditional=True, ema=True)

@@ -7,10 +7,23 @@ the widest layers (each halving of the image removes one up/down-sampling stage)
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from critbatch_trainer.models.recipe import NetworkShape, Recipe
+
+
+class Norm(StrEnum):
+    """The normalisation of a discriminator's inner layers."""
+
+    BATCH = "batch"  # DCGAN
+    # The WGAN-GP critic: a gradient penalty per sample is ill-defined under batch norm
+    # (Gulrajani et al. 2017 sec. 4).
+    LAYER = "layer"
+    NONE = "none"
 
 
 def _stages(image_size: int) -> int:
@@ -53,28 +66,22 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image -> one logit per sample (no sigmoid: BCE-with-logits, or a WGAN critic).
-
-    `norm` is the normalisation of the inner layers: "batch" (DCGAN), "layer" (the WGAN-GP
-    critic: a gradient penalty per sample is ill-defined under batch norm, Gulrajani et al.
-    2017 sec. 4) or "none".
-    """
+    """image -> one logit per sample (no sigmoid: BCE-with-logits, or a WGAN critic)."""
 
     def __init__(self, image_size: int = 64, channels: int = 3, width: int = 64,
-                 norm: str = "batch") -> None:
+                 norm: Norm = Norm.BATCH) -> None:
         super().__init__()
+        norm = Norm(norm)
         n = _stages(image_size)
         ch = width
         layers: list[nn.Module] = [nn.Conv2d(channels, ch, 4, 2, 1, bias=False),
                                    nn.LeakyReLU(0.2, True)]
         for _ in range(n - 1):
             layers.append(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False))
-            if norm == "batch":
+            if norm == Norm.BATCH:
                 layers.append(nn.BatchNorm2d(ch * 2))
-            elif norm == "layer":
+            elif norm == Norm.LAYER:
                 layers.append(nn.GroupNorm(1, ch * 2))
-            elif norm != "none":
-                raise ValueError(f"norm: unknown {norm!r}")
             layers.append(nn.LeakyReLU(0.2, True))
             ch *= 2
         layers.append(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))
@@ -94,3 +101,12 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor
 def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss: -log D(G(z))."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def networks(shape: NetworkShape, norm: Norm = Norm.BATCH) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator); DCGAN is unconditional, so the classes are unused."""
+    return (Generator(shape.image_size, shape.channels, shape.z_dim, shape.width),
+            Discriminator(shape.image_size, shape.channels, shape.width, norm=norm))
+
+
+RECIPE = Recipe(d_loss=d_loss, g_loss=g_loss, shared_fake=True)

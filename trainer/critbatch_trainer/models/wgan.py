@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from critbatch_trainer.models import dcgan
+from critbatch_trainer.models.recipe import NetworkShape, Recipe
+
 
 def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """E[D(G(z))] - E[D(x)], the negative Wasserstein estimate (without the penalty)."""
@@ -20,12 +23,20 @@ def generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, lam: float,
-                     generator: torch.Generator | None = None,
+                     rng: torch.Generator | None = None,
                      labels: torch.Tensor | None = None) -> torch.Tensor:
     """lam * E[(|grad_x D(x_hat)|_2 - 1)^2] on random interpolates of real and fake samples."""
-    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device)
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=rng).to(real.device)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     scores = critic(x_hat, labels)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
     norms = grad.flatten(1).norm(2, dim=1)
     return lam * ((norms - 1) ** 2).mean()
+
+
+def networks(shape: NetworkShape) -> tuple[nn.Module, nn.Module]:
+    """DCGAN's networks, the critic with layer norm instead of batch norm."""
+    return dcgan.networks(shape, norm=dcgan.Norm.LAYER)
+
+
+RECIPE = Recipe(d_loss=critic_loss, g_loss=generator_loss, penalty=gradient_penalty)

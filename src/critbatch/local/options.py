@@ -1,0 +1,59 @@
+"""What a local run is asked to do: its options, where it reads metrics, and its input error."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from critbatch.errors import InputError
+from critbatch.spec import Sweep
+
+
+class RunError(InputError):
+    """A local run that cannot start: the message names the option or path at fault."""
+
+
+class MetricsMode(enum.StrEnum):
+    """Where a local run reads its trials' metrics; the text appears in events and output."""
+
+    AUTO = "auto"  # decided by spec.metrics (metrics_mode)
+    DIRECT = "direct"  # scrape each trainer's /metrics
+    PROMETHEUS = "prometheus"  # an existing server, which must read the run's targets file
+    WITH_PROMETHEUS = "with-prometheus"  # a private server the run starts on loopback
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """How to run a sweep locally; the defaults are what `critbatch run SWEEP.yaml` does."""
+
+    out_dir: Path
+    resume: bool = False
+    metrics: MetricsMode = MetricsMode.AUTO
+    prometheus_url: str | None = None
+    sd_file: Path | None = None  # file_sd targets for an existing server to read
+    trainer_command: Sequence[str] = (sys.executable, "-m", "critbatch_trainer")
+    threads: int | None = None
+    poll_interval: float = 0.5
+    linger: float | None = None
+    scrape_interval: float = 1.0
+    reference_noise_ratio: float | None = None
+    # A finished run (its directory or status file) whose noise ratio predicts b*; default:
+    # runs/<spec.reference.sweep>/ beside this run's output directory.
+    reference_run: Path | None = None
+    retry_failed: bool = False  # with resume: start Failed trials again
+
+
+def metrics_mode(sweep: Sweep) -> tuple[MetricsMode, str | None]:
+    """What spec.metrics means on this machine: its Prometheus URL, a private server, or none.
+
+    `source: prometheus` with a `prometheusURL` uses that server (it must read the run's
+    targets file); without a URL the run starts its own; anything else scrapes directly.
+    """
+    if sweep.metrics.source == "prometheus":
+        if sweep.metrics.prometheus_url:
+            return MetricsMode.PROMETHEUS, sweep.metrics.prometheus_url
+        return MetricsMode.WITH_PROMETHEUS, None
+    return MetricsMode.DIRECT, None

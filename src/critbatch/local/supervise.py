@@ -1,0 +1,318 @@
+"""The sweep's trials as processes: start them, restart a killed one from its checkpoint (up to
+spec.trainer.backoffLimit times, as a Job would), reap and stop them, and say what each left.
+
+`processes.py` runs and signals any process; this module knows trials: their directories,
+results and metrics, and turns an ended process into the planner's observation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from critbatch import planner
+from critbatch.errors import OutputError
+from critbatch.local import prometheus as prom
+from critbatch.local.options import RunError
+from critbatch.local.processes import ExitKind, Supervisor, TrialProcess, classify, log_tail
+from critbatch.local.progress import RateMeter, TrialView
+from critbatch.local.results import ResultRead, read_result, result_from_log
+from critbatch.metrics import TrialMetrics
+from critbatch.spec import Sweep, resume_checkpoint_every
+from critbatch.trainer_args import trainer_args
+from critbatch.vocabulary import TrialKey
+
+# The signals that stop a run like Ctrl-C: a `kill`, a closed terminal.
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+EventLog = Callable[..., None]  # log(kind, **fields): the run's events.jsonl and its view
+
+
+def install_signals(handler: Any) -> dict[int, Any]:
+    """Set `handler` (a callable, or the dict this returns) for STOP_SIGNALS; returns the
+    handlers it replaced. A signal ignored (`nohup`, a background job) stays ignored."""
+    previous = {}
+    for sig in STOP_SIGNALS:
+        new = handler.get(sig) if isinstance(handler, dict) else handler
+        if new is None or (callable(handler) and signal.getsignal(sig) == signal.SIG_IGN):
+            continue
+        try:
+            previous[sig] = signal.signal(sig, new)
+        except ValueError:  # not the main thread (a test calling run() from a worker)
+            previous[sig] = signal.getsignal(sig)
+    return previous
+
+
+def check_trainer(command: Sequence[str]) -> None:
+    """The trainer command's program exists and may run, or a RunError naming --trainer."""
+    if not command or not command[0]:
+        raise RunError("--trainer: must not be empty")
+    program = command[0]
+    if os.sep in program:
+        if not os.path.exists(program):
+            raise RunError(f"--trainer: no such file: {program}")
+        if not os.path.isfile(program) or not os.access(program, os.X_OK):
+            raise RunError(f"--trainer: {program} is not an executable file")
+    elif shutil.which(program) is None:
+        raise RunError(f"--trainer: no {program!r} on PATH")
+
+
+@dataclass
+class TrialState:
+    """What the runner knows about one trial beyond its process."""
+
+    key: TrialKey
+    dir: Path
+    port: int | None = None
+    restarts: int = 0
+    stop_reason: str | None = None
+    final: planner.Observation | None = None
+    metrics: TrialMetrics | None = None
+    rate: RateMeter = field(default_factory=RateMeter)
+    started: bool = False
+
+    @property
+    def result_file(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "trainer.log"
+
+    def note_metrics(self, m: TrialMetrics, now: float) -> None:
+        self.metrics = m
+        if m.step is not None:
+            self.rate.add(m.step, now)
+
+    def view(self, row: Mapping[str, Any], max_steps: int) -> TrialView:
+        """The progress row: the status row's values, the last metrics where it has none."""
+        m = self.metrics
+        step = row.get("steps") if row.get("steps") is not None else (m.step if m else None)
+        phase = row.get("phase", "Pending")
+        eta = self.rate.eta(step, max_steps) if step is not None and phase == "Running" else None
+        return TrialView(
+            batch_size=self.key.batch_size, seed=self.key.seed, phase=phase,
+            step=step, max_steps=max_steps, fid=row.get("fid"),
+            sfo=row.get("sfo"), eta_seconds=eta, restarts=self.restarts,
+            source=row.get("source"), reason=row.get("reason"))
+
+
+class TrialSupervisor:
+    """Starts, reaps and stops the trials' processes; each trial's process is named
+    `TrialKey.name`. `log` records what happened, `warn` adds a run warning once."""
+
+    def __init__(self, sweep: Sweep, trials: Mapping[TrialKey, TrialState], *,
+                 command: Sequence[str], linger: float, source: str, log: EventLog,
+                 warn: Callable[[str], None]) -> None:
+        self.sweep = sweep
+        self.trials = trials
+        self.by_name = {key.name: st for key, st in trials.items()}
+        self.command = list(command)
+        self.linger = linger
+        self.source = source  # where metrics come from: a confirmed value's status source
+        self.log = log
+        self.warn = warn
+        self._procs: Supervisor | None = None
+        self._ports: set[int] = set()
+
+    def begin(self, threads: int) -> None:
+        """Ready to start trials, each with `threads` CPU threads."""
+        env = dict(os.environ, CRITBATCH_THREADS=str(threads))
+        self._procs = Supervisor(env=env, threads=threads)
+
+    @property
+    def processes(self) -> Mapping[str, TrialProcess]:
+        """The trials' processes still running, by trial name."""
+        return self._procs.processes if self._procs is not None else {}
+
+    def running(self) -> list[TrialState]:
+        return [self.by_name[name] for name in self.processes]
+
+    def read_result(self, st: TrialState) -> ResultRead:
+        return read_result(st.result_file, st.key, sweep=self.sweep.name,
+                           max_steps=self.sweep.target.max_steps)
+
+    def final_from_result(self, st: TrialState, result: dict[str, Any],
+                          source: str | None) -> planner.Observation:
+        """The trainer's result, cross-checked with the last metrics read for the trial.
+
+        The value kept is the trainer's own (the result file); `source` says which channel
+        confirmed it: the metrics source when it saw the same final N(b), else
+        "termination-message". A disagreement is a warning in the status.
+        """
+        if source is None:
+            source = "termination-message"
+            m = st.metrics
+            if m is not None and m.finished:
+                seen = m.steps_to_threshold if result["reached"] else m.step
+                if seen is not None and float(seen) == float(result["steps"]):
+                    source = self.source
+                else:
+                    self.warn(
+                        f"trial b={st.key.batch_size} seed={st.key.seed}: metrics say N = "
+                        f"{seen}, the result file says {result['steps']}: using the result file")
+        phase = planner.Phase.Reached if result["reached"] else planner.Phase.Censored
+        return planner.Observation(st.key, phase, steps=result["steps"], fid=result.get("fid"),
+                                   result=result, source=source, restarts=st.restarts)
+
+    def observations(self) -> dict[TrialKey, planner.Observation]:
+        """What the planner sees: final trials, and running ones at their last metrics."""
+        out = {}
+        running = set(self.processes)
+        for key, st in self.trials.items():
+            if st.final is not None:
+                out[key] = replace(st.final, restarts=st.restarts)
+            elif key.name in running:
+                m = st.metrics or TrialMetrics()
+                out[key] = planner.Observation(
+                    key, planner.Phase.Running, steps=m.step, fid=m.fid,
+                    source=self.source if st.metrics else None, restarts=st.restarts)
+        return out
+
+    def _new_port(self) -> int:
+        """A free loopback port not handed to another trial of this run."""
+        for _ in range(100):
+            port = prom.free_port()
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
+        raise RuntimeError("no free loopback port")
+
+    def start(self, st: TrialState) -> None:
+        """Start (or restart, from its checkpoint) one trial's trainer."""
+        assert self._procs is not None
+        try:
+            st.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{st.dir}: cannot create: {exc.strerror or exc}") from None
+        st.port = self._new_port()
+        st.metrics = None
+        with contextlib.suppress(FileNotFoundError):
+            st.result_file.unlink()  # a stale result must not stand for this attempt
+        args = trainer_args(self.sweep, st.key, metrics_port=st.port,
+                            checkpoint_dir=str((st.dir / "checkpoint").resolve()),
+                            termination_log=str(st.result_file.resolve()),
+                            linger=math.ceil(self.linger))
+        if not self.sweep.trainer.checkpoint_every:
+            # Locally a kill -9 should cost little: checkpoint at every FID evaluation.
+            args += ["--checkpoint-every", str(resume_checkpoint_every(self.sweep))]
+        args += ["--metrics-host", "127.0.0.1"]
+        argv = [*self.command, *args]
+        try:
+            proc = self._procs.start(st.key.name, argv, st.log_file)
+        except OSError as exc:  # check_trainer passed, yet it cannot run (a bad interpreter)
+            raise RunError(f"--trainer: cannot start {argv[0]}: {exc.strerror or exc}") from None
+        st.started = True
+        self.log("restart" if st.restarts else "start", batch_size=st.key.batch_size,
+                 seed=st.key.seed, pid=proc.pid, port=st.port, restarts=st.restarts)
+
+    def request_stop(self, key: TrialKey, reason: str) -> None:
+        """Stop a running trial for the planner's `reason` (it is then Pruned when reaped)."""
+        st = self.trials[key]
+        if st.stop_reason is None and key.name in self.processes:
+            assert self._procs is not None
+            st.stop_reason = reason
+            self.log("stopping", batch_size=key.batch_size, seed=key.seed, reason=reason)
+            self._procs.request_stop(key.name)
+
+    def stop_confirmed(self) -> None:
+        """End a lingering trainer once its final metrics were read and its result is written.
+
+        The linger exists so a scrape sees the final values; once this run has seen them there
+        is nothing left to wait for.
+        """
+        for name, proc in list(self.processes.items()):
+            st = self.by_name[name]
+            if st.metrics is not None and st.metrics.finished and \
+                    self.read_result(st).result is not None and not proc.stop_requested:
+                assert self._procs is not None
+                self._procs.request_stop(name)
+
+    def stop_all(self) -> None:
+        """Stop every trial at its checkpoint; those that finished meanwhile still count."""
+        if self._procs is not None:
+            self._procs.stop_all()
+        self.reap_after_stop()
+
+    def kill_all(self) -> None:
+        """Kill every trial now: they lose the steps since their last checkpoint."""
+        for proc in list(self.processes.values()):
+            proc.signal_group(signal.SIGKILL)
+
+    def reap_after_stop(self) -> None:
+        """Trials that finished while being stopped still count; the rest resume later."""
+        for st in self.trials.values():
+            if st.final is None and st.started:
+                got = self.read_result(st)
+                if got.result is not None:
+                    st.final = self.final_from_result(st, got.result, None)
+                elif got.problem is not None:
+                    st.final = self._failed(
+                        st, f"refused result: {st.result_file.name}: {got.problem}")
+
+    def _failed(self, st: TrialState, reason: str) -> planner.Observation:
+        return planner.Observation(
+            st.key, planner.Phase.Failed, steps=(st.metrics or TrialMetrics()).step,
+            source="local", reason=reason, restarts=st.restarts)
+
+    def _ended_result(self, st: TrialState, kind: ExitKind) -> ResultRead:
+        """The result an ended trainer left: its file, else (after a clean exit) the last line
+        of its log; a problem names where it was read."""
+        got = self.read_result(st)
+        if got.result is None and got.problem is None and kind is ExitKind.FINISHED:
+            got = result_from_log(st.log_file, st.key, sweep=self.sweep.name,
+                                  max_steps=self.sweep.target.max_steps)
+            if got.problem is not None:
+                got = replace(got, problem=f"last line of {st.log_file.name}: {got.problem}")
+        elif got.problem is not None:
+            got = replace(got, problem=f"{st.result_file.name}: {got.problem}")
+        return got
+
+    def reap(self) -> None:
+        """Turn ended processes into final observations, or restart them from checkpoint."""
+        if self._procs is None:
+            return
+        for proc, code in self._procs.reap():
+            st = self.by_name[proc.name]
+            kind = classify(code)
+            if kind is ExitKind.BAD_CONFIG and "metrics-port:" in log_tail(st.log_file):
+                kind = ExitKind.CRASHED  # someone took the port first: worth another try
+            got = self._ended_result(st, kind)
+            if got.result is not None:
+                st.final = self.final_from_result(st, got.result, None)
+                self.log("finished", batch_size=st.key.batch_size, seed=st.key.seed,
+                         phase=st.final.phase.value, steps=st.final.steps,
+                         source=st.final.source)
+            elif got.problem is not None:  # a result that is not this trial's: never counted
+                st.final = self._failed(st, f"refused result: {got.problem}")
+                self.log("failed", batch_size=st.key.batch_size, seed=st.key.seed,
+                         code=code, reason=st.final.reason)
+            elif proc.stop_requested and st.stop_reason is not None:
+                m = st.metrics or TrialMetrics()
+                st.final = planner.Observation(
+                    st.key, planner.Phase.Pruned, steps=m.step, fid=m.fid,
+                    source=self.source, reason=st.stop_reason, restarts=st.restarts)
+                self.log("pruned", batch_size=st.key.batch_size, seed=st.key.seed,
+                         steps=m.step, reason=st.stop_reason)
+            elif proc.stop_requested:
+                pass  # stopped by Ctrl-C: not final, resumable from its checkpoint
+            elif kind in (ExitKind.FINISHED, ExitKind.BAD_CONFIG) or \
+                    st.restarts >= self.sweep.trainer.backoff_limit:
+                why = "exited 0 without a result" if kind is ExitKind.FINISHED else \
+                    f"exit {code} ({kind.value})"
+                tail = log_tail(st.log_file)
+                st.final = self._failed(st, f"{why}: {tail}" if tail else why)
+                self.log("failed", batch_size=st.key.batch_size, seed=st.key.seed,
+                         code=code, reason=st.final.reason)
+            else:
+                st.restarts += 1
+                self.log("trainer-exit", batch_size=st.key.batch_size, seed=st.key.seed,
+                         code=code, exit=kind.value)
+                self.start(st)

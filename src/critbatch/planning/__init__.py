@@ -1,0 +1,1 @@
+"""The planner's parts, one job each; `critbatch.planner.plan` puts them together."""

@@ -1,0 +1,217 @@
+"""The answer a status gives: the critical batch size from the posterior (most probable,
+plausible set, fitted), the measured one, the reach fraction, the prediction from a reference
+and the estimates for other settings, with the warnings that qualify them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from critbatch import posterior, science
+from critbatch.numbers import finite_float, positive_int, significant
+from critbatch.planning.trials import Phase, TrialRecord, by_batch
+from critbatch.spec import Sweep
+
+
+def science_trials(records: Iterable[TrialRecord]) -> list[science.Trial]:
+    """Reached trials are measurements; censored and pruned ones are right-censored."""
+    out = []
+    for r in records:
+        if r.phase is Phase.Reached and r.steps:
+            out.append(science.Trial(batch_size=r.key.batch_size, steps=float(r.steps),
+                                     reached=True, seed=r.key.seed))
+        elif r.phase in (Phase.Censored, Phase.Pruned):
+            out.append(science.Trial(batch_size=r.key.batch_size, steps=float(r.steps or 0.0),
+                                     reached=False, seed=r.key.seed))
+    return out
+
+
+def evidence(records: Iterable[TrialRecord], eval_every: int) -> list[posterior.Evidence]:
+    """What each trial says of its N(b): reached between its last two evaluations, or not by its
+    last evaluation (censored, pruned, or still running: all of them right-censored there)."""
+    out = []
+    for r in records:
+        if r.phase is Phase.Reached and r.steps:
+            out.append(posterior.Evidence(batch_size=r.key.batch_size, steps=float(r.steps),
+                                          reached=True, eval_every=eval_every, seed=r.key.seed))
+        elif r.phase in (Phase.Censored, Phase.Pruned, Phase.Running) and r.steps:
+            last_eval = float(r.steps) if r.phase is Phase.Censored \
+                else eval_every * math.floor(float(r.steps) / eval_every)
+            if last_eval > 0:
+                out.append(posterior.Evidence(batch_size=r.key.batch_size, steps=last_eval,
+                                              reached=False, eval_every=eval_every,
+                                              seed=r.key.seed))
+    return out
+
+
+def reach_fraction(records: Iterable[TrialRecord]) -> dict[int, float]:
+    """Per batch size, the fraction of its trials that ran to the end and reached the target
+    (pruned and running ones did not run to the end)."""
+    ended = by_batch(r for r in records if r.phase in (Phase.Reached, Phase.Censored))
+    return {b: sum(r.phase is Phase.Reached for r in group) / len(group)
+            for b, group in sorted(ended.items())}
+
+
+def reference_from_status(
+    status: Mapping[str, Any] | None,
+) -> tuple[float | None, int | None, int | None]:
+    """A reference sweep's (noise ratio, generator params, dataset size) from its status.
+
+    What `plan`'s reference_* arguments take, so the operator (a sweep in the namespace) and
+    `critbatch run` (a finished local run) read a reference the same way; None where absent.
+    """
+    cb = (status or {}).get("criticalBatchSize") or {}
+    ratio = finite_float(cb.get("noiseRatio"))
+    return (ratio if ratio is not None and ratio > 0 else None,
+            positive_int(cb.get("generatorParams")), positive_int(cb.get("datasetSize")))
+
+
+def _listed(sizes: Iterable[int]) -> str:
+    return ", ".join(map(str, sizes))
+
+
+def _posterior_fields(post: posterior.Posterior, reach: Mapping[int, float]) -> dict[str, Any]:
+    """The posterior's answer as status fields (batch sizes as string keys, for JSON)."""
+    return {
+        "mostProbable": post.most_probable,
+        "plausible": list(post.plausible) if post.most_probable is not None else None,
+        "probabilities": ({str(b): significant(p, 4) for b, p in sorted(post.probabilities.items())}
+                          if post.probabilities else None),
+        "resolved": post.resolved,
+        "confidence": post.confidence,
+        "reachFraction": {str(b): significant(f, 4) for b, f in reach.items()} or None,
+        "fitted": significant(post.fitted),
+        "interval": [significant(v) for v in post.interval] if post.interval else None,
+        "nMin": significant(post.n_min),
+        "notIdentifiable": post.reason,
+    }
+
+
+def _evidence_warnings(records: Sequence[TrialRecord], measured_censored: Iterable[int],
+                       reach: Mapping[int, float]) -> list[str]:
+    """What qualifies the evidence: censored, pruned and failed batch sizes, mixed hardware,
+    seeds that disagree on reaching the target."""
+    warnings = []
+    # science names pruned batch sizes "censored" (they are, to the argmin); say which is which.
+    censored = {r.key.batch_size for r in records if r.phase is Phase.Censored}
+    pruned = sorted(set(measured_censored) - censored)
+    if censored:
+        warnings.append("target not reached within spec.target.maxSteps by some seeds at batch "
+                        "size(s) " + _listed(sorted(censored))
+                        + ": censored, counted as evidence that N(b) exceeds the budget")
+    if pruned:
+        warnings.append("pruned by the SFO bound at batch size(s) " + _listed(pruned)
+                        + ": they cannot beat the best measured SFO")
+    failed = sorted({r.key.batch_size for r in records if r.phase is Phase.Failed})
+    if failed:
+        warnings.append("trials failed at batch size(s) " + _listed(failed)
+                        + ": left out of the evidence")
+    kinds = sorted({r.hardware for r in records if r.hardware})
+    if len(kinds) > 1:
+        warnings.append("trials ran on different hardware, so their N(b) may differ for reasons "
+                        "other than the batch size: " + "; ".join(
+                            f"{kind} (b=" + ", ".join(
+                                f"{r.key.batch_size}/s{r.key.seed}" for r in records
+                                if r.hardware == kind) + ")" for kind in kinds)
+                        + ". A node selector keeps a sweep on one kind of node")
+    stalled = [b for b, f in reach.items() if 0 < f < 1]
+    if stalled:
+        warnings.append("some seeds did not reach the target where others did, at batch "
+                        "size(s) " + _listed(stalled) + ": see reachFraction")
+    return warnings
+
+
+def _prediction(sweep: Sweep, *, params: int | None, size: int | None,
+                reference_noise_ratio: float | None, reference_params: int | None,
+                reference_dataset_size: int | None) -> tuple[dict[str, Any], list[str]]:
+    """b* predicted from a reference's noise ratio (Proposition 3.4), and its warnings."""
+    out: dict[str, Any] = {}
+    warnings = []
+    ref = sweep.reference
+    if reference_noise_ratio is None and ref is not None:
+        reference_noise_ratio = ref.noise_ratio
+    if ref is not None:
+        reference_params = reference_params or ref.generator_params
+        reference_dataset_size = reference_dataset_size or ref.dataset_size
+    if reference_noise_ratio is not None:
+        p, s = params or reference_params, size or reference_dataset_size
+        if p and s:
+            value = science.estimate_batch_size(reference_noise_ratio, sweep.optimizer.setting(),
+                                                p, s)
+            out["predicted"] = significant(value)
+            out["predictedGrid"] = science.snap_to_grid(value, sorted(sweep.batch_sizes))
+            if params and reference_params and params != reference_params:
+                warnings.append(f"predicted: this sweep's generator has {params} parameters, "
+                                f"the reference's {reference_params}: the noise ratio carries "
+                                "over to the same architecture only (Proposition 3.4)")
+        else:
+            warnings.append("predicted: needs the generator's parameter count and the dataset "
+                            "size (from a trial, the reference, or spec.reference)")
+    elif ref is not None and ref.sweep:
+        warnings.append(f"predicted: reference sweep {ref.sweep!r} has no noise ratio yet")
+    return out, warnings
+
+
+def _estimates(sweep: Sweep, best: int, params: int,
+               size: int) -> tuple[float | None, list[dict[str, Any]]]:
+    """This sweep's noise ratio and b* estimated for each of spec.estimate's settings."""
+    targets = [(t.setting(), t.generator_params, t.dataset_size) for t in sweep.estimate]
+    ratio, estimates = science.estimate_targets(sweep.optimizer.setting(), best, params, size,
+                                                targets)
+    rows = [{
+        "name": t.name or f"{t.optimizer}-lr{t.learning_rate:g}",
+        "optimizer": t.optimizer,
+        "learningRate": t.learning_rate,
+        "beta1": t.beta1,
+        "beta2": t.beta2,
+        "datasetSize": e.dataset_size,
+        "generatorParams": e.params,
+        "batchSize": significant(e.batch_size),
+        "gridBatchSize": e.grid_batch_size,
+    } for t, e in zip(sweep.estimate, estimates, strict=True)]
+    return significant(ratio), rows
+
+
+def critical_batch_size(
+    sweep: Sweep,
+    records: Sequence[TrialRecord],
+    post: posterior.Posterior,
+    *,
+    reference_noise_ratio: float | None = None,
+    reference_params: int | None = None,
+    reference_dataset_size: int | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The status's `criticalBatchSize` and the warnings that go with it."""
+    m = science.measure(science_trials(records))
+    reach = reach_fraction(records)
+    warnings = _evidence_warnings(records, m.censored, reach)
+    params = next((r.params for r in records if r.params), None)
+    size = sweep.trainer.dataset.known_size or next(
+        (r.dataset_size for r in records if r.dataset_size), None)
+    out: dict[str, Any] = {
+        **_posterior_fields(post, reach),
+        "measured": m.batch_size,
+        "measuredSfo": significant(next((p.sfo for p in m.points
+                                         if p.batch_size == m.batch_size), None)),
+        "predicted": None,
+        "predictedGrid": None,
+        "noiseRatio": None,
+        "generatorParams": params,
+        "datasetSize": size,
+        "estimates": [],
+    }
+    predicted, more = _prediction(sweep, params=params, size=size,
+                                  reference_noise_ratio=reference_noise_ratio,
+                                  reference_params=reference_params,
+                                  reference_dataset_size=reference_dataset_size)
+    out.update(predicted)
+    warnings += more
+    if post.most_probable is not None:
+        if params and size:
+            out["noiseRatio"], out["estimates"] = _estimates(sweep, post.most_probable, params,
+                                                             size)
+        else:
+            warnings.append("noiseRatio: needs the generator's parameter count and the dataset "
+                            "size, which come with a trial's result")
+    return out, warnings

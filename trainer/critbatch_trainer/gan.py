@@ -1,0 +1,283 @@
+"""The two networks of one trial, their TTUR optimizers and random generators, and one step.
+
+What differs between the models (losses, gradient penalty, discriminator steps per generator
+step, class labels, EMA) comes from the model's Recipe, chosen once here. Nothing in a step
+reads a value back to the host: losses and gradient norms stay tensors until asked for.
+
+Everything random in training comes from one seeded CPU generator (`rng`: noise, fake labels,
+penalty interpolation; on a GPU the noise comes from `device_rng` there) plus the stateless
+data order, and all of it is checkpointed, so a resumed run follows the uninterrupted one
+step for step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from critbatch_trainer.models import build
+from critbatch_trainer.optim import make_optimizer
+from critbatch_trainer.settings import TrainerConfig
+
+GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuDNN autotuning, lazy init)
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+StepOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # loss/grad g, d
+
+
+def grad_norm(module: nn.Module) -> torch.Tensor:
+    """Global gradient norm as a tensor: read it only when needed (reading it synchronises)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+class Gan:
+    """Generator G, discriminator D (and G's EMA when the recipe keeps one), their optimizers
+    and random generators; `train_step` is one TTUR update of both."""
+
+    def __init__(self, cfg: TrainerConfig, *, device: torch.device, num_classes: int) -> None:
+        self.cfg, self.device, self.num_classes = cfg, device, num_classes
+        cuda = device.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        nets = build(cfg.model, image_size=cfg.image_size, channels=cfg.channels,
+                     width=cfg.width, z_dim=cfg.z_dim, num_classes=num_classes,
+                     attention_res=cfg.attention_res)
+        self.recipe = nets.recipe
+        self.G = nets.generator.to(device)
+        self.D = nets.discriminator.to(device)
+        if cuda:  # NHWC: cuDNN's tensor-core convolutions need no layout transposes
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        self.G_ema: nn.Module | None = None
+        if self.recipe.ema:
+            self.G_ema = copy.deepcopy(self.G).eval()
+            for p in self.G_ema.parameters():
+                p.requires_grad_(False)
+        self.use_graph = cfg.cuda_graph and cuda
+        self.opt_g = make_optimizer(cfg.optimizer, self.G.parameters(), lr=cfg.lr_g,
+                                    beta1=cfg.beta1_g, beta2=cfg.beta2_g, eps=cfg.eps_g,
+                                    device=device, capturable=self.use_graph)
+        self.opt_d = make_optimizer(cfg.optimizer, self.D.parameters(), lr=cfg.lr_d,
+                                    beta1=cfg.beta1_d, beta2=cfg.beta2_d, eps=cfg.eps_d,
+                                    device=device, capturable=self.use_graph)
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        # On a GPU the training noise is drawn there (a CPU draw costs a blocking copy per
+        # step); on the CPU it is the CPU generator.
+        self.device_rng = (torch.Generator(device=device).manual_seed(cfg.seed) if cuda
+                           else self.rng)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_out: StepOut | None = None
+        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._eager_graph_steps = 0
+        self.losses: dict[str, float | torch.Tensor] = {}
+        self._step: Callable[[Batches], StepOut]
+        if self.use_graph:
+            self._step = self._graph_step
+        elif self.recipe.shared_fake:
+            self._step = self._eager_shared_fake_step
+        else:
+            self._step = self._alternating_step
+
+    @property
+    def batches_per_step(self) -> int:
+        """Data batches one step consumes."""
+        return 1 if self.recipe.shared_fake else self.cfg.n_critic
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The generator whose samples are scored: its EMA when the recipe keeps one."""
+        return self.G_ema if self.G_ema is not None else self.G
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The networks', optimizers' and random generators' part of a checkpoint (`gen` and
+        `dev_gen` are the checkpoint format's names of `rng` and `device_rng`)."""
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return {
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "gen": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
+            "dev_gen": self.device_rng.get_state() if self.device_rng is not self.rng else None,
+            "cuda_rng": cuda_rng, "losses": self.loss_values(),
+        }
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.G.load_state_dict(s["G"])
+        self.D.load_state_dict(s["D"])
+        if self.G_ema is not None and s["G_ema"] is not None:
+            self.G_ema.load_state_dict(s["G_ema"])
+        self.opt_g.load_state_dict(s["opt_g"])
+        self.opt_d.load_state_dict(s["opt_d"])
+        self.rng.set_state(s["gen"])
+        if self.device_rng is not self.rng and s.get("dev_gen") is not None:
+            self.device_rng.set_state(s["dev_gen"])
+        torch.set_rng_state(s["torch_rng"])
+        if s["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+
+    def loss_values(self) -> dict[str, float]:
+        """The last step's losses and gradient norms as numbers (a host synchronisation)."""
+        return {k: float(v) for k, v in self.losses.items()}
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train_step(self, batches: Batches, steps_done: int) -> None:
+        """One TTUR update of D (n_critic of them where the recipe alternates) and of G;
+        `steps_done` (before this one) decides whether the EMA averages yet."""
+        loss_g, loss_d, gg, gd = self._step(batches)
+        if self.G_ema is not None:
+            self._update_ema(steps_done)
+        self.losses = {"generator": loss_g, "discriminator": loss_d,
+                       "grad_generator": gg, "grad_discriminator": gd}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        # No weight cache: cached casts would go stale across CUDA-graph replays.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16,
+                              cache_enabled=False)
+
+    def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.device_rng is self.rng:
+            z = torch.randn(n, self.cfg.z_dim, generator=self.rng).to(self.device)
+        else:
+            z = torch.empty(n, self.cfg.z_dim, device=self.device).normal_(
+                generator=self.device_rng)
+        y = None
+        if self.recipe.conditional:
+            y = torch.randint(self.num_classes, (n,), generator=self.rng).to(self.device)
+        return z, y
+
+    def _alternating_step(self, batches: Batches) -> StepOut:
+        """n_critic discriminator updates on fresh batches and noise, then one of G."""
+        self.D.requires_grad_(True)
+        for _ in range(self.cfg.n_critic):
+            x, y = next(batches)
+            z, yf = self._noise(self.cfg.batch_size)
+            with torch.no_grad(), self._autocast():
+                fake = self.G(z, yf)
+            loss_d, gd = self._update_d(x, y, fake, yf)
+        z, yf = self._noise(self.cfg.batch_size)
+        with self._autocast():
+            fake = self.G(z, yf)
+        loss_g, gg = self._update_g(fake, yf)
+        return loss_g, loss_d, gg, gd
+
+    def _eager_shared_fake_step(self, batches: Batches) -> StepOut:
+        x, y = next(batches)
+        z, yf = self._noise(self.cfg.batch_size)
+        return self._shared_fake_step(x, y, z, yf)
+
+    def _shared_fake_step(self, x: torch.Tensor, y: torch.Tensor | None, z: torch.Tensor,
+                          yf: torch.Tensor | None) -> StepOut:
+        """The paper's DCGAN step on given data and noise; also the body a CUDA graph captures."""
+        self.D.requires_grad_(True)
+        with self._autocast():
+            fake = self.G(z, yf)
+        loss_d, gd = self._update_d(x, y, fake.detach(), yf)
+        loss_g, gg = self._update_g(fake, yf)
+        return loss_g, loss_d, gg, gd
+
+    def _update_d(self, x: torch.Tensor, y: torch.Tensor | None, fake: torch.Tensor,
+                  yf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One discriminator update on real x and a fake batch; (loss, gradient norm)."""
+        self.opt_d.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss_d = self.recipe.d_loss(self.D(x, y), self.D(fake, yf))
+            if self.recipe.penalty is not None:
+                loss_d = loss_d + self.recipe.penalty(self.D, x, fake, self.cfg.gp_lambda,
+                                                      self.rng, y)
+        loss_d.backward()
+        gd = grad_norm(self.D)
+        self.opt_d.step()
+        return loss_d.detach(), gd
+
+    def _update_g(self, fake: torch.Tensor,
+                  yf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One generator update through D's scores of `fake`; (loss, gradient norm)."""
+        self.D.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss_g = self.recipe.g_loss(self.D(fake, yf))
+        loss_g.backward()
+        gg = grad_norm(self.G)
+        self.opt_g.step()
+        return loss_g.detach(), gg
+
+    def _graph_step(self, batches: Batches) -> StepOut:
+        """The shared-fake step replayed as one CUDA graph: one launch instead of hundreds.
+
+        Data and noise go into static buffers outside the graph. The first GRAPH_WARMUP steps
+        run eagerly on a side stream (real steps, as the capture recipe asks); the next one
+        is captured and then replayed, so every step trains exactly once.
+        """
+        x, _ = next(batches)
+        if self._static is None:
+            self._static = (torch.empty_like(x), torch.empty(
+                self.cfg.batch_size, self.cfg.z_dim, device=self.device))
+        sx, sz = self._static
+        sx.copy_(x)
+        sz.normal_(generator=self.device_rng)
+        if self._graph is None:
+            main = torch.cuda.current_stream()
+            if self._eager_graph_steps < GRAPH_WARMUP:
+                side = torch.cuda.Stream()
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    out = self._shared_fake_step(sx, None, sz, None)
+                main.wait_stream(side)
+                self._eager_graph_steps += 1
+                return out
+            self.opt_d.zero_grad(set_to_none=True)  # gradients then live in the graph's pool
+            self.opt_g.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._graph_out = self._shared_fake_step(sx, None, sz, None)
+            self._graph = graph
+        self._graph.replay()
+        assert self._graph_out is not None
+        return self._graph_out
+
+    @torch.no_grad()
+    def _update_ema(self, steps_done: int) -> None:
+        assert self.G_ema is not None
+        decay = 0.0 if steps_done < self.cfg.ema_start else self.cfg.ema_decay
+        for pe, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
+            pe.lerp_(p, 1.0 - decay)
+        for be, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            be.copy_(b)
+
+    def noise_scale_norms(self, step: int) -> tuple[float, float, int] | None:
+        """(|g_small|^2, |g_big|^2, b_small) of the generator's gradients on the two halves of
+        one extra minibatch, or None below a batch of 2 (docs/science.md, the noise scale).
+
+        |g_half|^2 (averaged over the halves) is the small-batch norm at b/2 and the norm of
+        their mean the big-batch one at b. The noise comes from a generator seeded by the
+        step, so the measurement never shifts the training's random stream.
+        """
+        half = self.cfg.batch_size // 2
+        if half < 1:
+            return None
+        noise_rng = torch.Generator().manual_seed(self.cfg.seed * 7_777_777 + step)
+        z = torch.randn(2 * half, self.cfg.z_dim, generator=noise_rng).to(self.device)
+        y = torch.randint(self.num_classes, (2 * half,), generator=noise_rng).to(self.device)
+        labels = y if self.recipe.conditional else None
+        params = [p for p in self.G.parameters() if p.requires_grad]
+        self.D.requires_grad_(False)
+        halves = []
+        for part in (slice(0, half), slice(half, 2 * half)):
+            part_labels = None if labels is None else labels[part]
+            loss = self.recipe.g_loss(self.D(self.G(z[part], part_labels), part_labels))
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            halves.append([torch.zeros_like(p) if gr is None else gr
+                           for gr, p in zip(grads, params, strict=True)])
+        sq = [float(sum((gr.double() ** 2).sum() for gr in h)) for h in halves]
+        big = float(sum(((a.double() + b.double()) / 2).pow(2).sum()
+                        for a, b in zip(*halves, strict=True)))
+        return sum(sq) / 2, big, half
