@@ -34,8 +34,7 @@ FALSE = {"false", "f", "no", "n", "0"}
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `analyze` to the CLI."""
     p = subparsers.add_parser(
-        "analyze",
-        help=HELP,
+        "analyze", help=HELP,
         description=HELP + ". Prints the most probable b* among the tested batch sizes, the "
         "plausible set (the fewest batch sizes holding --confidence of the probability of being "
         "the SFO argmin), each batch size's probability and fraction of seeds that reached the "

@@ -25,8 +25,7 @@ ALIASES = {"batch_size": "batch", "learning_rate": "lr"}
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `estimate` to the CLI."""
     p = subparsers.add_parser(
-        "estimate",
-        help=HELP,
+        "estimate", help=HELP,
         description=HELP + ". Back-calculates the noise ratio sigma^2/eps^3 from the reference "
         "and gives each target's b* (a lower bound on the generator's critical batch size, "
         "valid for the same architecture) and the nearest grid point (ties go to the smaller).",

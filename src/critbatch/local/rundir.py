@@ -97,15 +97,9 @@ class RunDir:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.manifest_file = self.path / "sweep.yaml"
+        self.status_file = self.path / "status.yaml"
         self._lock_file: IO[str] | None = None
-
-    @property
-    def manifest_file(self) -> Path:
-        return self.path / "sweep.yaml"
-
-    @property
-    def status_file(self) -> Path:
-        return self.path / "status.yaml"
 
     def trial_dir(self, key: TrialKey) -> Path:
         return self.path / "trials" / key.name
