@@ -28,7 +28,13 @@ from typing import Any
 
 import pytest
 from fakes import JOBS, NS
-from harness import Emulator, create_sweep, setup_kmock, sweep_manifest, wait_for
+from harness import (
+    create_sweep,
+    k,  # noqa: F401  (a fixture: kmock as the operator tests serve it)
+    kmock_options,  # noqa: F401  (a fixture)
+    sweep_manifest,
+    wait_for,
+)
 from loopback import free_port, http_get
 
 from .conftest import ROOT, documents, find_tool, one, render
@@ -77,18 +83,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, helm: str) -> Path:
     return path
 
 
-@pytest.fixture()
-def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
-    """kmock with the operator tests' emulator and resources (as in their conftest)."""
-    return {**kmock_options, "cls": Emulator}
-
-
-@pytest.fixture()
-def k(kmock: Any) -> Any:
-    setup_kmock(kmock)
-    return kmock
-
-
 def sandbox(built: Built, pod: Path, *extra: str) -> list[str]:
     return [sys.executable, str(SANDBOX), "--store", str(built.store), "--image", built.image,
             "--pod", str(pod), "--field", "metadata.namespace=critbatch-system",
@@ -129,7 +123,7 @@ def test_operator_help_runs_in_the_image(operator_image: Built, deployment: Path
 
 
 async def test_the_operator_image_creates_a_sweeps_jobs(operator_image: Built,
-                                                        deployment: Path, k: Any,
+                                                        deployment: Path, k: Any,  # noqa: F811
                                                         tmp_path: Path) -> None:
     """The image's operator, as the chart runs it, watches kmock and creates a sweep's Jobs;
     its health and metrics endpoints answer; SIGTERM stops it cleanly."""

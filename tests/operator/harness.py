@@ -19,6 +19,7 @@ from typing import Any
 
 import kmock as kmock_lib
 import kopf
+import pytest
 from fakes import JOBS, NS, Behaviour, FakeCluster, FakePrometheus, expected_measured
 from kopf.testing import KopfRunner
 from sweeps import sweep_manifest
@@ -57,6 +58,19 @@ def setup_kmock(k: Any) -> None:
         kind="CriticalBatchSweep", singular="criticalbatchsweep", namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
         shortnames={"cbs"}, categories={"critbatch"}, subresources={"status"})
+
+
+@pytest.fixture()
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    """kmock's options with our emulator class (it understands generateName)."""
+    return {**kmock_options, "cls": Emulator}
+
+
+@pytest.fixture()
+def k(kmock: Any) -> Any:
+    """kmock serving the built-in kinds and the CriticalBatchSweep resource."""
+    setup_kmock(kmock)
+    return kmock
 
 
 def _verb(req: Any) -> str:
