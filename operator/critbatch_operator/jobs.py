@@ -5,6 +5,9 @@ with a deterministic name (so a restart cannot create a duplicate), owned by its
 deleting the sweep deletes its Jobs), running the trainer with its arguments as a list, as a
 non-root user on a read-only root filesystem: a pod that Pod Security Admission's `restricted`
 level admits, unless the administrator's policy let the sweep's pod template add more.
+
+A custom trainer (`spec.trainer.command`) gets the same pod: only its container's command and
+environment differ, since it learns its trial from the trial protocol's variables alone.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from critbatch.spec import (
     check_prometheus_url,
     resume_checkpoint_every,
 )
-from critbatch.trainer_args import trainer_args
+from critbatch.trainer_args import trainer_args, trial_env
 from critbatch.vocabulary import TrialKey, trials_text
 from critbatch_operator.config import Config
 
@@ -98,6 +101,23 @@ def cpu_threads(resources: dict[str, dict[str, Any]]) -> int | None:
     return None
 
 
+def trainer_command(sweep: Sweep, keys: Sequence[TrialKey], *, metrics_port: int,
+                    checkpoint_dir: str, data_path: str | None,
+                    extractor: str | None) -> tuple[list[str], list[str] | None]:
+    """The container's command and args: `spec.trainer.command` as it is (no args: a custom
+    trainer reads the protocol's variables), else `critbatch-trainer` with its flags."""
+    t = sweep.trainer
+    if t.custom:
+        return list(t.command), None
+    args = trainer_args(sweep, keys, metrics_port=metrics_port, checkpoint_dir=checkpoint_dir,
+                        termination_log=TERMINATION_LOG, data_path=data_path,
+                        extractor=extractor)
+    if t.checkpoints is not None and not t.checkpoint_every:
+        # Without a period the trainer checkpoints only on SIGTERM: a crash would start over.
+        args += ["--checkpoint-every", str(resume_checkpoint_every(sweep))]
+    return ["critbatch-trainer"], args
+
+
 def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_port: int = 9100,
               default_image: str | None = None) -> dict[str, Any]:
     """The batch/v1 Job of one trial, or of a pod's trials (labelled as its first, all of them
@@ -150,17 +170,13 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
     volumes += [dict(v) for v in tpl.volumes]
     mounts += [dict(m) for m in tpl.volume_mounts]
 
-    args = trainer_args(
-        sweep, keys,
-        metrics_port=metrics_port,
-        checkpoint_dir=checkpoint_dir,
-        termination_log=TERMINATION_LOG,
-        data_path=data_path,
-        extractor=extractor,
-    )
-    if t.checkpoints is not None and not t.checkpoint_every:
-        # Without a period the trainer checkpoints only on SIGTERM: a crash would start over.
-        args += ["--checkpoint-every", str(resume_checkpoint_every(sweep))]
+    command, args = trainer_command(sweep, keys, metrics_port=metrics_port,
+                                    checkpoint_dir=checkpoint_dir, data_path=data_path,
+                                    extractor=extractor)
+    # One trial's protocol variables (a group's trials each get theirs from the group process).
+    protocol = trial_env(sweep, key, metrics_port=metrics_port, result_file=TERMINATION_LOG,
+                         checkpoint_dir=checkpoint_dir, data_path=data_path or None) \
+        if len(keys) == 1 else {}
     env = [
         {"name": "HOME", "value": SCRATCH},
         {"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
@@ -174,6 +190,8 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
     if threads and not {n for n, _ in t.env} & {"CRITBATCH_THREADS", "OMP_NUM_THREADS"}:
         # torch would start a thread per core of the node; a trial group splits these.
         env.append({"name": "CRITBATCH_THREADS", "value": str(threads)})
+    # spec.trainer.env may not name these: which trial a pod runs is the operator's to say.
+    env += [{"name": n, "value": v} for n, v in protocol.items()]
     named = any("nvidia.com/gpu" in v for v in resources.values())
     if t.gpus and not named:
         resources.setdefault("limits", {})["nvidia.com/gpu"] = t.gpus
@@ -181,8 +199,8 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": t.image or default_image,
-        "command": ["critbatch-trainer"],
-        "args": args,
+        "command": command,
+        **({"args": args} if args is not None else {}),
         "ports": [{"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"}],
         "env": env,
         "resources": resources,

@@ -19,7 +19,6 @@ import threading
 import urllib.parse
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from critbatch import bounded_http
 from critbatch.numbers import number_text
@@ -27,8 +26,11 @@ from critbatch.numbers import number_text
 log = logging.getLogger(__name__)
 
 PREFIX = "critbatch_trainer_"
+# Series name (after PREFIX) -> TrialMetrics field. `fid` is the value of trainers older than
+# `target_value` (and of dashboards); `target_value` wins where a trainer serves both.
 _FIELDS = {
     "step": "step",
+    "target_value": "value",
     "fid": "fid",
     "reached": "reached",
     "finished": "finished",
@@ -82,7 +84,7 @@ class TrialMetrics:
     """
 
     step: float | None = None
-    fid: float | None = None
+    value: float | None = None  # the target metric's last value (FID for the built-in trainer)
     reached: bool | None = None
     finished: bool | None = None
     steps_to_threshold: float | None = None
@@ -139,6 +141,8 @@ def _collect(
         per_source.setdefault((key, source), {})[field] = kept
     out: dict[tuple[int, int], TrialMetrics] = {}
     for (key, _), fields in sorted(per_source.items(), key=lambda kv: kv[1].get("step") or 0):
+        fid = fields.pop("fid", None)
+        fields.setdefault("value", fid)
         out[key] = TrialMetrics(**fields)
     for key, problem in invalid.items():
         out[key] = TrialMetrics(invalid=problem)
@@ -293,36 +297,3 @@ class PrometheusClient:
         rows = self.query(f'{{__name__=~"{names}",{selector}}}')
         return _collect(((labels_.get("__name__", ""), labels_, value) for labels_, value in rows),
                         trials)
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainer's result (docs/contracts.md)
-# ---------------------------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def result_problem(data: Any) -> str | None:
-    """Why `data` is not a usable trainer result, or None when it is: a mapping with `reached`
-    a boolean, `steps` a finite number >= 0, `batch_size` a positive integer and `seed` (when
-    present) an integer >= 0. Other fields are the readers' to check where they use them."""
-    if not isinstance(data, dict):
-        return "not a JSON object"
-    if not isinstance(data.get("reached"), bool):
-        return "reached is not true or false"
-    steps = data.get("steps")
-    if isinstance(steps, bool) or not isinstance(steps, int | float):
-        return "steps is not a number"
-    try:
-        value = float(steps)
-    except OverflowError:
-        return "steps is too large"
-    if not math.isfinite(value) or value < 0:
-        return f"steps {number_text(value)}"
-    if not _is_int(data.get("batch_size")) or data["batch_size"] <= 0:
-        return "batch_size is not a positive integer"
-    if "seed" in data and (not _is_int(data["seed"]) or data["seed"] < 0):
-        return "seed is not an integer >= 0"
-    return None

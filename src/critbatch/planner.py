@@ -97,7 +97,8 @@ def plan(
     ordered = [records[k] for k in chosen]
     critical, warnings = critical_batch_size(
         sweep, ordered, post, reference_noise_ratio=reference_noise_ratio,
-        reference_params=reference_params, reference_dataset_size=reference_dataset_size)
+        reference_params=reference_params, reference_dataset_size=reference_dataset_size,
+        previous_status=previous_status)
 
     done = sum(1 for r in ordered if r.phase in FINAL)
     total = len(ordered)
@@ -117,6 +118,8 @@ def plan(
         "trialsDone": done,
         "trialsTotal": total,
         "sfoSaved": significant(sfo_saved, 12) or 0.0,
+        "target": {"metric": sweep.target.metric, "threshold": sweep.target.threshold,
+                   "goal": sweep.target.goal.value},
         "warnings": warnings,
         "trials": [_trial_status(sweep, r) for r in ordered],
         "criticalBatchSize": critical,
@@ -160,7 +163,7 @@ def _trial_status(sweep: Sweep, r: TrialRecord) -> dict[str, Any]:
         "phase": r.phase.value,
         "steps": json_number(r.steps),
         "sfo": json_number(r.key.batch_size * r.steps) if r.steps is not None else None,
-        "fid": json_number(r.fid),
+        "value": json_number(r.value),
         "source": r.source,
         "reason": r.reason,
         "restarts": r.restarts,

@@ -78,7 +78,7 @@ def check_resource(resource: Any) -> Mapping[str, Any]:
     if not isinstance(trials, list) or not all(isinstance(t, Mapping) for t in trials):
         raise ReportError("status.trials: expected a list of trials")
     for i, t in enumerate(trials):
-        for key in ("batchSize", "seed", "steps", "sfo", "fid", "restarts"):
+        for key in ("batchSize", "seed", "steps", "sfo", "value", "fid", "restarts"):
             _check_number(t.get(key), f"status.trials[{i}].{key}")
         b = t.get("batchSize")
         if b is not None and not (b == int(b) and 1 <= b <= MAX_BATCH):
@@ -120,8 +120,27 @@ def _name(resource: Mapping[str, Any]) -> str:
     return "".join(c if c.isprintable() else "?" for c in name)[:200]
 
 
-def _threshold(resource: Mapping[str, Any]) -> float | None:
-    return _loose_number(((resource.get("spec") or {}).get("target") or {}).get("fidThreshold"))
+def metric_name(resource: Mapping[str, Any]) -> str:
+    """The target metric's name, from the status or else the spec (`fid` by default)."""
+    for source in (resource.get("status"), resource.get("spec")):
+        target = (source or {}).get("target") if isinstance(source, Mapping) else None
+        name = target.get("metric") if isinstance(target, Mapping) else None
+        if isinstance(name, str) and name:
+            return "".join(c if c.isprintable() else "?" for c in name)[:63]
+    return "fid"
+
+
+def target_text(resource: Mapping[str, Any]) -> str | None:
+    """`fid ≤ 50`, `accuracy ≥ 0.9`: the target as the status or the spec states it."""
+    for source in (resource.get("status"), resource.get("spec")):
+        target = (source or {}).get("target") if isinstance(source, Mapping) else None
+        if not isinstance(target, Mapping):
+            continue
+        tau = _loose_number(target.get("threshold", target.get("fidThreshold")))
+        if tau is not None:
+            sign = "≥" if target.get("goal") == "maximize" else "≤"
+            return f"{metric_name(resource)} {sign} {fmt(tau)}"
+    return None
 
 
 def fitted_curve(cbs: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -134,7 +153,8 @@ def fitted_curve(cbs: Mapping[str, Any]) -> tuple[float, float] | None:
 
 
 def trial_rows(status: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per trial, sorted by batch size and seed: b, seed, phase, N(b), SFO, FID, reached."""
+    """One row per trial, sorted by batch size and seed: b, seed, phase, N(b), SFO, the target
+    metric's last value, reached."""
     rows = []
     for t in status.get("trials", []):
         b, steps = _loose_number(t.get("batchSize")), _loose_number(t.get("steps"))
@@ -147,7 +167,7 @@ def trial_rows(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             "phase": t.get("phase", "Pending"),
             "steps": steps,
             "sfo": sfo,
-            "fid": _loose_number(t.get("fid")),
+            "value": _loose_number(t.get("value", t.get("fid"))),
             "reached": t.get("phase") == "Reached",
             "source": t.get("source"),
             "restarts": t.get("restarts", 0),
@@ -226,9 +246,9 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
     _plot_probabilities(ax_p, cbs, grid)
-    tau = _threshold(resource)
+    target = target_text(resource)
     fig.suptitle(f"{_name(resource)}: critical batch size"
-                 + (f" (FID threshold τ = {fmt(tau)})" if tau is not None else ""))
+                 + (f" (target {target})" if target is not None else ""))
     if cbs.get("notIdentifiable"):
         why = str(cbs["notIdentifiable"]).removeprefix("fit: ")
         ax_s.set_title(textwrap.fill(f"fit not identifiable: {why}", 70), fontsize=8,
@@ -315,21 +335,21 @@ def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NA
     fitted, the estimates."""
     status = resource["status"]
     cbs = status.get("criticalBatchSize") or {}
-    tau = _threshold(resource)
+    target = target_text(resource)
     lines = [f"# Critical batch size: {_name(resource)}", ""]
     done, total = status.get("trialsDone"), status.get("trialsTotal")
     head = f"Phase **{status.get('phase', 'Unknown')}**"
     if done is not None and total is not None:
         head += f", {done}/{total} trials done"
-    if tau is not None:
-        head += f", FID threshold τ = {fmt(tau)}"
+    if target is not None:
+        head += f", target {target}"
     lines += [head + ".", ""]
-    lines += ["| b | seed | phase | N(b) | SFO | FID | reached | source |",
+    lines += [f"| b | seed | phase | N(b) | SFO | {metric_name(resource)} | reached | source |",
               "|---:|---:|---|---:|---:|---:|---|---|"]
     for r in trial_rows(status):
         lines.append(
             f"| {fmt(r['batch_size'])} | {r['seed']} | {r['phase']} | {fmt(r['steps'])} | "
-            f"{fmt(r['sfo'])} | {fmt(r['fid'])} | {'yes' if r['reached'] else 'no'} | "
+            f"{fmt(r['sfo'])} | {fmt(r['value'])} | {'yes' if r['reached'] else 'no'} | "
             f"{r['source'] or '—'} |"
         )
     lines.append("")

@@ -1,10 +1,12 @@
-"""The trainer's command line for a sweep's trials, as an argument list (docs/contracts.md)."""
+"""What a trial process is told: the built-in trainer's command line, as an argument list
+(docs/contracts.md), and the trial protocol's environment, which every trainer gets."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from critbatch.spec import Sweep
+from critbatch.protocol import TrialSettings
+from critbatch.spec import Sweep, evaluation_interval
 from critbatch.vocabulary import TrialKey, trials_text
 
 
@@ -29,9 +31,13 @@ def trainer_args(
 
     `data_path` and `extractor` override what the spec says (the Kubernetes backend mounts
     the dataset and Inception claims at its own paths); `linger` defaults to
-    spec.metrics.lingerSeconds when metrics are served, else 0.
+    spec.metrics.lingerSeconds when metrics are served, else 0. A custom trainer takes no
+    flags of critbatch's (its command is the user's): ValueError.
     """
     t, o, g = sweep.trainer, sweep.optimizer, sweep.target
+    if t.custom or o is None:
+        raise ValueError(f"sweep {sweep.name} runs its own command (spec.trainer.command), "
+                         "which takes no built-in trainer flags; give it trial_env")
     args = ["--sweep", sweep.name, "--model", t.model, "--dataset", t.dataset.name]
     path = data_path if data_path is not None else t.dataset.path
     if path:
@@ -52,7 +58,7 @@ def trainer_args(
     for flag, side in (("g", o.generator), ("d", o.discriminator)):
         args += [f"--lr-{flag}", _fmt(side.learning_rate), f"--beta1-{flag}", _fmt(side.beta1),
                  f"--beta2-{flag}", _fmt(side.beta2), f"--eps-{flag}", _fmt(side.eps)]
-    args += ["--fid-threshold", _fmt(g.fid_threshold), "--max-steps", str(g.max_steps)]
+    args += ["--fid-threshold", _fmt(g.threshold), "--max-steps", str(g.max_steps)]
     if g.eval_every is not None:
         args += ["--eval-every", str(g.eval_every)]
     if g.eval_samples is not None:
@@ -76,3 +82,37 @@ def trainer_args(
     args += ["--cuda-graph"] * t.cuda_graph + ["--bf16"] * t.bf16
     args += ["--reproducible-cpu"] * t.reproducible_cpu
     return args
+
+
+def trial_env(
+    sweep: Sweep,
+    key: TrialKey,
+    *,
+    metrics_port: int,
+    result_file: str | None,
+    checkpoint_dir: str | None,
+    metrics_host: str | None = None,
+    data_path: str | None = None,
+) -> dict[str, str]:
+    """The trial protocol's variables for one trial of `sweep` (docs/trial-protocol.md), for
+    any trainer: the built-in one reads them as its flags' defaults, a custom one only them.
+    The evaluation interval is the sweep's, so the trainer evaluates where the planner
+    expects (a reached trial crossed the threshold within the last interval). `data_path`
+    overrides spec.trainer.dataset.path (the Jobs backend mounts a claim at its own path)."""
+    target = sweep.target
+    host = {} if metrics_host is None else {"metrics_host": metrics_host}
+    return TrialSettings(
+        batch_size=key.batch_size,
+        seed=key.seed,
+        max_steps=target.max_steps,
+        threshold=target.threshold,
+        metric=target.metric,
+        goal=target.goal,
+        metrics_port=int(metrics_port),
+        result_file=result_file,
+        checkpoint_dir=checkpoint_dir,
+        eval_every=evaluation_interval(sweep),
+        data_path=data_path if data_path is not None else sweep.trainer.dataset.path,
+        sweep=sweep.name,
+        **host,
+    ).env()

@@ -7,19 +7,21 @@ it). It is plain Python with no torch, so a rule changed here changes on both si
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from critbatch.errors import InputError
 from critbatch.science import OPTIMIZERS, PAPER_LEARNING_RATES
 
 __all__ = [
     "CUDA_GRAPH_MODELS", "DATASETS", "DEVICES", "EMA_MODELS", "EMBEDDED_DATASETS",
-    "KNOWN_DATASET_SIZES", "MAX_TRIALS_PER_GROUP", "MODELS", "OPTIMIZERS", "OptimizerSide",
+    "KNOWN_DATASET_SIZES", "MAX_TRIALS_PER_GROUP", "MODELS", "OPTIMIZERS", "Goal", "OptimizerSide",
     "TrialKey", "TrialsError", "cuda_graph_problem", "default_attention_res", "default_channels",
     "default_eval_every", "default_eval_samples", "default_image_size", "default_width",
-    "default_z_dim", "image_size_problem", "optimizer_defaults", "parse_trials", "trials_text",
-    "z_dim_problem",
+    "default_z_dim", "image_size_problem", "optimizer_defaults", "parse_trials", "reached",
+    "trials_text", "z_dim_problem",
 ]
 
 MODELS = ("dcgan", "wgan-gp", "biggan")
@@ -41,6 +43,21 @@ _BIGGAN_Z_CHUNKS = {32: 4, 64: 5, 128: 6}
 # (docs/trainer.md): with the paper's Adam rates the tiny network needs thousands of steps; at
 # 1e-3 the small batches hit a noise floor above the demo's threshold.
 _DIGITS_DCGAN_ADAM_RATES = (1e-3, 1e-3)
+
+
+class Goal(StrEnum):
+    """Which way a target metric improves: FID and losses fall, accuracies rise."""
+
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+def reached(value: float | None, threshold: float, goal: Goal | str = Goal.minimize) -> bool:
+    """Whether `value` meets the target: at or below `threshold` when minimizing, at or above
+    it when maximizing; an unknown or non-finite value never does."""
+    if value is None or not math.isfinite(value):
+        return False
+    return value <= threshold if Goal(goal) is Goal.minimize else value >= threshold
 
 
 @dataclass(frozen=True, order=True)

@@ -455,8 +455,10 @@ def test_unknown_command_is_a_one_line_usage_error(capsys) -> None:
 
 def test_the_parser_has_exactly_the_registered_commands_in_order() -> None:
     choices = cli.build_parser()._subparsers._group_actions[0].choices
-    assert list(choices) == list(COMMANDS) == ["estimate", "analyze", "run", "report"]
-    assert all(module == f"critbatch.commands.{name}" for name, module in COMMANDS.items())
+    assert list(choices) == list(COMMANDS) == ["estimate", "analyze", "run", "report",
+                                               "check-trainer"]
+    assert all(module == f"critbatch.commands.{name.replace('-', '_')}"
+               for name, module in COMMANDS.items())
 
 
 def test_a_registered_command_without_its_module_is_an_import_error(monkeypatch) -> None:

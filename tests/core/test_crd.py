@@ -8,6 +8,7 @@ checks below.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import jsonschema
@@ -117,8 +118,13 @@ INVALID_FOR_SCHEMA = [
     ("unknown model", sweep_manifest(trainer={"model": "stylegan"}), "model"),
     ("zero batch size", sweep_manifest(batchSizes=[0, 4]), "batchSizes[0]"),
     ("batch size a string", sweep_manifest(batchSizes=["8"]), "batchSizes[0]"),
-    ("negative threshold", sweep_manifest(target={"fidThreshold": -1, "maxSteps": 10}), None),
-    ("no maxSteps", sweep_manifest(target={"fidThreshold": 50}), "target"),
+    ("negative threshold", sweep_manifest(target={"threshold": -1, "maxSteps": 10}), "threshold"),
+    ("negative FID threshold", sweep_manifest(target={"fidThreshold": -1, "maxSteps": 10}),
+     "fidThreshold"),
+    ("no maxSteps", sweep_manifest(target={"threshold": 50}), "target"),
+    ("command not a list", sweep_manifest(trainer={"command": "python train.py"}), "command"),
+    ("unknown goal", sweep_manifest(target={"threshold": 5, "maxSteps": 10, "goal": "up"}),
+     "goal"),
     ("parallelism 0", sweep_manifest(parallelism=0), "parallelism"),
     ("trialsPerGPU 0", sweep_manifest(trialsPerGPU=0), "trialsPerGPU"),
     ("trialsPerGPU 9", sweep_manifest(trialsPerGPU=9), "trialsPerGPU"),
@@ -152,7 +158,7 @@ def test_schema_rejects_and_parse_sweep_agrees(why, manifest, field):
         assert any(field in e for e in errors), errors
     with pytest.raises(SpecError) as exc:
         parse_sweep(manifest)
-    last = (field or "fidThreshold").split(".")[-1].split("[")[0]
+    last = (field or "threshold").split(".")[-1].split("[")[0]
     assert last in str(exc.value) or "spec" in str(exc.value)
     assert str(exc.value).startswith("spec"), str(exc.value)
 
@@ -184,6 +190,29 @@ def test_the_crd_and_parse_sweep_agree_on_checkpoint_claim_names(claim, valid):
 # ---------------------------------------------------------------------------------------------
 
 
+def _without(body: dict, *path: str) -> dict:
+    """A copy of `body` with spec.<path> removed."""
+    body = copy.deepcopy(body)
+    node = body["spec"]
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return body
+
+
+# A custom trainer: the user's program maximizing its validation accuracy.
+CUSTOM = sweep_manifest(
+    "custom", base=MINIMAL, trainer={"command": ["python", "train.py"]},
+    target={"metric": "val_accuracy", "goal": "maximize", "threshold": 0.9, "maxSteps": 2000})
+
+
+def custom(**spec) -> dict:
+    trainer = spec.pop("trainer", None)
+    body = sweep_manifest(base=CUSTOM, trainer=trainer, **spec)
+    body["spec"]["trainer"] = {k: v for k, v in body["spec"]["trainer"].items() if v is not None}
+    return body
+
+
 CEL_CASES = [
     # (id, new manifest, old manifest or None, message fragment expected or None)
     ("unique batch sizes ok", sweep_manifest(batchSizes=[2, 4, 8]), None, None),
@@ -197,11 +226,51 @@ CEL_CASES = [
                                              if k != "batchSizes"},
                                           "batchSizeRange": {"min": 64, "max": 8}}},
      None, "must be >= min"),
-    ("threshold 0", sweep_manifest(target={"fidThreshold": 0, "maxSteps": 10}), None,
+    ("FID threshold 0", sweep_manifest(target={"fidThreshold": 0, "maxSteps": 10}), None,
      "fidThreshold: must be > 0"),
+    ("threshold 0 for fid", sweep_manifest(target={"threshold": 0, "maxSteps": 10}), None,
+     "threshold: must be > 0 for metric fid"),
     ("threshold int 50 is a double > 0",
-     sweep_manifest(target={"fidThreshold": 50, "maxSteps": 10}), None, None),
-    ("evalEvery above maxSteps", sweep_manifest(target={"fidThreshold": 5, "maxSteps": 10,
+     sweep_manifest(target={"threshold": 50, "maxSteps": 10}), None, None),
+    ("no threshold", sweep_manifest(target={"maxSteps": 10}), None, "threshold: required"),
+    ("both names of the threshold", sweep_manifest(target={"threshold": 5, "fidThreshold": 5,
+                                                           "maxSteps": 10}),
+     None, "fidThreshold: the older name"),
+    ("fidThreshold for accuracy", custom(target={"metric": "accuracy", "fidThreshold": 0.5,
+                                                 "maxSteps": 10}), None, "only for metric fid"),
+    ("accuracy from the built-in trainer",
+     sweep_manifest(target={"metric": "accuracy", "threshold": 0.5, "maxSteps": 10}), None,
+     "metric: the built-in trainer measures fid only"),
+    ("maximize with the built-in trainer",
+     sweep_manifest(target={"goal": "maximize", "threshold": 5, "maxSteps": 10}), None,
+     "goal: the built-in trainer minimizes"),
+    ("a custom trainer maximizing accuracy", CUSTOM, None, None),
+    *[(f"{key} with a command", custom(trainer={key: value}), None,
+       f"spec.trainer.{key}: applies only") for key, value in (
+        ("model", "dcgan"), ("imageSize", 32), ("channels", 3), ("width", 16), ("zDim", 32),
+        ("emaStart", 0), ("inception", {"file": "/w.pth"}), ("device", "cpu"),
+        ("cudaGraph", False), ("bf16", False), ("reproducibleCPU", False),
+        ("checkpointEvery", 5))],
+    ("a dataset name with a command", custom(trainer={"dataset": {"name": "digits"}}), None,
+     "spec.trainer.dataset.name: applies only"),
+    ("an optimizer with a command", custom(optimizer={"name": "adam"}), None,
+     "spec.optimizer: applies only"),
+    ("evalSamples with a command", custom(target={"metric": "accuracy", "goal": "maximize",
+                                                  "threshold": 0.5, "maxSteps": 10,
+                                                  "evalSamples": 10}),
+     None, "evalSamples: applies only"),
+    ("two trials per GPU with a command", custom(trialsPerGPU=2), None, "trialsPerGPU: must be 1"),
+    ("an estimate of a custom sweep without betas",
+     custom(estimate={"targets": [{"optimizer": "adam", "learningRate": 1e-4}]}), None,
+     "spec.estimate.targets: with spec.trainer.command"),
+    ("an estimate of a custom sweep with betas",
+     custom(estimate={"targets": [{"optimizer": "adam", "learningRate": 1e-4, "beta1": 0.9,
+                                   "beta2": 0.99}]}), None, None),
+    ("a protocol variable in env", sweep_manifest(trainer={"env": [{"name": "CRITBATCH_SEED"}]}),
+     None, "spec.trainer.env: CRITBATCH_PROTOCOL"),
+    ("other variables in env", sweep_manifest(trainer={"env": [{"name": "CRITBATCH_THREADS"}]}),
+     None, None),
+    ("evalEvery above maxSteps", sweep_manifest(target={"threshold": 5, "maxSteps": 10,
                                                         "evalEvery": 20}), None, "evalEvery"),
     ("real dataset without a path", sweep_manifest(trainer={"dataset": {"name": "lsun"}}), None,
      "needs a path or a pvc"),
@@ -255,14 +324,39 @@ CEL_CASES = [
                                                         if k != "seeds"}},
      {**BASE, "spec": {k: v for k, v in BASE["spec"].items() if k != "seeds"}}, None),
     ("change the model", sweep_manifest(trainer={"model": "wgan-gp"}), BASE, "model is immutable"),
+    ("set a model where the default was", sweep_manifest(trainer={"model": "biggan"}),
+     _without(BASE, "trainer", "model"), "model is immutable"),
+    ("spell out the default model", BASE, _without(BASE, "trainer", "model"), None),
+    ("change the command", custom(trainer={"command": ["python", "other.py"]}), CUSTOM,
+     "command is immutable"),
+    ("give a built-in sweep a command", custom(), custom(trainer={"command": None}),
+     "command is immutable"),
+    ("keep the command", CUSTOM, CUSTOM, None),
+    ("spell out a false bf16", sweep_manifest(trainer={"bf16": False}), BASE, None),
     ("change the optimizer", sweep_manifest(optimizer={"name": "rmsprop"}), BASE,
+     "optimizer is immutable"),
+    ("set an optimizer where the default was", sweep_manifest(optimizer={"name": "rmsprop"}),
+     _without(BASE, "optimizer"), "optimizer is immutable"),
+    ("drop an optimizer that was the default", _without(BASE, "optimizer"), BASE, None),
+    ("drop an optimizer's rates", _without(BASE, "optimizer"),
+     sweep_manifest(optimizer={"name": "adam", "generator": {"learningRate": 1e-4}}),
      "optimizer is immutable"),
     ("change a learning rate", sweep_manifest(optimizer={"name": "adam", "generator": {
         "learningRate": 2e-4}}), BASE, "optimizer is immutable"),
     ("change the dataset", sweep_manifest(trainer={"dataset": {"name": "faces"}}), BASE,
      "dataset is immutable"),
+    ("drop the default dataset's name", sweep_manifest(trainer={"dataset": {}}), BASE, None),
+    ("change a custom dataset's claim", custom(trainer={"dataset": {"pvc": "other"}}), CUSTOM,
+     "dataset is immutable"),
     ("change the target", sweep_manifest(target={"fidThreshold": 40, "maxSteps": 4000,
                                                  "evalEvery": 10}), BASE, "target is immutable"),
+    ("rename fidThreshold", sweep_manifest(target={"threshold": 50, "maxSteps": 4000,
+                                                   "evalEvery": 10}), BASE, None),
+    ("change the goal", custom(target={"metric": "val_accuracy", "goal": "minimize",
+                                       "threshold": 0.9, "maxSteps": 2000}), CUSTOM,
+     "target is immutable"),
+    ("drop evalEvery", sweep_manifest(target={"fidThreshold": 50, "maxSteps": 4000}), BASE,
+     "target is immutable"),
     ("change parallelism", sweep_manifest(parallelism=8), BASE, None),
     ("move checkpoints to another claim", sweep_manifest(trainer={"checkpoints": {"pvc": "fast"}}),
      sweep_manifest(trainer={"checkpoints": {"pvc": "slow"}}), None),
@@ -308,15 +402,19 @@ def test_every_rule_is_exercised_both_ways_by_the_cases():
 def test_defaulting_fills_what_the_trainer_and_planner_rely_on():
     body = apply_defaults(openapi_schema(), {"spec": {"trainer": {"image": "x"},
                                                       "batchSizes": [2],
-                                                      "target": {"fidThreshold": 1,
+                                                      "target": {"threshold": 1,
                                                                  "maxSteps": 5}}})
     spec = body["spec"]
-    assert spec["seeds"] == 1 and spec["parallelism"] == 4
-    assert spec["trainer"]["model"] == "dcgan" and spec["trainer"]["dataset"]["name"] == "digits"
-    assert spec["optimizer"]["name"] == "adam" and spec["pruning"]["sfoBound"] is True
-    assert spec["metrics"]["source"] == "auto"
+    assert spec["seeds"] == 1 and spec["parallelism"] == 4 and spec["trialsPerGPU"] == 1
+    assert spec["target"]["metric"] == "fid" and spec["target"]["goal"] == "minimize"
+    assert spec["pruning"]["sfoBound"] is True and spec["metrics"]["source"] == "auto"
+    # The built-in trainer's own fields are parse_sweep's to default, not the CRD's: a custom
+    # sweep must be stored without them.
+    assert "model" not in spec["trainer"] and "name" not in spec["trainer"]["dataset"]
+    assert "optimizer" not in spec
     parsed = parse_sweep(sweep_manifest("d", base=MINIMAL, **spec))
     assert (parsed.seeds, parsed.parallelism, parsed.trainer.model) == (1, 4, "dcgan")
+    assert (parsed.trainer.dataset.name, parsed.optimizer.name) == ("digits", "adam")
 
 
 # ---------------------------------------------------------------------------------------------

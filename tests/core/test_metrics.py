@@ -1,7 +1,6 @@
 """The metrics readers: a trainer's /metrics page and Prometheus's query API, over real HTTP."""
 
 import json
-import math
 import socket
 import struct
 import threading
@@ -29,7 +28,6 @@ from critbatch.metrics import (
     TrialMetrics,
     parse_page,
     parse_vector,
-    result_problem,
     scrape,
 )
 
@@ -63,7 +61,7 @@ def test_scrape_reads_a_trainer_page():
     finally:
         server.shutdown()
         thread.join()
-    assert got == {(64, 1): TrialMetrics(step=300, fid=42.5, reached=True, finished=True,
+    assert got == {(64, 1): TrialMetrics(step=300, value=42.5, reached=True, finished=True,
                                          steps_to_threshold=300, max_steps=1000)}
 
 
@@ -98,7 +96,7 @@ def test_a_name_lookup_that_hangs_is_cut_at_the_deadline(monkeypatch, serve):
         scrape(f"http://localhost:{port}/metrics", timeout=0.5)
     assert time.monotonic() - started < 1.5 and lookups == ["localhost"]
     page = scrape(f"http://127.0.0.1:{port}/metrics", timeout=2)  # an address: no lookup
-    assert page[(8, 0)] == TrialMetrics(step=120, fid=80.5) and len(lookups) == 1
+    assert page[(8, 0)] == TrialMetrics(step=120, value=80.5) and len(lookups) == 1
 
 
 class _FakeQueryApi(BaseHTTPRequestHandler):
@@ -144,7 +142,7 @@ def test_prometheus_client_keeps_the_later_incarnation_of_a_restarted_trial():
     finally:
         server.shutdown()
         thread.join()
-    assert got[(16, 0)].step == 200 and got[(16, 0)].fid == 30
+    assert got[(16, 0)].step == 200 and got[(16, 0)].value == 30
     assert got[(16, 0)].steps_to_threshold == 200 and got[(16, 0)].reached is True
     assert 'sweep="s"' in _FakeQueryApi.queries[0]
     assert 'namespace="ml"' in _FakeQueryApi.queries[0]
@@ -197,7 +195,7 @@ PAGE = (b'# TYPE critbatch_trainer_step gauge\n'
 
 
 def test_a_plain_page_from_a_raw_server_is_read(serve):
-    assert scrape(serve(respond(PAGE)), timeout=2)[(8, 0)] == TrialMetrics(step=120, fid=80.5)
+    assert scrape(serve(respond(PAGE)), timeout=2)[(8, 0)] == TrialMetrics(step=120, value=80.5)
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["declared", "undeclared"])
@@ -315,7 +313,7 @@ def test_the_parser_reads_what_prometheus_client_writes():
         "s", "64", "1", 'a "quoted" \\ cpu\nx').set(1)
     page = generate_latest(reg) + b'critbatch_trainer_step{batch_size="2",odd="a\\"}b\\\\",} 5 17\n'
     got = parse_page(page)
-    assert got[(64, 1)] == TrialMetrics(step=300, fid=42.5, reached=True, finished=True,
+    assert got[(64, 1)] == TrialMetrics(step=300, value=42.5, reached=True, finished=True,
                                         steps_to_threshold=300, max_steps=1000)
     assert got[(2, 0)] == TrialMetrics(step=5)
     assert parse_page(page, trials={(2, 0)}) == {(2, 0): TrialMetrics(step=5)}
@@ -372,23 +370,11 @@ def test_prometheus_series_with_an_infinite_step_make_only_their_trial_invalid(s
                    (16, 0): TrialMetrics(step=120)}
 
 
-GOOD_RESULT = {"sweep": "s", "batch_size": 8, "seed": 0, "reached": True, "steps": 620}
-
-
-@pytest.mark.parametrize(("change", "problem"), [
-    ({}, None),
-    ({"fid": math.nan, "interpolated_steps": None}, None),
-    ({"steps": math.inf}, "steps +Inf"),
-    ({"steps": -1}, "steps -1"),
-    ({"steps": math.nan}, "steps NaN"),
-    ({"steps": 10**400}, "steps is too large"),
-    ({"steps": "620"}, "steps is not a number"),
-    ({"steps": True}, "steps is not a number"),
-    ({"reached": 1}, "reached is not true or false"),
-    ({"batch_size": 0}, "batch_size is not a positive integer"),
-    ({"batch_size": True}, "batch_size is not a positive integer"),
-    ({"seed": -1}, "seed is not an integer >= 0"),
-])
-def test_result_problem_checks_what_the_readers_use(change, problem):
-    assert result_problem({**GOOD_RESULT, **change}) == problem
-    assert result_problem([GOOD_RESULT]) == "not a JSON object"
+def test_the_target_value_series_wins_over_the_fid_of_older_trainers():
+    both = (b'critbatch_trainer_step{sweep="s",batch_size="8",seed="0"} 10\n'
+            b'critbatch_trainer_fid{sweep="s",batch_size="8",seed="0"} 70\n'
+            b'critbatch_trainer_target_value{sweep="s",batch_size="8",seed="0"} 0.93\n'
+            b'critbatch_trainer_fid{sweep="s",batch_size="16",seed="0"} 55\n')
+    got = parse_page(both)
+    assert got[(8, 0)].value == 0.93
+    assert got[(16, 0)].value == 55

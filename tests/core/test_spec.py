@@ -42,6 +42,8 @@ def test_minimal_sweep_gets_the_crd_defaults_and_the_trainers_optimizer():
     assert (s.optimizer.name, g.learning_rate, d.learning_rate) == ("adam", 1e-3, 1e-3)
     assert (g.beta1, g.beta2, g.eps) == (0.5, 0.999, 1e-8)
     assert s.target.eval_every is None  # the trainer's default for the dataset
+    assert (s.target.metric, s.target.goal, s.target.threshold) == ("fid", "minimize", 70.0)
+    assert not s.trainer.custom and s.trainer.command == ()
 
 
 def test_dcgan_with_adam_off_the_digits_demo_gets_the_papers_rates():
@@ -230,15 +232,25 @@ INVALID = [
     ("spec.batchSizes[1]", sweep_manifest(batchSizes=[2, float("inf")])),
     ("spec.batchSizes[0]", sweep_manifest(batchSizes=[float("nan")])),
     ("spec.seeds", sweep_manifest(seeds=float("inf"))),
-    ("spec.target.maxSteps", sweep_manifest(target={"fidThreshold": 50, "maxSteps": float("nan")})),
+    ("spec.target.maxSteps", sweep_manifest(target={"threshold": 50, "maxSteps": float("nan")})),
     ("spec.batchSizes", sweep_manifest(batchSizes=[])),
     ("spec.batchSizes", sweep_manifest(batchSizeRange={"min": 2, "max": 8})),
     ("spec.batchSizeRange.max", {**sweep_manifest(), "spec": {
         **{k: v for k, v in BASE["spec"].items() if k != "batchSizes"},
         "batchSizeRange": {"min": 2, "max": 4096}}}),
     ("spec.target.fidThreshold", sweep_manifest(target={"fidThreshold": 0, "maxSteps": 10})),
-    ("spec.target.maxSteps", sweep_manifest(target={"fidThreshold": 5})),
-    ("spec.target.evalEvery", sweep_manifest(target={"fidThreshold": 5, "maxSteps": 10,
+    ("spec.target.threshold", sweep_manifest(target={"threshold": 0, "maxSteps": 10})),
+    ("spec.target.threshold", sweep_manifest(target={"threshold": float("inf"), "maxSteps": 10})),
+    ("spec.target.threshold", sweep_manifest(target={"threshold": "50", "maxSteps": 10})),
+    ("spec.target.threshold", sweep_manifest(target={"maxSteps": 10})),
+    ("spec.target.fidThreshold", sweep_manifest(target={"threshold": 5, "fidThreshold": 5,
+                                                        "maxSteps": 10})),
+    ("spec.target.metric", sweep_manifest(target={"metric": "loss", "threshold": 5,
+                                                  "maxSteps": 10})),
+    ("spec.target.goal", sweep_manifest(target={"goal": "maximize", "threshold": 5,
+                                                "maxSteps": 10})),
+    ("spec.target.maxSteps", sweep_manifest(target={"threshold": 5})),
+    ("spec.target.evalEvery", sweep_manifest(target={"threshold": 5, "maxSteps": 10,
                                                "evalEvery": 11})),
     ("spec.trainer.model", sweep_manifest(trainer={"model": "stylegan"})),
     ("spec.trainer.image", sweep_manifest(trainer={"image": ""})),
@@ -346,7 +358,7 @@ def test_persistent_checkpoints_name_a_claim_and_default_to_none():
 def test_a_resumable_trial_checkpoints_at_least_once_per_evaluation():
     assert resume_checkpoint_every(parse_sweep(sweep_manifest())) == 10  # evalEvery
     assert resume_checkpoint_every(parse_sweep(sweep_manifest(trainer={"checkpointEvery": 7}))) == 7
-    body = sweep_manifest(target={"fidThreshold": 50, "maxSteps": 4000})
+    body = sweep_manifest(target={"threshold": 50, "maxSteps": 4000})
     assert resume_checkpoint_every(parse_sweep(body)) == 20  # the trainer's interval on digits
     body["spec"]["trainer"] = {"dataset": {"name": "faces"}}
     assert resume_checkpoint_every(parse_sweep(body)) == 100  # ... and elsewhere

@@ -66,7 +66,7 @@ def test_paper_settings_use_the_papers_learning_rates(setting: str) -> None:
         got = (opt["generator"]["learningRate"], opt["discriminator"]["learningRate"])
         assert got == pytest.approx(rates[opt["name"]])
         if threshold is not None:
-            assert spec["target"]["fidThreshold"] == threshold
+            assert spec["target"]["threshold"] == threshold
         # Real data from a claim, Inception weights from a file on a claim.
         assert spec["trainer"]["dataset"]["pvc"]
         assert spec["trainer"]["inception"]["file"]

@@ -22,14 +22,15 @@ from critbatch.local.progress import (
 
 STATUS = {
     "phase": "Running", "trialsDone": 1, "trialsTotal": 3,
+    "target": {"metric": "fid", "threshold": 20.0, "goal": "minimize"},
     "criticalBatchSize": {"mostProbable": 16, "plausible": [16], "resolved": True,
                           "probabilities": {"16": 0.97, "32": 0.03}, "measured": 16,
                           "fitted": 14.2, "interval": [11.0, 19.5]},
 }
 VIEWS = [
-    TrialView(batch_size=16, seed=0, phase="Reached", step=2000, max_steps=3000, fid=19.5,
+    TrialView(batch_size=16, seed=0, phase="Reached", step=2000, max_steps=3000, value=19.5,
               sfo=32000, eta_seconds=None, restarts=0, source="prometheus"),
-    TrialView(batch_size=32, seed=0, phase="Running", step=500, max_steps=3000, fid=48.25,
+    TrialView(batch_size=32, seed=0, phase="Running", step=500, max_steps=3000, value=48.25,
               sfo=16000, eta_seconds=125.0, restarts=1, source="direct"),
     TrialView(batch_size=64, seed=0, phase="Pending", max_steps=3000),
 ]
@@ -66,18 +67,19 @@ def test_json_progress_writes_one_parseable_record_per_line():
     progress = records[1]
     assert progress["trialsDone"] == 1 and progress["elapsed"] == 12.3
     assert progress["trials"][1] == {"batch_size": 32, "seed": 0, "phase": "Running",
-                                     "step": 500, "max_steps": 3000, "fid": 48.25,
+                                     "step": 500, "max_steps": 3000, "value": 48.25,
                                      "sfo": 16000, "eta_seconds": 125.0, "restarts": 1,
                                      "source": "direct"}
 
 
-def test_rich_table_shows_state_step_fid_and_eta_per_trial():
+def test_rich_table_shows_state_step_metric_and_eta_per_trial():
     console = Console(file=io.StringIO(), width=140, record=True)
     view = RichProgress(console)
     console.print(view.render(STATUS, VIEWS, 75))
     text = console.export_text()
     lines = {ln.split("│")[1].strip(): ln for ln in text.splitlines() if ln.count("│") > 5}
     assert "Running" in lines["32"] and "500/3000" in lines["32"]
+    assert "│ fid " in text.splitlines()[2] or " fid " in text
     assert "48.25" in lines["32"] and "2m05s" in lines["32"]
     assert "Reached" in lines["16"] and "prometheus" in lines["16"]
     assert "Pending" in lines["64"]

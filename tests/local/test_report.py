@@ -21,7 +21,7 @@ def _resource(trials: list[science.Trial], extra: list[dict] | None = None) -> d
             "phase": "Succeeded", "trialsDone": len(trials) + len(extra or []),
             "trialsTotal": len(trials) + len(extra or []),
             "trials": [{"batchSize": t.batch_size, "seed": t.seed, "phase": "Reached",
-                        "steps": t.steps, "sfo": t.batch_size * t.steps, "fid": 19.5,
+                        "steps": t.steps, "sfo": t.batch_size * t.steps, "value": 19.5,
                         "source": "prometheus"} for t in trials] + (extra or []),
             "criticalBatchSize": {
                 "mostProbable": post.most_probable, "plausible": list(post.plausible),

@@ -9,8 +9,8 @@ import pytest
 from local_helpers import FAKE_TRAINER, local_manifest
 
 from critbatch.local.options import RunOptions
-from critbatch.local.results import trial_result_problem
 from critbatch.local.runner import LocalRun
+from critbatch.protocol import result_problem
 from critbatch.vocabulary import TrialKey
 
 pytestmark = pytest.mark.usefixtures("fast_fake")
@@ -36,12 +36,15 @@ print(text)
     ("json.dumps({**result, 'seed': seed + 1})", True,
      "result.json: batch size 16, seed 1: another trial's result"),
     ("json.dumps({**result, 'sweep': 'other'})", True, "result.json: sweep \"other\""),
-    ("json.dumps({**result, 'steps': -1})", True, "result.json: steps -1"),
-    ("json.dumps({**result, 'steps': float('nan')})", True, "result.json: steps NaN"),
+    ("json.dumps({**result, 'steps': -1})", True,
+     "result.json: steps: must be a finite number >= 0, got -1"),
+    ("json.dumps({**result, 'steps': float('nan')})", True,
+     "result.json: steps: must be a finite number >= 0, got NaN"),
     ("json.dumps({**result, 'steps': 10**6})", True, "above spec.target.maxSteps 3000"),
     ("json.dumps({**result, 'steps': 0})", True, "steps: 0 for a trial that reached"),
     ("json.dumps({**result, 'fid': 'low'})", True, "result.json: fid: expected"),
-    ("json.dumps({k: v for k, v in result.items() if k != 'seed'})", True, "seed: missing"),
+    ("json.dumps({k: v for k, v in result.items() if k != 'seed'})", True,
+     "seed: missing (required: batch_size, seed, reached, steps)"),
     ("json.dumps([result])", True, "result.json: not a JSON object"),
     ("'{not json'", True, "result.json: not JSON"),
     ("json.dumps({**result, 'pad': 'x' * 70000})", True, "result.json: larger "
@@ -75,7 +78,8 @@ def test_a_stdout_line_that_is_no_json_object_is_no_result(tmp_path):
                               trainer_command=[sys.executable, str(script)]))
     (trial,) = run.run()["trials"]
     assert trial["phase"] == "Failed"
-    assert trial["reason"] == "exited 0 without a result: done, no result"
+    assert trial["reason"] == ("exited 0 without a result (in neither CRITBATCH_RESULT_FILE nor "
+                               "the last line of stdout): done, no result")
 
 
 def test_resume_does_not_count_another_trials_result_file(tmp_path):
@@ -99,13 +103,13 @@ def test_resume_does_not_count_another_trials_result_file(tmp_path):
         16: "Reached", 32: "Reached"}
 
 
-def test_trial_result_problem_accepts_the_trainers_result():
+def test_result_problem_accepts_the_built_in_trainers_result():
     result = {"sweep": "s", "batch_size": 16, "seed": 1, "reached": True, "steps": 40,
               "interpolated_steps": 33.5, "sfo": 640, "fid": 3.2, "threshold": 4.0,
               "max_steps": 100, "wall_seconds": 1.5, "generator_params": 10,
               "dataset_size": 20, "gradient_noise_scale": None,
               "hardware": {"device": "cpu"}}
-    assert trial_result_problem(result, TrialKey(16, 1), sweep="s", max_steps=100) is None
-    assert trial_result_problem({**result, "seed": True}, TrialKey(16, 1)) is not None
-    assert trial_result_problem({**result, "steps": 101}, TrialKey(16, 1), sweep="s",
-                                max_steps=100)
+    assert result_problem(result, TrialKey(16, 1), sweep="s", max_steps=100) is None
+    assert result_problem({**result, "seed": True}, TrialKey(16, 1)) is not None
+    assert result_problem({**result, "steps": 101}, TrialKey(16, 1), sweep="s",
+                          max_steps=100)

@@ -4,8 +4,12 @@ kmock emulates the Kubernetes API but runs no controllers, so `FakeCluster` play
 controller and the kubelet: for every Job the operator creates it starts a pod whose trainer is
 a real HTTP server (prometheus_client) serving the trainer's metric names, advances its steps
 with wall time along a known N(b), and finishes the pod with the trainer's result JSON as its
-termination message. `FakePrometheus` answers PromQL instant queries over HTTP from the same
-trainers. The fakes edit Jobs and pods in kmock's memory (no HTTP).
+termination message. A Job of the built-in trainer is read from its flags; one of a custom
+trainer (a command, no args) from the trial protocol's variables in its environment, as a
+user's script would (`TrialSettings.from_env`), and its trainer speaks the protocol: the
+`target_value` series and a result with `value` and `params`. `FakePrometheus` answers PromQL
+instant queries over HTTP from the same trainers. The fakes edit Jobs and pods in kmock's memory
+(no HTTP).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import copy
 import http.server
 import json
 import math
+import socket
 import threading
 import time
 import urllib.parse
@@ -27,13 +32,32 @@ from typing import Any
 import kmock as kmock_lib
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+from sweeps import sweep_manifest
 
 from critbatch.clock import utc_now
-from critbatch.vocabulary import parse_trials
+from critbatch.protocol import TrialSettings
+from critbatch.vocabulary import Goal, parse_trials
 
 NS = "default"
 JOBS = kmock_lib.resource("batch", "v1", "jobs")
 PODS = kmock_lib.resource("", "v1", "pods")
+
+
+def custom_manifest(name: str = "demo", *, trainer: dict | None = None, **spec: Any) -> dict:
+    """The base sweep's grid run by a user's own trainer (`spec.trainer.command`, speaking the
+    trial protocol) aiming at an accuracy of 0.9: no model, dataset name or optimizer."""
+    body = sweep_manifest(name)
+    body["spec"].pop("optimizer")
+    body["spec"]["trainer"] = {
+        "image": "registry.example/ml/classifier:1",
+        "command": ["python", "-m", "classifier.train", "--quiet"],
+        "gpus": 0,
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        **(trainer or {})}
+    body["spec"]["target"] = {"metric": "accuracy", "goal": "maximize", "threshold": 0.9,
+                              "maxSteps": 4000, "evalEvery": 10}
+    body["spec"].update(spec)
+    return body
 
 
 def model_steps(batch_size: int, seed: int, a: float = 500.0, b: float = 1.5,
@@ -60,31 +84,48 @@ def expected_measured(grid: Iterable[int], seeds: int, max_steps: int) -> int:
 
 
 class FakeTrainer:
-    """One trial's trainer state, with the trainer's metric names (served by its FakePod)."""
+    """One trial's trainer state, with the trainer's metric names (served by its FakePod).
+
+    `protocol` trainers are the user's own: they report the target metric (`metric`, rising
+    towards the threshold when `goal` is maximize) as the protocol names it."""
 
     def __init__(self, sweep: str, batch_size: int, seed: int, n: float, max_steps: int,
-                 threshold: float = 50.0) -> None:
+                 threshold: float = 50.0, *, metric: str = "fid", goal: Goal = Goal.minimize,
+                 protocol: bool = False) -> None:
         self.sweep, self.batch_size, self.seed = sweep, batch_size, seed
         self.n, self.max_steps, self.threshold = n, max_steps, threshold
+        self.metric, self.goal, self.protocol = metric, goal, protocol
+        self.start = 400.0 if goal is Goal.minimize else 0.0
         self.step = 0.0
-        self.fid = 400.0
+        self.fid = self.start  # the target metric's value (FID for the built-in trainer)
         self.reached = False
         self.finished = False
+
+    @classmethod
+    def from_settings(cls, s: TrialSettings, n: float) -> FakeTrainer:
+        return cls(s.sweep, s.batch_size, s.seed, n, s.max_steps, s.threshold, metric=s.metric,
+                   goal=s.goal, protocol=True)
 
     def advance(self, step: float) -> None:
         if self.finished:
             return
         target = min(self.n, self.max_steps)
         self.step = float(min(step, target))
-        self.fid = self.threshold + (400.0 - self.threshold) * max(0.0, 1 - self.step / self.n)
+        self.fid = self.threshold + (self.start - self.threshold) * max(0.0, 1 - self.step / self.n)
         if self.step >= self.n:
             self.reached, self.finished = True, True
-            self.fid = self.threshold * 0.98
+            self.fid = self.threshold * (0.98 if self.goal is Goal.minimize else 1.02)
         elif self.step >= self.max_steps:
             self.finished = True
 
     def result(self) -> dict:
         steps = int(self.n if self.reached else self.step)
+        if self.protocol:
+            return {"sweep": self.sweep, "batch_size": self.batch_size, "seed": self.seed,
+                    "reached": self.reached, "steps": steps, "metric": self.metric,
+                    "value": self.fid, "goal": self.goal.value, "threshold": self.threshold,
+                    "max_steps": self.max_steps, "wall_seconds": 1.0, "params": 12_345,
+                    "dataset_size": 60_000}
         return {"sweep": self.sweep, "batch_size": self.batch_size, "seed": self.seed,
                 "reached": self.reached, "steps": steps, "interpolated_steps": None,
                 "sfo": steps * self.batch_size, "fid": self.fid, "threshold": self.threshold,
@@ -93,8 +134,9 @@ class FakeTrainer:
 
     def values(self) -> dict[str, float]:
         """The trainer's gauges by metric name suffix."""
-        out = {"step": self.step, "fid": self.fid, "reached": float(self.reached),
-               "finished": float(self.finished), "max_steps": float(self.max_steps)}
+        out = {"step": self.step, "target_value" if self.protocol else "fid": self.fid,
+               "reached": float(self.reached), "finished": float(self.finished),
+               "max_steps": float(self.max_steps)}
         if self.reached:
             out["steps_to_threshold"] = self.n
         return out
@@ -110,8 +152,14 @@ class FakeTrainer:
 class FakePod:
     """A pod's trainers (one, or a Job's several trials) behind one real /metrics endpoint."""
 
-    def __init__(self, trainers: list[FakeTrainer]) -> None:
+    def __init__(self, trainers: list[FakeTrainer], *, serve: bool = True) -> None:
         self.trainers = trainers
+        self.server = None
+        if not serve:  # metrics are optional in the protocol: nothing listens on the port
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = sock.getsockname()[1]
+            return
         registry = CollectorRegistry()
         registry.register(self)
         self.server, self.thread = start_http_server(0, addr="127.0.0.1", registry=registry)
@@ -130,19 +178,22 @@ class FakePod:
     def finished(self) -> bool:
         return all(t.finished for t in self.trainers)
 
-    def message(self, corrupt: set[tuple[int, int]]) -> str:
-        """The termination message: one result line per trial."""
+    def message(self, corrupt: set[tuple[int, int]],
+                written: dict[tuple[int, int], str] | None = None) -> str:
+        """The termination message: one result line per trial, or what `written` says a
+        trial writes instead (a broken trainer)."""
         lines = []
         for t in self.trainers:
             result = t.result()
             if (t.batch_size, t.seed) in corrupt:
                 result["steps"] += 7
-            lines.append(json.dumps(result))
-        return "\n".join(lines)
+            lines.append((written or {}).get((t.batch_size, t.seed), json.dumps(result)))
+        return "\n".join(line for line in lines if line)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @dataclass
@@ -159,6 +210,13 @@ class Behaviour:
     failures: dict[tuple[int, int], int] = field(default_factory=dict)  # (b, seed) -> crashes
     steps: Callable[[int, int], float] = model_steps
     corrupt_messages: set[tuple[int, int]] = field(default_factory=set)
+    # (b, seed) -> what the trainer writes as its result instead of the result ("": nothing).
+    written: dict[tuple[int, int], str] = field(default_factory=dict)
+    # (b, seed) -> (exit code, last log line): the trainer exits so at once, every attempt
+    # (exit 2 is bad configuration: the Job's podFailurePolicy fails it without a retry).
+    exits: dict[tuple[int, int], tuple[int, str]] = field(default_factory=dict)
+    # Trials whose trainer serves no /metrics (the protocol makes metrics optional).
+    silent: set[tuple[int, int]] = field(default_factory=set)
 
     def rate(self, batch_size: int) -> float:
         """Steps per second of a trial at this batch size."""
@@ -229,8 +287,13 @@ class FakeCluster:
                 continue
             self._progress(name, job, now)
 
-    def _start(self, name: str, job: dict, now: float) -> None:
-        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    def _trainers(self, container: dict) -> list[FakeTrainer]:
+        """The pod's trainers, from the built-in trainer's flags or the protocol's variables."""
+        if "args" not in container:
+            env = {e["name"]: e["value"] for e in container.get("env") or []}
+            s = TrialSettings.from_env(env)
+            return [FakeTrainer.from_settings(s, self.behaviour.steps(s.batch_size, s.seed))]
+        args = container["args"]
         if "--trials" in args:
             keys = [(k.batch_size, k.seed) for k in parse_trials(args[args.index("--trials") + 1])]
         else:
@@ -239,8 +302,13 @@ class FakeCluster:
         max_steps = int(args[args.index("--max-steps") + 1])
         sweep = args[args.index("--sweep") + 1]
         threshold = float(args[args.index("--fid-threshold") + 1])
-        fake = FakePod([FakeTrainer(sweep, b, s, self.behaviour.steps(b, s), max_steps,
-                                    threshold) for b, s in keys])
+        return [FakeTrainer(sweep, b, s, self.behaviour.steps(b, s), max_steps, threshold)
+                for b, s in keys]
+
+    def _start(self, name: str, job: dict, now: float) -> None:
+        trainers = self._trainers(job["spec"]["template"]["spec"]["containers"][0])
+        keys = {(t.batch_size, t.seed) for t in trainers}
+        fake = FakePod(trainers, serve=not keys <= self.behaviour.silent)
         self.pods[name] = fake
         self.started[name] = now
         job_uid = (job.get("metadata") or {}).get("uid")
@@ -267,6 +335,10 @@ class FakeCluster:
         })
         self.k.objects[PODS, NS, pod["metadata"]["name"]] = pod
         self.k.objects[JOBS, NS, name].patch({"status": {"active": 1, "startTime": utc_now()}})
+        for key in keys & set(self.behaviour.exits):
+            code, line = self.behaviour.exits[key]
+            self._crash(name, job, (PODS, NS, pod["metadata"]["name"]), code, line)
+            return
 
     def _progress(self, name: str, job: dict, now: float) -> None:
         fake = self.pods[name]
@@ -283,7 +355,7 @@ class FakeCluster:
         done = self.finished_at.setdefault(name, now)
         if now - done < self.behaviour.linger:
             return  # the trainers linger, still serving their final metrics
-        message = fake.message(self.behaviour.corrupt_messages)
+        message = fake.message(self.behaviour.corrupt_messages, self.behaviour.written)
         self.k.objects[pod_key].patch({"status": {"phase": "Succeeded", "containerStatuses": [
             {"name": "trainer", "ready": False, "restartCount": 0,
              "state": {"terminated": {"exitCode": 0, "reason": "Completed",
@@ -293,16 +365,25 @@ class FakeCluster:
             "active": None, "succeeded": 1, "completionTime": utc_now(),
             "conditions": [{"type": "Complete", "status": "True"}]}})
 
-    def _crash(self, name: str, job: dict, pod_key: tuple) -> None:
+    def _crash(self, name: str, job: dict, pod_key: tuple, code: int = 1,
+               line: str = "RuntimeError: CUDA error: out of memory") -> None:
         self.k.objects[pod_key].patch({"status": {"phase": "Failed", "containerStatuses": [
             {"name": "trainer", "ready": False, "restartCount": 0,
-             "state": {"terminated": {"exitCode": 1, "reason": "Error",
-                                      "message": "RuntimeError: CUDA error: out of memory"}}}]}})
+             "state": {"terminated": {"exitCode": code, "reason": "Error",
+                                      "message": f"Traceback ...\n{line}"}}}]}})
         self.pods.pop(name).close()
         attempt = self.attempts.get(name, 0) + 1
         self.attempts[name] = attempt
         limit = int(job["spec"].get("backoffLimit", 6))
-        if attempt > limit:
+        fail_job = [r for r in job["spec"].get("podFailurePolicy", {}).get("rules", [])
+                    if r["action"] == "FailJob" and code in r["onExitCodes"]["values"]]
+        if fail_job:
+            self.k.objects[JOBS, NS, name].patch({"status": {
+                "active": None, "failed": attempt, "conditions": [{
+                    "type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                    "message": f"Container trainer for pod {NS}/{pod_key[2]} failed with exit "
+                               f"code {code} matching FailJob rule at index 0"}]}})
+        elif attempt > limit:
             self.k.objects[JOBS, NS, name].patch({"status": {
                 "active": None, "failed": attempt, "conditions": [{
                     "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",

@@ -328,7 +328,8 @@ async def test_a_trainer_reporting_infinite_steps_fails_its_trial_and_the_sweep_
     assert st["phase"] in ("Succeeded", "Failed") and st["trialsDone"] == 3
     row = rows(st)[(8, 0)]
     assert row["phase"] == "Failed"
-    assert row["reason"] == "MetricsInvalid: termination message: steps +Inf"
+    assert row["reason"] == ("MetricsInvalid: termination message: steps: must be a finite "
+                             "number >= 0, got Infinity")
     assert {rows(st)[(4, 0)]["phase"], rows(st)[(16, 0)]["phase"]} == {"Reached"}
     assert "MetricsInvalid" in seen  # while it ran: its metrics were refused, with a reason
 

@@ -1,16 +1,20 @@
-"""The trial Job manifest: names, labels, ownership, security, resources, arguments."""
+"""The trial Job manifest: names, labels, ownership, security, resources, arguments, and the
+trial protocol's variables of the built-in trainer and of a custom one."""
 
 from __future__ import annotations
 
 import copy
 
 import pytest
+from fakes import custom_manifest
 from pod_security import restricted_violations
 from sweeps import sweep_manifest
 
+from critbatch import protocol
+from critbatch.protocol import TrialSettings
 from critbatch.spec import JOB_MOUNT_PATHS, JOB_VOLUMES, parse_sweep
 from critbatch.trainer_args import trainer_args
-from critbatch.vocabulary import TrialKey
+from critbatch.vocabulary import Goal, TrialKey
 from critbatch_operator.config import Config
 from critbatch_operator.jobs import admit, build_job, sweep_label_value
 
@@ -304,3 +308,117 @@ def test_the_restricted_check_sees_what_an_administrator_may_allow():
     del pod["spec"]["containers"][0]["securityContext"]["seccompProfile"]
     assert {"pod: seccomp Unconfined", "trainer: allowPrivilegeEscalation",
             "trainer: seccompProfile"} <= set(restricted_violations(pod))
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom trainers (spec.trainer.command) and the trial protocol's variables
+# ---------------------------------------------------------------------------------------------
+
+
+def env_of(job):
+    return {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def custom_job(key=None, **trainer):
+    body = custom_manifest("demo", trainer=trainer)
+    return job_of(body, key)
+
+
+def test_a_custom_trainer_runs_its_command_as_a_list_without_a_shell_or_args():
+    _, job = custom_job()
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["python", "-m", "classifier.train", "--quiet"]
+    assert "args" not in c
+    assert c["image"] == "registry.example/ml/classifier:1"
+
+
+def test_a_custom_trainer_learns_its_trial_from_the_protocols_variables():
+    _, job = custom_job(env=[{"name": "WANDB_MODE", "value": "offline"}])
+    env = env_of(job)
+    assert {k: v for k, v in env.items() if k in protocol.ALL_VARS} == {
+        "CRITBATCH_PROTOCOL": "1", "CRITBATCH_SWEEP": "demo",
+        "CRITBATCH_BATCH_SIZE": "8", "CRITBATCH_SEED": "1",
+        "CRITBATCH_TARGET_METRIC": "accuracy", "CRITBATCH_TARGET_GOAL": "maximize",
+        "CRITBATCH_TARGET_THRESHOLD": "0.9", "CRITBATCH_MAX_STEPS": "4000",
+        "CRITBATCH_EVAL_EVERY": "10",
+        # Metrics on the pod's port (every address), the result as its termination message,
+        # checkpoints on its scratch space.
+        "CRITBATCH_METRICS_PORT": "9100", "CRITBATCH_METRICS_HOST": "0.0.0.0",
+        "CRITBATCH_RESULT_FILE": "/dev/termination-log",
+        "CRITBATCH_CHECKPOINT_DIR": "/scratch/checkpoints", "CRITBATCH_DATA_PATH": ""}
+    settings = TrialSettings.from_env(env)  # what the user's script reads
+    assert (settings.key, settings.goal, settings.threshold) == (
+        TrialKey(8, 1), Goal.maximize, 0.9)
+    # The user's variables, and the home and caches a read-only root needs, are kept.
+    assert env["WANDB_MODE"] == "offline" and env["HOME"] == "/scratch"
+    assert env["XDG_CACHE_HOME"] == "/scratch/cache" and env["CRITBATCH_THREADS"] == "1"
+
+
+def test_a_custom_trainers_pod_is_the_built_in_trainers_pod_but_for_what_it_runs():
+    """One pod for any trainer: security, volumes, ports, labels, ownership, retries."""
+    claims = {"dataset": {"pvc": "data", "path": "imagenet"}, "checkpoints": {"pvc": "ckpt"},
+              "backoffLimit": 4}
+    _, custom = custom_job(**claims)
+    builtin_body = sweep_manifest("demo", trainer={**claims, "dataset": {
+        "name": "digits", **claims["dataset"]}})
+    _, builtin = job_of(builtin_body)
+    for job in (custom, builtin):
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        for field in ("command", "args", "env", "image"):
+            c.pop(field, None)
+    assert custom == builtin
+
+
+def test_a_custom_trainer_gets_its_claims_and_no_built_in_flags():
+    _, job = custom_job(dataset={"pvc": "data", "path": "shards"}, checkpoints={"pvc": "ckpt"})
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert {"name": "dataset", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "checkpoints", "mountPath": "/checkpoints",
+            "subPath": "demo-b8-s1"} in c["volumeMounts"]
+    assert env_of(job)["CRITBATCH_CHECKPOINT_DIR"] == "/checkpoints"
+    assert env_of(job)["CRITBATCH_DATA_PATH"] == "/data/shards"  # where the claim's path is
+    # The built-in trainer's flags are not the user's program's: nothing is added to it.
+    assert c["command"] == ["python", "-m", "classifier.train", "--quiet"] and "args" not in c
+
+
+def test_a_custom_trainers_bad_configuration_fails_its_job_at_once():
+    _, job = custom_job()
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                                 "values": [2]}} in rules
+
+
+def test_a_custom_trainers_pod_passes_pod_security_restricted_and_the_schema():
+    sweep = admit(parse_sweep(custom_manifest("demo", trainer={"checkpoints": {"pvc": "c"}})),
+                  Config())
+    job = build_job(sweep, TrialKey(8, 0))
+    assert restricted_violations(job["spec"]["template"]) == []
+    kv = pytest.importorskip("kubernetes_validate")
+    job["metadata"]["ownerReferences"][0]["uid"] = "0000"
+    kv.validate(copy.deepcopy(job), "1.30", strict=True)
+
+
+def test_the_built_in_trainers_single_trial_gets_the_protocols_variables_too():
+    _, job = job_for()
+    env = env_of(job)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = TrialSettings.from_env(env)
+    # The variables say what the flags say (the flags win in the trainer, so both must agree).
+    flags = {f: args[args.index(f) + 1] for f in (
+        "--batch-size", "--seed", "--max-steps", "--fid-threshold", "--metrics-port",
+        "--checkpoint-dir", "--termination-log", "--sweep")}
+    assert flags == {"--batch-size": str(settings.batch_size), "--seed": str(settings.seed),
+                     "--max-steps": str(settings.max_steps),
+                     "--fid-threshold": repr(settings.threshold),
+                     "--metrics-port": str(settings.metrics_port),
+                     "--checkpoint-dir": settings.checkpoint_dir,
+                     "--termination-log": settings.result_file, "--sweep": settings.sweep}
+    assert (settings.key, settings.metric, settings.goal) == (TrialKey(8, 1), "fid",
+                                                              Goal.minimize)
+
+
+def test_a_job_of_several_trials_gets_none_of_one_trials_variables():
+    body = sweep_manifest("demo", trialsPerGPU=2, trainer={"gpus": 1})
+    job = build_job(parse_sweep(body), (TrialKey(8, 0), TrialKey(16, 0)))
+    assert not set(env_of(job)) & set(protocol.ALL_VARS)

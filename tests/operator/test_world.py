@@ -16,6 +16,7 @@ from critbatch_operator.__main__ import parse_args
 from critbatch_operator.config import Config
 from critbatch_operator.jobs import build_job
 from critbatch_operator.observations import (
+    Termination,
     late_disagreements,
     observe,
     observe_trial,
@@ -70,20 +71,21 @@ FAILED = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
 
 
 def test_running_job_with_metrics_reports_progress():
-    m = TrialMetrics(step=120, fid=180.0, reached=False, finished=False)
+    m = TrialMetrics(step=120, value=180.0, reached=False, finished=False)
     obs, note = observe_trial(KEY, job(active=1), [pod()], metrics=m, source="direct")
-    assert (obs.phase, obs.steps, obs.fid, obs.source) == (Phase.Running, 120, 180.0, "direct")
+    assert (obs.phase, obs.steps, obs.value, obs.source) == (Phase.Running, 120, 180.0,
+                                                             "direct")
     assert note is None
 
 
 def test_metrics_that_show_the_target_reached_decide_the_trial_while_it_lingers():
-    m = TrialMetrics(step=620, fid=48.0, reached=True, finished=True, steps_to_threshold=620)
+    m = TrialMetrics(step=620, value=48.0, reached=True, finished=True, steps_to_threshold=620)
     obs, _ = observe_trial(KEY, job(active=1), [pod()], metrics=m, source="prometheus")
     assert (obs.phase, obs.steps, obs.source) == (Phase.Reached, 620, "prometheus")
 
 
 def test_censored_by_metrics():
-    m = TrialMetrics(step=4000, fid=90.0, reached=False, finished=True, max_steps=4000)
+    m = TrialMetrics(step=4000, value=90.0, reached=False, finished=True, max_steps=4000)
     obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, "")],
                            metrics=m, source="prometheus")
     assert (obs.phase, obs.steps) == (Phase.Censored, 4000)
@@ -113,10 +115,10 @@ def test_failed_job_reports_the_reason_and_the_last_crash():
     assert "exit code 1" in obs.reason and "out of memory" in obs.reason
 
 
-def test_a_complete_job_without_a_readable_result_waits_then_is_lost_when_pods_are_gone():
-    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, "not json")],
-                           metrics=None, source="direct")
-    assert obs.phase is Phase.Running and "waiting" in obs.reason
+def test_a_complete_job_whose_pod_has_not_ended_yet_waits_then_is_lost_when_pods_are_gone():
+    # The pods were listed after the Job: a stale pod status is waited for.
+    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Running")], metrics=None, source="direct")
+    assert obs.phase is Phase.Running and obs.reason == "finished; waiting for its result"
     obs, _ = observe_trial(KEY, job(COMPLETE), [], metrics=None, source="direct")
     assert obs.phase is Phase.Failed and "pods are gone" in obs.reason
     # With the metrics source down, a missing pod is no proof: wait.
@@ -343,9 +345,13 @@ def test_refused_metrics_are_ignored_with_a_reason_and_a_problem(metrics, why):
 
 
 @pytest.mark.parametrize(("steps", "why"), [
-    ("Infinity", "steps +Inf"), ("-Infinity", "steps -Inf"), ("NaN", "steps NaN"),
-    ("-3", "steps -3"), ("5000", "steps 5000 above spec.target.maxSteps 4000"),
-    ("1e999", "steps +Inf"), ('"620"', "steps is not a number"),
+    ("Infinity", "steps: must be a finite number >= 0, got Infinity"),
+    ("-Infinity", "steps: must be a finite number >= 0, got -Infinity"),
+    ("NaN", "steps: must be a finite number >= 0, got NaN"),
+    ("-3", "steps: must be a finite number >= 0, got -3"),
+    ("5000", "steps 5000 above spec.target.maxSteps 4000"),
+    ("1e999", "steps: must be a finite number >= 0, got Infinity"),
+    ('"620"', 'steps: expected a number, got "620"'),
 ])
 def test_a_refused_result_in_the_termination_message_fails_the_trial(steps, why):
     line = json.dumps(RESULT).replace('"steps": 620', f'"steps": {steps}')
@@ -355,26 +361,105 @@ def test_a_refused_result_in_the_termination_message_fails_the_trial(steps, why)
     assert obs.reason == f"MetricsInvalid: termination message: {why}"
 
 
-def test_termination_messages_that_are_not_results_are_skipped_without_errors():
-    deep = "[" * 100_000
-    for message in (deep, "\x00\x1b[31m", "{" + '"a":' * 10 + "1", json.dumps([RESULT]),
-                    json.dumps({**RESULT, "batch_size": True, "seed": 0}),
-                    json.dumps({**RESULT, "batch_size": "8"}), None, 42):
-        obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, message)],
-                               metrics=None, source="direct", max_steps=4000)
-        assert obs.phase is Phase.Running and obs.reason == "finished; waiting for its result"
-    # A valid line for the trial counts, whatever else the message holds.
+@pytest.mark.parametrize(("message", "why"), [
+    (json.dumps({k: v for k, v in RESULT.items() if k != "reached"}),
+     "reached: missing (required: batch_size, seed, reached, steps)"),
+    ('{"accuracy": 0.93}', "batch_size: missing (required: batch_size, seed, reached, steps)"),
+    (json.dumps({**RESULT, "batch_size": True}), "batch_size: expected an integer >= 1, got true"),
+    (json.dumps({**RESULT, "batch_size": "8"}), 'batch_size: expected an integer >= 1, got "8"'),
+    (json.dumps({**RESULT, "reached": "yes"}), 'reached: expected true or false, got "yes"'),
+    (json.dumps({**RESULT, "value": "high"}), 'value: expected an integer or a number or null, '
+                                              'got "high"'),
+    (json.dumps([RESULT]), "not a JSON object"),
+    ("done: accuracy 0.93", "no JSON result line, got 'done: accuracy 0.93'"),
+    ("[" * 100_000, "no JSON result line, got '" + "[" * 37 + "...'"),
+    ("\x00\x1b[31m", "no JSON result line, got '[31m'"),
+    ("{" + '"a":' * 10 + "1", "no JSON result line, got '{" + '"a":' * 9 + "...'"),
+])
+def test_what_a_trainer_wrote_instead_of_its_result_fails_the_trial_saying_what_it_broke(
+        message, why):
+    """A pod that exited 0 has said its last word: waiting cannot bring a result."""
+    obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, message)],
+                           metrics=None, source="direct", max_steps=4000)
+    assert obs.phase is Phase.Failed
+    assert obs.reason == f"MetricsInvalid: termination message: {why}"
+    assert obs.reason.isprintable() and len(obs.reason) <= 400
+
+
+@pytest.mark.parametrize("message", ["", "  \n", None, 42])
+def test_a_trainer_that_exits_0_without_a_result_fails_its_trial(message):
+    obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, message)],
+                           metrics=None, source="direct", max_steps=4000)
+    assert obs.phase is Phase.Failed
+    assert obs.reason == ("ResultMissing: the trainer exited 0 without a result: the trial "
+                          "protocol needs its result JSON in CRITBATCH_RESULT_FILE "
+                          "(/dev/termination-log)")
+
+
+def test_a_valid_line_for_the_trial_counts_whatever_else_the_message_holds():
     bad = json.dumps({**RESULT, "steps": -1})
-    for message in (json.dumps(RESULT) + "\n" + bad, bad + "\n" + json.dumps(RESULT)):
-        assert termination_results(KEY, [pod("Succeeded", 0, message)], 4000) == (RESULT, None)
-    assert termination_results(KEY, [pod("Succeeded", 0, bad)], 4000) == (None, "steps -1")
+    for message in (json.dumps(RESULT) + "\n" + bad, bad + "\n" + json.dumps(RESULT),
+                    "log line\n" + json.dumps(RESULT)):
+        assert termination_results(KEY, [pod("Succeeded", 0, message)], 4000) == Termination(
+            result=RESULT)
+    assert termination_results(KEY, [pod("Succeeded", 0, bad)], 4000) == Termination(
+        problem="steps: must be a finite number >= 0, got -1")
+    # No pod has exited 0 yet: nothing is known.
+    assert termination_results(KEY, [pod(), pod("Failed", 1, "x")], 4000) == Termination()
 
 
-def test_a_nan_fid_is_unknown_and_does_not_fail_the_trial():
+def test_a_single_trials_pod_reporting_another_trial_or_sweep_is_refused():
+    other = json.dumps({**RESULT, "batch_size": 16})
+    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, other)], metrics=None,
+                           source="direct", max_steps=4000, sweep="demo")
+    assert obs.phase is Phase.Failed and obs.reason == (
+        "MetricsInvalid: termination message: batch size 16, seed 0: another trial's result "
+        "(this one is batch size 8, seed 0)")
+    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, json.dumps(RESULT))],
+                           metrics=None, source="direct", max_steps=4000, sweep="demo-2")
+    assert obs.phase is Phase.Failed and obs.reason == (
+        "MetricsInvalid: termination message: sweep \"demo\": another sweep's result "
+        "(this is 'demo-2')")
+
+
+def test_a_group_pods_lines_of_its_other_trials_are_theirs():
+    mine, sibling = json.dumps(RESULT), json.dumps({**RESULT, "batch_size": 16, "steps": 555})
+    ended = [pod("Succeeded", 0, sibling + "\n" + mine)]
+    assert termination_result(KEY, ended, siblings={TrialKey(16, 0)})["steps"] == 620
+    # Without this trial's line the result is missing, not the sibling's refused.
+    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, sibling)], metrics=None,
+                           source="direct", siblings={TrialKey(16, 0)})
+    assert obs.phase is Phase.Failed and obs.reason.startswith("ResultMissing: ")
+
+
+def test_a_custom_trainers_result_gives_the_target_metrics_value():
+    result = {"batch_size": 8, "seed": 0, "reached": True, "steps": 300, "metric": "accuracy",
+              "value": 0.91, "goal": "maximize", "threshold": 0.9, "params": 12345}
+    obs, _ = observe_trial(KEY, job(COMPLETE), [pod("Succeeded", 0, json.dumps(result))],
+                           metrics=None, source="direct", max_steps=4000, sweep="demo")
+    assert (obs.phase, obs.steps, obs.value, obs.source) == (
+        Phase.Reached, 300, 0.91, "termination-message")
+    assert obs.result == result
+
+
+def test_a_trainer_that_exits_2_failed_on_its_configuration_and_says_why():
+    failed = [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+               "message": "Container trainer for pod default/demo-b8-s0-x failed with exit "
+                          "code 2 matching FailJob rule at index 0"}]
+    bad = pod("Failed", 2, "Traceback...\ntrain.py: error: CRITBATCH_TARGET_METRIC: "
+                           "'accuracy' is not a metric this script reports")
+    obs, _ = observe_trial(KEY, job(failed, failed=1), [bad], metrics=None, source="direct")
+    assert obs.phase is Phase.Failed
+    assert obs.reason == ("BadConfiguration: the trainer exited 2 (bad configuration, not "
+                          "retried): train.py: error: CRITBATCH_TARGET_METRIC: 'accuracy' is "
+                          "not a metric this script reports")
+
+
+def test_a_nan_value_is_unknown_and_does_not_fail_the_trial():
     line = json.dumps({**RESULT, "reached": False, "fid": math.nan})
     obs, _ = observe_trial(KEY, job(COMPLETE, succeeded=1), [pod("Succeeded", 0, line)],
                            metrics=None, source="direct", max_steps=4000)
-    assert (obs.phase, obs.steps, obs.fid) == (Phase.Censored, 620, None)
+    assert (obs.phase, obs.steps, obs.value) == (Phase.Censored, 620, None)
 
 
 def test_a_crash_tail_is_printable_and_short():

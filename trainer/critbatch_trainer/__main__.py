@@ -1,6 +1,8 @@
 """critbatch-trainer: run one trial and print its result as JSON (docs/contracts.md).
 
-With --trials it runs a group of trials as processes instead (critbatch_trainer.group).
+It speaks the trial protocol (critbatch.protocol): the CRITBATCH_* variables are the defaults of
+its flags. With --trials it runs a group of trials as processes instead
+(critbatch_trainer.group).
 """
 
 from __future__ import annotations

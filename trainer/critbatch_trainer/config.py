@@ -2,24 +2,36 @@
 
 Every flag is parsed as text and converted here, so a bad value fails with a message that
 names its field (``batch-size: must be an integer >= 1, got 'x'``) and the CLI exits 2.
+The trial protocol's variables (`critbatch.protocol`, CRITBATCH_*) are the defaults of their
+flags, so a sweep can run this trainer exactly as it runs a user's own: flags and the
+--config file override them.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from critbatch.vocabulary import MAX_TRIALS_PER_GROUP
+from critbatch import protocol
+from critbatch.vocabulary import MAX_TRIALS_PER_GROUP, Goal
 from critbatch_trainer.resolve import default_termination_log, resolve
-from critbatch_trainer.settings import PROG, ConfigError, TrainerConfig, flag_name
+from critbatch_trainer.settings import (
+    GROUP_SIZE_ENV,
+    PROG,
+    ConfigError,
+    TrainerConfig,
+    flag_name,
+)
 
-__all__ = ["FIELDS", "HELP", "ConfigError", "TrainerConfig", "given_flags", "load_file",
-           "parse_args"]
+__all__ = ["FIELDS", "HELP", "PROTOCOL_FIELDS", "ConfigError", "TrainerConfig", "given_flags",
+           "load_file", "parse_args", "protocol_defaults"]
 
 FIELDS = tuple(f.name for f in fields(TrainerConfig))
 _INT = {"batch_size", "max_steps", "image_size", "channels", "seed", "eval_every",
@@ -30,6 +42,32 @@ _FLOAT = {"fid_threshold", "lr_g", "lr_d", "beta1_g", "beta2_g", "eps_g", "beta1
 _BOOL = {"allow_download", "cuda_graph", "bf16", "reproducible_cpu"}
 _REQUIRED = ("batch_size", "fid_threshold", "max_steps")
 _OPTIONAL_PATHS = {"data_path", "checkpoint_dir", "termination_log", "stats_cache"}
+
+# Protocol variable -> the field it is the default of.
+PROTOCOL_FIELDS: dict[str, str] = {
+    protocol.BATCH_SIZE: "batch_size",
+    protocol.SEED: "seed",
+    protocol.TARGET_THRESHOLD: "fid_threshold",
+    protocol.MAX_STEPS: "max_steps",
+    protocol.METRICS_PORT: "metrics_port",
+    protocol.METRICS_HOST: "metrics_host",
+    protocol.RESULT_FILE: "termination_log",
+    protocol.CHECKPOINT_DIR: "checkpoint_dir",
+    protocol.EVAL_EVERY: "eval_every",
+    protocol.DATA_PATH: "data_path",
+    protocol.SWEEP: "sweep",
+}
+# Fields whose protocol.TrialSettings attribute has another name.
+_SETTING = {"fid_threshold": "threshold", "termination_log": "result_file"}
+# A trial group's child is one of the group's trials: these variables describe the group (its
+# port, its result file), and the group passes the child its own values as flags.
+_GROUP_VARIABLES = (protocol.BATCH_SIZE, protocol.SEED, protocol.METRICS_PORT,
+                    protocol.RESULT_FILE, protocol.CHECKPOINT_DIR)
+# Stand-ins for the required variables that are not set, so that the protocol's own reader
+# checks those that are; their values are never used.
+_STAND_INS = {protocol.BATCH_SIZE: "1", protocol.SEED: "0", protocol.TARGET_METRIC: "fid",
+              protocol.TARGET_THRESHOLD: "1", protocol.TARGET_GOAL: "minimize",
+              protocol.MAX_STEPS: "1"}
 
 
 def _convert(name: str, value: Any) -> Any:
@@ -172,27 +210,66 @@ def given_flags(argv: list[str]) -> set[str]:
     return {name for name in FIELDS if getattr(ns, name) is not None}
 
 
-def parse_args(argv: list[str] | None = None) -> TrainerConfig:
-    """Flags over the --config file over the defaults, resolved and validated."""
+def protocol_defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    """The fields the protocol variables set in `env` give (read by the protocol's rules);
+    ConfigError naming the variable when one is malformed or asks what this trainer cannot do.
+
+    An empty variable is not set. In a trial group's child the group's own variables are not
+    the child's (`_GROUP_VARIABLES`).
+    """
+    ignored = _GROUP_VARIABLES if env.get(GROUP_SIZE_ENV) else ()
+    given = {name: env[name] for name in protocol.ALL_VARS
+             if name not in ignored and env.get(name, "").strip()}
+    if not given:
+        return {}
+    try:
+        settings = protocol.TrialSettings.from_env({**_STAND_INS, **given})
+    except protocol.ProtocolError as e:
+        raise ConfigError(str(e)) from None
+    if protocol.TARGET_METRIC in given and settings.metric != protocol.DEFAULT_METRIC:
+        raise ConfigError(f"{protocol.TARGET_METRIC}: the built-in trainer measures "
+                          f"{protocol.DEFAULT_METRIC}, got {settings.metric!r}")
+    if protocol.TARGET_GOAL in given and settings.goal is not Goal.minimize:
+        raise ConfigError(f"{protocol.TARGET_GOAL}: the built-in trainer's FID is minimized, "
+                          f"got {settings.goal.value!r}")
+    return {field: getattr(settings, _SETTING.get(field, field))
+            for name, field in PROTOCOL_FIELDS.items() if name in given}
+
+
+def parse_args(argv: list[str] | None = None,
+               env: Mapping[str, str] | None = None) -> TrainerConfig:
+    """Flags over the --config file over the protocol variables in `env` (default: this
+    process's environment) over the defaults, resolved and validated."""
     ns = _parser().parse_args(argv)
-    raw: dict[str, Any] = {}
+    raw: dict[str, Any] = protocol_defaults(os.environ if env is None else env)
+    from_env = {field: name for name, field in PROTOCOL_FIELDS.items() if field in raw}
     if ns.config:
         for key, value in load_file(ns.config).items():
             name = str(key).replace("-", "_")
             if name not in FIELDS:
                 raise ConfigError(f"{key}: unknown setting in {ns.config}")
             raw[name] = value
+            from_env.pop(name, None)
     for name in FIELDS:
         value = getattr(ns, name)
         if value is not None:
             raw[name] = value
+            from_env.pop(name, None)
     values = {name: _convert(name, v) for name, v in raw.items()}
     values = {k: v for k, v in values.items() if v is not None or k in _OPTIONAL_PATHS}
     for name in _REQUIRED:
         if values.get(name) is None:
-            raise ConfigError(f"{flag_name(name)}: required")
+            variable = next(v for v, f in PROTOCOL_FIELDS.items() if f == name)
+            raise ConfigError(f"{flag_name(name)}: required (or {variable})")
     if "termination_log" not in values or values["termination_log"] is None:
         values["termination_log"] = default_termination_log()
     elif values["termination_log"] == "":
         values["termination_log"] = None
-    return resolve(TrainerConfig(**values))
+    try:
+        return resolve(TrainerConfig(**values))
+    except ConfigError as e:
+        field, sep, what = str(e).partition(":")
+        name = field.replace("-", "_")
+        if sep and name in from_env:
+            raise ConfigError(f"{from_env[name]} (--{field}):{what}") from None
+        raise

@@ -34,6 +34,8 @@ class TrainerMetrics:
         self._samples = Counter(p + "samples", "Samples whose gradient was computed (steps x b)",
                                 lab, registry=r)
         self._fid = Gauge(p + "fid", "FID at the last evaluation", lab, registry=r)
+        self._value = Gauge(p + "target_value", "The target metric (FID) at the last "
+                            "evaluation (the trial protocol's name)", lab, registry=r)
         self._n = Gauge(p + "steps_to_threshold", "N(b): the first evaluated step with FID <= "
                         "threshold", lab, registry=r)
         self._interp = Gauge(p + "interpolated_steps_to_threshold", "FID crossing step, "
@@ -95,6 +97,7 @@ class TrainerMetrics:
 
     def evaluation(self, fid: float) -> None:
         self._fid.labels(**self.labels).set(fid)
+        self._value.labels(**self.labels).set(fid)
 
     def reached(self, steps: int, interpolated: float | None) -> None:
         self._reached.labels(**self.labels).set(1)

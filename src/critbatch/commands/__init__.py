@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "critbatch.commands.analyze",
     "run": "critbatch.commands.run",
     "report": "critbatch.commands.report",
+    "check-trainer": "critbatch.commands.check_trainer",
 }
 
 

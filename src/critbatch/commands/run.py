@@ -16,7 +16,7 @@ from critbatch.local.options import MetricsMode, RunError, RunOptions
 from critbatch.local.progress import failure_reason, headline, make_progress
 from critbatch.local.rundir import load_manifest
 from critbatch.local.runner import LocalRun
-from critbatch.spec import parse_sweep
+from critbatch.spec import Sweep, parse_sweep
 
 HELP = "run a sweep's trials as local processes and write its status and report"
 
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _options(args: argparse.Namespace, out: Path) -> RunOptions:
+def _options(args: argparse.Namespace, out: Path, sweep: Sweep) -> RunOptions:
     if args.threads is not None and args.threads < 1:
         raise RunError(f"--threads: must be >= 1, got {args.threads}")
     if args.sd_file is not None and not args.prometheus:
@@ -83,7 +83,8 @@ def _options(args: argparse.Namespace, out: Path) -> RunOptions:
         raise RunError(f"--reference-noise-ratio: must be a positive number, got {ratio}")
     opts = RunOptions(out_dir=out, resume=args.resume, threads=args.threads,
                       reference_noise_ratio=ratio, reference_run=args.reference_run,
-                      retry_failed=args.retry_failed)
+                      retry_failed=args.retry_failed,
+                      workdir=args.sweep.resolve().parent if args.sweep is not None else None)
     if args.prometheus:
         if not args.prometheus.startswith(("http://", "https://")):
             raise RunError(f"--prometheus: must be an http(s) URL, got {args.prometheus!r}")
@@ -102,7 +103,7 @@ def _options(args: argparse.Namespace, out: Path) -> RunOptions:
         if not command:
             raise RunError("--trainer: must not be empty")
         opts.trainer_command = command
-    else:
+    elif not sweep.trainer.custom:
         _check_trainer_installed()
     return opts
 
@@ -129,9 +130,10 @@ def run(args: argparse.Namespace) -> int:
         manifest = load_manifest(saved)
     else:
         manifest = load_manifest(args.sweep)
-    out = args.out or Path("runs") / parse_sweep(manifest).name
+    sweep = parse_sweep(manifest)
+    out = args.out or Path("runs") / sweep.name
     mode = "json" if args.json else "quiet" if args.quiet else "rich"
-    runner = LocalRun(manifest, _options(args, out), make_progress(mode))
+    runner = LocalRun(manifest, _options(args, out, sweep), make_progress(mode))
     status = runner.run()
     why = runner.interrupted_warning() if runner.interrupted else failure_reason(status)
     if runner.output_closed:
@@ -159,11 +161,13 @@ def print_summary(status: dict, out: Path, why: str | None = None) -> None:
     from rich.table import Table
 
     table = Table(title="trials", title_justify="left")
-    for col in ("b", "seed", "phase", "N(b)", "SFO", "reached", "source"):
-        table.add_column(col, justify="right" if col in ("b", "seed", "N(b)", "SFO") else "left")
+    metric = report.metric_name({"status": status})
+    for col in ("b", "seed", "phase", "N(b)", "SFO", metric, "reached", "source"):
+        table.add_column(col, justify="left" if col in ("phase", "reached", "source")
+                         else "right")
     for r in report.trial_rows(status):
         table.add_row(report.fmt(r["batch_size"]), str(r["seed"]), r["phase"],
-                      report.fmt(r["steps"]), report.fmt(r["sfo"]),
+                      report.fmt(r["steps"]), report.fmt(r["sfo"]), report.fmt(r["value"]),
                       "yes" if r["reached"] else "no", r["source"] or "")
     console = Console(file=sys.stdout)
     console.print(table)

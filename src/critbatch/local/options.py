@@ -34,7 +34,9 @@ class RunOptions:
     metrics: MetricsMode = MetricsMode.AUTO
     prometheus_url: str | None = None
     sd_file: Path | None = None  # file_sd targets for an existing server to read
-    trainer_command: Sequence[str] = (sys.executable, "-m", "critbatch_trainer")
+    # None: the built-in trainer in this Python (a sweep with spec.trainer.command runs that).
+    trainer_command: Sequence[str] | None = None
+    workdir: Path | None = None  # where spec.trainer.command runs (None: the current directory)
     threads: int | None = None
     poll_interval: float = 0.5
     linger: float | None = None
@@ -44,6 +46,20 @@ class RunOptions:
     # runs/<spec.reference.sweep>/ beside this run's output directory.
     reference_run: Path | None = None
     retry_failed: bool = False  # with resume: start Failed trials again
+
+
+BUILTIN_TRAINER = (sys.executable, "-m", "critbatch_trainer")
+
+
+def trial_command(sweep: Sweep, options: RunOptions) -> list[str]:
+    """The program a trial runs: the sweep's own command, else --trainer, else the built-in
+    trainer; --trainer replaces only the built-in one."""
+    if sweep.trainer.custom:
+        if options.trainer_command is not None:
+            raise RunError("--trainer: this sweep names its own trainer (spec.trainer.command); "
+                           "--trainer replaces only the built-in one")
+        return list(sweep.trainer.command)
+    return list(options.trainer_command or BUILTIN_TRAINER)
 
 
 def metrics_mode(sweep: Sweep) -> tuple[MetricsMode, str | None]:

@@ -95,8 +95,10 @@ class Supervisor:
                 self.env[var] = str(threads)
         self.processes: dict[str, TrialProcess] = {}
 
-    def start(self, name: str, argv: Sequence[str], log_path: Path) -> TrialProcess:
-        """Start `argv` (a list, never a shell string) with its output appended to `log_path`."""
+    def start(self, name: str, argv: Sequence[str], log_path: Path, *,
+              env: Mapping[str, str] | None = None, cwd: Path | None = None) -> TrialProcess:
+        """Start `argv` (a list, never a shell string) in `cwd` with its output appended to
+        `log_path`; `env` adds to the supervisor's environment."""
         if name in self.processes and self.processes[name].poll() is None:
             raise RuntimeError(f"{name}: already running as pid {self.processes[name].pid}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +111,8 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **(env or {})},
+                cwd=cwd,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )

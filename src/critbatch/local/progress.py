@@ -43,7 +43,7 @@ class TrialView:
     phase: str
     step: float | None = None
     max_steps: int | None = None
-    fid: float | None = None
+    value: float | None = None
     sfo: float | None = None
     eta_seconds: float | None = None
     restarts: int = 0
@@ -225,7 +225,7 @@ class JsonProgress(Progress):
 
 
 class RichProgress(Progress):
-    """A live table in the terminal: per trial its state, step, FID, SFO and ETA."""
+    """A live table in the terminal: per trial its state, step, target metric, SFO and ETA."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -249,8 +249,9 @@ class RichProgress(Progress):
         self, status: Mapping[str, Any], trials: Sequence[TrialView], elapsed: float
     ) -> Group:
         table = Table(title=self.title, title_justify="left", expand=False)
+        metric = str((status.get("target") or {}).get("metric") or "value")
         for col, just in (("b", "right"), ("seed", "right"), ("state", "left"),
-                          ("step", "right"), ("FID", "right"), ("SFO", "right"),
+                          ("step", "right"), (metric, "right"), ("SFO", "right"),
                           ("ETA", "right"), ("restarts", "right")):
             table.add_column(col, justify=just, no_wrap=True)
         table.add_column("note", no_wrap=True, overflow="ellipsis", max_width=40)
@@ -260,7 +261,7 @@ class RichProgress(Progress):
             note = t.reason or (t.source or "")
             table.add_row(str(t.batch_size), str(t.seed),
                           Text(t.phase, style=_PHASE_STYLE.get(t.phase, "")), step,
-                          fmt(t.fid), fmt(t.sfo), eta, str(t.restarts) if t.restarts else "",
+                          fmt(t.value), fmt(t.sfo), eta, str(t.restarts) if t.restarts else "",
                           Text(note, style="dim"))
         foot = Text(f"{headline(status)}   elapsed {duration(elapsed)}")
         return Group(table, foot)

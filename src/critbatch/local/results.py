@@ -18,7 +18,7 @@ from typing import Any
 from critbatch import planner
 from critbatch.files import load_yaml, read_text
 from critbatch.local.options import RunError
-from critbatch.metrics import result_problem
+from critbatch.protocol import result_problem, short_json, type_name
 from critbatch.vocabulary import TrialKey
 
 MAX_RESULT_BYTES = 64 * 1024  # a result is one line of a few hundred bytes
@@ -32,59 +32,6 @@ class ResultRead:
     problem: str | None = None
 
 
-# The result's other keys (docs/contracts.md) and the types each may have when present.
-_RESULT_TYPES: dict[str, tuple[type, ...]] = {
-    "sweep": (str,), "seed": (int,), "interpolated_steps": (int, float, type(None)),
-    "sfo": (int, float, type(None)), "fid": (int, float, type(None)),
-    "threshold": (int, float, type(None)), "max_steps": (int, type(None)),
-    "wall_seconds": (int, float, type(None)), "generator_params": (int, type(None)),
-    "dataset_size": (int, type(None)), "gradient_noise_scale": (int, float, type(None)),
-    "hardware": (dict, type(None)),
-}
-
-
-def trial_result_problem(data: Any, key: TrialKey, *, sweep: str | None = None,
-                         max_steps: int | None = None) -> str | None:
-    """Why `data` is not the result of trial `key` (of sweep `sweep`), or None when it is.
-
-    The trainer may be the user's own program: a result counts only when it is what
-    `critbatch.metrics.result_problem` accepts, with the protocol's types, steps > 0 when
-    reached and at most `max_steps`, and this trial's batch size and seed.
-    """
-    problem = result_problem(data)
-    if problem is not None:
-        return problem
-    if "seed" not in data:
-        return "seed: missing"
-    for name, types in _RESULT_TYPES.items():
-        value = data.get(name)
-        if name in data and (isinstance(value, bool) or not isinstance(value, types)):
-            return (f"{name}: expected {' or '.join(map(_type_name, types))}, got "
-                    f"{_short_json(value)}")
-    if data["reached"] and data["steps"] == 0:
-        return "steps: 0 for a trial that reached the target"
-    if max_steps is not None and data["steps"] > max_steps:
-        return f"steps {_short_json(data['steps'])} above spec.target.maxSteps {max_steps}"
-    if (data["batch_size"], data["seed"]) != (key.batch_size, key.seed):
-        return (f"batch size {data['batch_size']}, seed {data['seed']}: another trial's result "
-                f"(this one is batch size {key.batch_size}, seed {key.seed})")
-    if sweep is not None and "sweep" in data and data["sweep"] != sweep:
-        return f"sweep {_short_json(data['sweep'])}: another sweep's result (this is {sweep!r})"
-    return None
-
-
-def _type_name(t: type) -> str:
-    """How a problem names an expected type: `an integer`, `null`."""
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            dict: "an object", type(None): "null"}.get(t, t.__name__)
-
-
-def _short_json(value: Any) -> str:
-    """`value` as JSON, cut to 40 characters: a quote in a one-line problem."""
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _parse_result(text: str, key: TrialKey, *, sweep: str | None,
                   max_steps: int | None) -> ResultRead:
     try:
@@ -93,7 +40,7 @@ def _parse_result(text: str, key: TrialKey, *, sweep: str | None,
         return ResultRead(problem="nested too deeply")
     except ValueError as exc:
         return ResultRead(problem=f"not JSON ({exc})" if text.strip() else "empty")
-    problem = trial_result_problem(data, key, sweep=sweep, max_steps=max_steps)
+    problem = result_problem(data, key, sweep=sweep, max_steps=max_steps)
     return ResultRead(problem=problem) if problem else ResultRead(result=data)
 
 
@@ -149,7 +96,8 @@ def result_from_log(path: Path, key: TrialKey, *, sweep: str | None = None,
 _TRIAL_FIELDS: dict[str, tuple[type, ...]] = {
     "batchSize": (int,), "seed": (int,), "phase": (str,),
     "steps": (int, float, type(None)), "sfo": (int, float, type(None)),
-    "fid": (int, float, type(None)), "restarts": (int, type(None)),
+    "value": (int, float, type(None)), "fid": (int, float, type(None)),
+    "restarts": (int, type(None)),
     "source": (str, type(None)), "reason": (str, type(None)), "job": (str, type(None)),
     "selectedBecause": (str, type(None)), "generatorParams": (int, type(None)),
     "datasetSize": (int, type(None)),
@@ -190,13 +138,13 @@ def status_problem(data: Any) -> str | None:
         for name, types in _TRIAL_FIELDS.items():
             value = t.get(name)
             if isinstance(value, bool) or not isinstance(value, types):
-                return f"{where}.{name}: expected {' or '.join(map(_type_name, types))}, got " \
-                       f"{_short_json(value)}"
+                return f"{where}.{name}: expected {' or '.join(map(type_name, types))}, got " \
+                       f"{short_json(value)}"
             if isinstance(value, int | float) and not (math.isfinite(value) and value >= 0):
-                return f"{where}.{name}: must be a finite number >= 0, got {_short_json(value)}"
+                return f"{where}.{name}: must be a finite number >= 0, got {short_json(value)}"
         if t["phase"] not in _PHASES:
             return f"{where}.phase: expected one of {', '.join(sorted(_PHASES))}, got " \
-                   f"{_short_json(t['phase'])}"
+                   f"{short_json(t['phase'])}"
         k = (t["batchSize"], t["seed"])
         if k in seen:
             return f"{where}: batch size {k[0]}, seed {k[1]} again (as trials[{seen[k]}])"

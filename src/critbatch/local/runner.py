@@ -24,7 +24,13 @@ from typing import Any
 from critbatch import planner, report
 from critbatch.clock import utc_now
 from critbatch.errors import OutputError
-from critbatch.local.options import MetricsMode, RunError, RunOptions, metrics_mode
+from critbatch.local.options import (
+    MetricsMode,
+    RunError,
+    RunOptions,
+    metrics_mode,
+    trial_command,
+)
 from critbatch.local.processes import thread_limit
 from critbatch.local.progress import GuardedProgress, Progress, TrialView
 from critbatch.local.reference import ReferenceRun, ReferenceWatcher
@@ -38,6 +44,7 @@ from critbatch.local.supervise import (
     install_signals,
 )
 from critbatch.local.trial_metrics import MetricsChannel
+from critbatch.planning.trials import row_value
 from critbatch.spec import Sweep, parse_sweep
 
 
@@ -67,9 +74,9 @@ class LocalRun:
         self.warnings: list[str] = []
         self.metrics = MetricsChannel(self.sweep, self.options, out=self.out, run_id=self.run_id)
         self.supervisor = TrialSupervisor(
-            self.sweep, self.trials, command=self.options.trainer_command,
+            self.sweep, self.trials, command=trial_command(self.sweep, self.options),
             linger=self.metrics.linger(), source=self.metrics.source, log=self.log_event,
-            warn=self._warn_once)
+            warn=self._warn_once, workdir=self.options.workdir)
         self.reference = ReferenceWatcher(self.sweep, self.options, self.dir.status_file)
         self.interrupted = False
         self.interrupt_cause: str | None = None  # Ctrl-C, SIGTERM, SIGHUP, output closed (...)
@@ -93,7 +100,11 @@ class LocalRun:
             raise RunError("--retry-failed: only with --resume (it restarts the failed trials "
                            "of an earlier run)")
         self.metrics.check_binary()  # before the output directory exists
-        check_trainer(self.options.trainer_command)
+        if self.sweep.trainer.custom:
+            check_trainer(self.supervisor.command, what="spec.trainer.command[0]",
+                          cwd=self.options.workdir)
+        else:
+            check_trainer(self.supervisor.command)
         self.metrics.check_sd_file()
         self.dir.create()
         warning = self.dir.lock()
@@ -151,7 +162,7 @@ class LocalRun:
                     restarts=old.get("restarts") or 0)
             elif old.get("phase") == planner.Phase.Pruned.value:
                 st.final = planner.Observation(
-                    key, planner.Phase.Pruned, steps=old.get("steps"), fid=old.get("fid"),
+                    key, planner.Phase.Pruned, steps=old.get("steps"), value=row_value(old),
                     source=old.get("source") or "local", reason=old.get("reason"),
                     restarts=old.get("restarts") or 0)
             if st.final is not None:
@@ -185,6 +196,7 @@ class LocalRun:
 
     def step(self) -> bool:
         """One round: reap, read metrics, plan, act, write. False once nothing is left to do."""
+        self.supervisor.enforce_deadline()
         self.supervisor.reap()
         now = self.clock()
         if now - self._last_metrics >= self.options.scrape_interval:
@@ -290,7 +302,7 @@ class LocalRun:
                             self.sweep.strategy.max_trials or len(self.trials))
             self.log_event("run", sweep=self.sweep.name, out=str(self.out), run_id=self.run_id,
                            threads=threads, metrics=self.options.metrics,
-                           trainer=shlex.join(self.options.trainer_command))
+                           trainer=shlex.join(self.supervisor.command))
             server = self.metrics.start()
             if server is not None:
                 self.log_event("prometheus", **server)

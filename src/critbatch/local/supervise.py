@@ -12,6 +12,8 @@ import math
 import os
 import shutil
 import signal
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,8 +27,10 @@ from critbatch.local.processes import ExitKind, Supervisor, TrialProcess, classi
 from critbatch.local.progress import RateMeter, TrialView
 from critbatch.local.results import ResultRead, read_result, result_from_log
 from critbatch.metrics import TrialMetrics
+from critbatch.planning.trials import row_value
+from critbatch.protocol import result_value
 from critbatch.spec import Sweep, resume_checkpoint_every
-from critbatch.trainer_args import trainer_args
+from critbatch.trainer_args import trainer_args, trial_env
 from critbatch.vocabulary import TrialKey
 
 # The signals that stop a run like Ctrl-C: a `kill`, a closed terminal.
@@ -50,18 +54,29 @@ def install_signals(handler: Any) -> dict[int, Any]:
     return previous
 
 
-def check_trainer(command: Sequence[str]) -> None:
-    """The trainer command's program exists and may run, or a RunError naming --trainer."""
+def trial_path(env_path: str | None = None) -> str:
+    """The trials' PATH: this Python's directory first, so that a custom command's `python`
+    is the one critbatch runs in (with its packages), then the PATH it was given."""
+    here = os.path.dirname(sys.executable)
+    rest = os.environ.get("PATH", os.defpath) if env_path is None else env_path
+    return os.pathsep.join([here, rest]) if here else rest
+
+
+def check_trainer(command: Sequence[str], *, what: str = "--trainer",
+                  cwd: Path | None = None) -> None:
+    """The trainer command's program exists and may run, or a RunError naming `what` (the
+    option, or spec.trainer.command[0]); a relative path is taken from `cwd`."""
     if not command or not command[0]:
-        raise RunError("--trainer: must not be empty")
+        raise RunError(f"{what}: must not be empty")
     program = command[0]
     if os.sep in program:
-        if not os.path.exists(program):
-            raise RunError(f"--trainer: no such file: {program}")
-        if not os.path.isfile(program) or not os.access(program, os.X_OK):
-            raise RunError(f"--trainer: {program} is not an executable file")
-    elif shutil.which(program) is None:
-        raise RunError(f"--trainer: no {program!r} on PATH")
+        path = Path(cwd or ".") / program
+        if not path.exists():
+            raise RunError(f"{what}: no such file: {path}")
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise RunError(f"{what}: {path} is not an executable file")
+    elif shutil.which(program, path=trial_path()) is None:
+        raise RunError(f"{what}: no {program!r} on PATH")
 
 
 @dataclass
@@ -77,6 +92,8 @@ class TrialState:
     metrics: TrialMetrics | None = None
     rate: RateMeter = field(default_factory=RateMeter)
     started: bool = False
+    first_start: float | None = None  # monotonic: spec.trainer.activeDeadlineSeconds counts
+    deadline_hit: bool = False
 
     @property
     def result_file(self) -> Path:
@@ -99,7 +116,7 @@ class TrialState:
         eta = self.rate.eta(step, max_steps) if step is not None and phase == "Running" else None
         return TrialView(
             batch_size=self.key.batch_size, seed=self.key.seed, phase=phase,
-            step=step, max_steps=max_steps, fid=row.get("fid"),
+            step=step, max_steps=max_steps, value=row_value(row),
             sfo=row.get("sfo"), eta_seconds=eta, restarts=self.restarts,
             source=row.get("source"), reason=row.get("reason"))
 
@@ -110,11 +127,12 @@ class TrialSupervisor:
 
     def __init__(self, sweep: Sweep, trials: Mapping[TrialKey, TrialState], *,
                  command: Sequence[str], linger: float, source: str, log: EventLog,
-                 warn: Callable[[str], None]) -> None:
+                 warn: Callable[[str], None], workdir: Path | None = None) -> None:
         self.sweep = sweep
         self.trials = trials
         self.by_name = {key.name: st for key, st in trials.items()}
         self.command = list(command)
+        self.workdir = workdir  # where a custom command runs (the manifest's directory)
         self.linger = linger
         self.source = source  # where metrics come from: a confirmed value's status source
         self.log = log
@@ -124,7 +142,7 @@ class TrialSupervisor:
 
     def begin(self, threads: int) -> None:
         """Ready to start trials, each with `threads` CPU threads."""
-        env = dict(os.environ, CRITBATCH_THREADS=str(threads))
+        env = dict(os.environ, CRITBATCH_THREADS=str(threads), PATH=trial_path())
         self._procs = Supervisor(env=env, threads=threads)
 
     @property
@@ -159,7 +177,7 @@ class TrialSupervisor:
                         f"trial b={st.key.batch_size} seed={st.key.seed}: metrics say N = "
                         f"{seen}, the result file says {result['steps']}: using the result file")
         phase = planner.Phase.Reached if result["reached"] else planner.Phase.Censored
-        return planner.Observation(st.key, phase, steps=result["steps"], fid=result.get("fid"),
+        return planner.Observation(st.key, phase, steps=result["steps"], value=result_value(result),
                                    result=result, source=source, restarts=st.restarts)
 
     def observations(self) -> dict[TrialKey, planner.Observation]:
@@ -172,7 +190,7 @@ class TrialSupervisor:
             elif key.name in running:
                 m = st.metrics or TrialMetrics()
                 out[key] = planner.Observation(
-                    key, planner.Phase.Running, steps=m.step, fid=m.fid,
+                    key, planner.Phase.Running, steps=m.step, value=m.value,
                     source=self.source if st.metrics else None, restarts=st.restarts)
         return out
 
@@ -196,22 +214,56 @@ class TrialSupervisor:
         st.metrics = None
         with contextlib.suppress(FileNotFoundError):
             st.result_file.unlink()  # a stale result must not stand for this attempt
-        args = trainer_args(self.sweep, st.key, metrics_port=st.port,
+        checkpoint = st.dir / "checkpoint"
+        env = trial_env(self.sweep, st.key, metrics_port=st.port,
+                        result_file=str(st.result_file.resolve()),
+                        checkpoint_dir=str(checkpoint.resolve()), metrics_host="127.0.0.1")
+        if self.sweep.trainer.custom:
+            argv, cwd = list(self.sweep.trainer.command), self.workdir
+            try:
+                checkpoint.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{checkpoint}: cannot create: {exc.strerror or exc}") from None
+        else:
+            argv, cwd = [*self.command, *self._builtin_args(st)], None
+        try:
+            proc = self._procs.start(st.key.name, argv, st.log_file, env=env, cwd=cwd)
+        except OSError as exc:  # check_trainer passed, yet it cannot run (a bad interpreter)
+            what = "spec.trainer.command" if self.sweep.trainer.custom else "--trainer"
+            raise RunError(f"{what}: cannot start {argv[0]}: {exc.strerror or exc}") from None
+        if st.first_start is None:
+            st.first_start = time.monotonic()
+        st.started = True
+        self.log("restart" if st.restarts else "start", batch_size=st.key.batch_size,
+                 seed=st.key.seed, pid=proc.pid, port=st.port, restarts=st.restarts)
+
+    def _builtin_args(self, st: TrialState) -> list[str]:
+        """The built-in trainer's flags (they win over the protocol's variables)."""
+        args = trainer_args(self.sweep, st.key, metrics_port=st.port or 0,
                             checkpoint_dir=str((st.dir / "checkpoint").resolve()),
                             termination_log=str(st.result_file.resolve()),
                             linger=math.ceil(self.linger))
         if not self.sweep.trainer.checkpoint_every:
-            # Locally a kill -9 should cost little: checkpoint at every FID evaluation.
+            # Locally a kill -9 should cost little: checkpoint at every evaluation.
             args += ["--checkpoint-every", str(resume_checkpoint_every(self.sweep))]
-        args += ["--metrics-host", "127.0.0.1"]
-        argv = [*self.command, *args]
-        try:
-            proc = self._procs.start(st.key.name, argv, st.log_file)
-        except OSError as exc:  # check_trainer passed, yet it cannot run (a bad interpreter)
-            raise RunError(f"--trainer: cannot start {argv[0]}: {exc.strerror or exc}") from None
-        st.started = True
-        self.log("restart" if st.restarts else "start", batch_size=st.key.batch_size,
-                 seed=st.key.seed, pid=proc.pid, port=st.port, restarts=st.restarts)
+        return [*args, "--metrics-host", "127.0.0.1"]
+
+    def enforce_deadline(self) -> None:
+        """Stop trials running longer than spec.trainer.activeDeadlineSeconds (counted from
+        their first start, as a Job counts it): a trainer that never reports fails."""
+        limit = self.sweep.trainer.active_deadline_seconds
+        if not limit:
+            return
+        now = time.monotonic()
+        for name in list(self.processes):
+            st = self.by_name[name]
+            if not st.deadline_hit and st.first_start is not None and \
+                    now - st.first_start > limit:
+                st.deadline_hit = True
+                self.log("stopping", batch_size=st.key.batch_size, seed=st.key.seed,
+                         reason=f"past spec.trainer.activeDeadlineSeconds ({limit} s)")
+                assert self._procs is not None
+                self._procs.request_stop(name)
 
     def request_stop(self, key: TrialKey, reason: str) -> None:
         """Stop a running trial for the planner's `reason` (it is then Pruned when reaped)."""
@@ -294,10 +346,16 @@ class TrialSupervisor:
                 st.final = self._failed(st, f"refused result: {got.problem}")
                 self.log("failed", batch_size=st.key.batch_size, seed=st.key.seed,
                          code=code, reason=st.final.reason)
+            elif st.deadline_hit:
+                limit = self.sweep.trainer.active_deadline_seconds
+                st.final = self._failed(st, f"DeadlineExceeded: no result within {limit} s "
+                                        "(spec.trainer.activeDeadlineSeconds)")
+                self.log("failed", batch_size=st.key.batch_size, seed=st.key.seed,
+                         code=code, reason=st.final.reason)
             elif proc.stop_requested and st.stop_reason is not None:
                 m = st.metrics or TrialMetrics()
                 st.final = planner.Observation(
-                    st.key, planner.Phase.Pruned, steps=m.step, fid=m.fid,
+                    st.key, planner.Phase.Pruned, steps=m.step, value=m.value,
                     source=self.source, reason=st.stop_reason, restarts=st.restarts)
                 self.log("pruned", batch_size=st.key.batch_size, seed=st.key.seed,
                          steps=m.step, reason=st.stop_reason)
@@ -305,7 +363,8 @@ class TrialSupervisor:
                 pass  # stopped by Ctrl-C: not final, resumable from its checkpoint
             elif kind in (ExitKind.FINISHED, ExitKind.BAD_CONFIG) or \
                     st.restarts >= self.sweep.trainer.backoff_limit:
-                why = "exited 0 without a result" if kind is ExitKind.FINISHED else \
+                why = ("exited 0 without a result (in neither CRITBATCH_RESULT_FILE nor the "
+                       "last line of stdout)") if kind is ExitKind.FINISHED else \
                     f"exit {code} ({kind.value})"
                 tail = log_tail(st.log_file)
                 st.final = self._failed(st, f"{why}: {tail}" if tail else why)

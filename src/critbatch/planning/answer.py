@@ -11,6 +11,8 @@ from typing import Any
 from critbatch import posterior, science
 from critbatch.numbers import finite_float, positive_int, significant
 from critbatch.planning.trials import Phase, TrialRecord, by_batch
+from critbatch.protocol import result_optimizer
+from critbatch.science import OptimizerSetting
 from critbatch.spec import Sweep
 
 
@@ -122,7 +124,36 @@ def _evidence_warnings(records: Sequence[TrialRecord], measured_censored: Iterab
     return warnings
 
 
-def _prediction(sweep: Sweep, *, params: int | None, size: int | None,
+def optimizer_setting(sweep: Sweep, records: Sequence[TrialRecord],
+                      previous: Mapping[str, Any] | None = None) -> OptimizerSetting | str:
+    """The setting Proposition 3.4 speaks of: the spec's (built-in trainer), else the one a
+    custom trainer's results report (or an earlier status kept), else why there is none."""
+    if sweep.optimizer is not None:
+        return sweep.optimizer.setting()
+    reported = [r.optimizer for r in records if r.optimizer is not None]
+    for o in reported:
+        if isinstance(o, OptimizerSetting):
+            return o
+    kept = ((previous or {}).get("criticalBatchSize") or {}).get("optimizer")
+    if isinstance(kept, dict):
+        o = result_optimizer({"optimizer": {"name": kept.get("name"),
+                                            "learning_rate": kept.get("learningRate"),
+                                            "beta1": kept.get("beta1"),
+                                            "beta2": kept.get("beta2")}})
+        if isinstance(o, OptimizerSetting):
+            return o
+    return reported[0] if reported else "the trainer reports no optimizer"
+
+
+def _setting_status(setting: OptimizerSetting | str) -> dict[str, Any] | None:
+    if isinstance(setting, str):
+        return None
+    return {"name": setting.optimizer, "learningRate": setting.lr, "beta1": setting.beta1,
+            "beta2": setting.beta2}
+
+
+def _prediction(sweep: Sweep, setting: OptimizerSetting | str, *, params: int | None,
+                size: int | None,
                 reference_noise_ratio: float | None, reference_params: int | None,
                 reference_dataset_size: int | None) -> tuple[dict[str, Any], list[str]]:
     """b* predicted from a reference's noise ratio (Proposition 3.4), and its warnings."""
@@ -136,9 +167,11 @@ def _prediction(sweep: Sweep, *, params: int | None, size: int | None,
         reference_dataset_size = reference_dataset_size or ref.dataset_size
     if reference_noise_ratio is not None:
         p, s = params or reference_params, size or reference_dataset_size
-        if p and s:
-            value = science.estimate_batch_size(reference_noise_ratio, sweep.optimizer.setting(),
-                                                p, s)
+        if isinstance(setting, str):
+            warnings.append(f"predicted: skipped, {setting} (Proposition 3.4 needs the "
+                            "optimizer's learning rate and betas)")
+        elif p and s:
+            value = science.estimate_batch_size(reference_noise_ratio, setting, p, s)
             out["predicted"] = significant(value)
             out["predictedGrid"] = science.snap_to_grid(value, sorted(sweep.batch_sizes))
             if params and reference_params and params != reference_params:
@@ -146,19 +179,18 @@ def _prediction(sweep: Sweep, *, params: int | None, size: int | None,
                                 f"the reference's {reference_params}: the noise ratio carries "
                                 "over to the same architecture only (Proposition 3.4)")
         else:
-            warnings.append("predicted: needs the generator's parameter count and the dataset "
-                            "size (from a trial, the reference, or spec.reference)")
+            warnings.append("predicted: needs the trained network's parameter count and the "
+                            "dataset size (from a trial, the reference, or spec.reference)")
     elif ref is not None and ref.sweep:
         warnings.append(f"predicted: reference sweep {ref.sweep!r} has no noise ratio yet")
     return out, warnings
 
 
-def _estimates(sweep: Sweep, best: int, params: int,
+def _estimates(sweep: Sweep, setting: OptimizerSetting, best: int, params: int,
                size: int) -> tuple[float | None, list[dict[str, Any]]]:
     """This sweep's noise ratio and b* estimated for each of spec.estimate's settings."""
     targets = [(t.setting(), t.generator_params, t.dataset_size) for t in sweep.estimate]
-    ratio, estimates = science.estimate_targets(sweep.optimizer.setting(), best, params, size,
-                                                targets)
+    ratio, estimates = science.estimate_targets(setting, best, params, size, targets)
     rows = [{
         "name": t.name or f"{t.optimizer}-lr{t.learning_rate:g}",
         "optimizer": t.optimizer,
@@ -181,6 +213,7 @@ def critical_batch_size(
     reference_noise_ratio: float | None = None,
     reference_params: int | None = None,
     reference_dataset_size: int | None = None,
+    previous_status: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The status's `criticalBatchSize` and the warnings that go with it."""
     m = science.measure(science_trials(records))
@@ -199,19 +232,25 @@ def critical_batch_size(
         "noiseRatio": None,
         "generatorParams": params,
         "datasetSize": size,
+        "optimizer": None,
         "estimates": [],
     }
-    predicted, more = _prediction(sweep, params=params, size=size,
+    setting = optimizer_setting(sweep, records, previous_status)
+    out["optimizer"] = _setting_status(setting)
+    predicted, more = _prediction(sweep, setting, params=params, size=size,
                                   reference_noise_ratio=reference_noise_ratio,
                                   reference_params=reference_params,
                                   reference_dataset_size=reference_dataset_size)
     out.update(predicted)
     warnings += more
     if post.most_probable is not None:
-        if params and size:
-            out["noiseRatio"], out["estimates"] = _estimates(sweep, post.most_probable, params,
-                                                             size)
+        if isinstance(setting, str):
+            warnings.append(f"noiseRatio and estimates: skipped, {setting} (Proposition 3.4 "
+                            "needs the optimizer's learning rate and betas)")
+        elif params and size:
+            out["noiseRatio"], out["estimates"] = _estimates(sweep, setting, post.most_probable,
+                                                             params, size)
         else:
-            warnings.append("noiseRatio: needs the generator's parameter count and the dataset "
-                            "size, which come with a trial's result")
+            warnings.append("noiseRatio: needs the trained network's parameter count and the "
+                            "dataset size, which come with a trial's result")
     return out, warnings

@@ -32,7 +32,7 @@ def _ready(critical: Mapping[str, Any], total: int, generation: int, adaptive: b
     if answer is None:
         return _condition("Ready", False, "NoMeasurement",
                           "every trial finished but none reached the target: raise "
-                          "spec.target.maxSteps or fidThreshold", generation)
+                          "spec.target.maxSteps or relax spec.target.threshold", generation)
     chance = (critical["probabilities"] or {}).get(str(answer), 0.0)
     if critical["resolved"]:
         return _condition("Ready", True, "Resolved",

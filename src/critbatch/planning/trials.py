@@ -10,7 +10,9 @@ from enum import StrEnum
 from typing import Any
 
 from critbatch.numbers import positive_int
+from critbatch.protocol import result_dataset_size, result_optimizer, result_params
 from critbatch.provenance import hardware_summary
+from critbatch.science import OptimizerSetting
 from critbatch.vocabulary import TrialKey
 
 MAX_STATUS_TEXT = 256  # a hardware line read back from a status; longer is not ours
@@ -39,7 +41,7 @@ class Observation:
     phase: Phase
     _: KW_ONLY
     steps: float | None = None
-    fid: float | None = None
+    value: float | None = None  # the target metric's last value
     result: Mapping[str, Any] | None = None
     source: str | None = None
     reason: str | None = None
@@ -55,7 +57,7 @@ class TrialRecord:
     phase: Phase
     _: KW_ONLY
     steps: float | None = None
-    fid: float | None = None
+    value: float | None = None
     source: str | None = None
     reason: str | None = None
     restarts: int = 0
@@ -65,6 +67,8 @@ class TrialRecord:
     job: str | None = None
     selected_because: str | None = None  # why an adaptive sweep started it
     hardware: str | None = None  # where it ran, from its result (critbatch.provenance)
+    # The optimizer its result reports (Proposition 3.4's input), or why it cannot be used.
+    optimizer: OptimizerSetting | str | None = None
 
     @property
     def undecided(self) -> bool:
@@ -89,6 +93,11 @@ def previous_records(previous_status: Mapping[str, Any] | None) -> dict[TrialKey
         except (KeyError, TypeError, ValueError):
             continue
     return out
+
+
+def row_value(row: Mapping[str, Any]) -> Any:
+    """A status row's metric value: `value`, or `fid` in a status of an older version."""
+    return row.get("value", row.get("fid"))
 
 
 def _hardware(result: Mapping[str, Any]) -> str | None:
@@ -117,38 +126,38 @@ def trial_record(key: TrialKey, obs: Observation | None,
         # Only what the result adds later (the trainer's result JSON after its metrics) fills in.
         result = (obs.result if obs is not None else None) or {}
         return TrialRecord(
-            key, prev_phase, steps=prev.get("steps"), fid=prev.get("fid"),
+            key, prev_phase, steps=prev.get("steps"), value=row_value(prev),
             source=prev.get("source"), reason=prev.get("reason"),
             restarts=int(prev.get("restarts") or 0),
-            params=positive_int(prev.get("generatorParams"))
-            or positive_int(result.get("generator_params")),
-            dataset_size=positive_int(prev.get("datasetSize"))
-            or positive_int(result.get("dataset_size")),
+            params=positive_int(prev.get("generatorParams")) or result_params(result),
+            dataset_size=positive_int(prev.get("datasetSize")) or result_dataset_size(result),
             seen=obs is not None and obs.phase not in FINAL,
             job=(obs.job if obs is not None else None) or prev.get("job"),
             selected_because=prev.get("selectedBecause"),
             hardware=_hardware(result) or _status_text(prev.get("hardware")),
+            optimizer=result_optimizer(result) if result else None,
         )
     if obs is None:
         return TrialRecord(key, Phase.Pending,
                            selected_because=(prev or {}).get("selectedBecause"))
     result = obs.result or {}
     rec = TrialRecord(
-        key, Phase(obs.phase), steps=obs.steps, fid=obs.fid, source=obs.source,
+        key, Phase(obs.phase), steps=obs.steps, value=obs.value, source=obs.source,
         reason=obs.reason, restarts=obs.restarts,
-        params=positive_int(result.get("generator_params")),
-        dataset_size=positive_int(result.get("dataset_size")),
+        params=result_params(result),
+        dataset_size=result_dataset_size(result),
         seen=obs.phase not in FINAL,  # a finished trial's Job or process needs no stopping
         job=obs.job or (prev or {}).get("job"),
         selected_because=(prev or {}).get("selectedBecause"),
         hardware=_hardware(result) or _status_text((prev or {}).get("hardware")),
+        optimizer=result_optimizer(result) if result else None,
     )
     if prev and rec.undecided:
         # Metrics may be unreachable for a while: keep the last progress we knew.
         if rec.steps is None:
             rec.steps = prev.get("steps")
-        if rec.fid is None:
-            rec.fid = prev.get("fid")
+        if rec.value is None:
+            rec.value = row_value(prev)
         if rec.source is None:
             rec.source = prev.get("source")
     if rec.phase in (Phase.Reached, Phase.Censored) and rec.steps is None:

@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from critbatch.protocol import DEFAULT_METRIC
 from critbatch.science import OptimizerSetting
-from critbatch.vocabulary import KNOWN_DATASET_SIZES, OptimizerSide, TrialKey, default_eval_every
+from critbatch.vocabulary import (
+    KNOWN_DATASET_SIZES,
+    Goal,
+    OptimizerSide,
+    TrialKey,
+    default_eval_every,
+)
 
 GROUP = "critbatch.dev"
 VERSION = "v1alpha1"
@@ -20,6 +27,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "CriticalBatchSweep"
 PLURAL = "criticalbatchsweeps"
 MAX_BATCH = 1 << 20
+# The model and dataset name of a sweep whose trials run the user's own command: critbatch
+# knows neither, so nothing model- or dataset-specific applies to it.
+CUSTOM = "custom"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,8 +78,12 @@ class PodTemplate:
 
 @dataclass(frozen=True, kw_only=True)
 class Trainer:
+    """A trial's program: the built-in GAN trainer, or the user's own `command` speaking the
+    trial protocol (docs/trial-protocol.md), for which the GAN fields keep their defaults."""
+
     image: str | None = None  # None: the operator's default trainer image
     image_pull_policy: str | None = None
+    command: tuple[str, ...] = ()  # empty: the built-in trainer
     model: str = "dcgan"
     image_size: int | None = None
     channels: int | None = None
@@ -92,6 +106,11 @@ class Trainer:
     bf16: bool = False
     reproducible_cpu: bool = False
 
+    @property
+    def custom(self) -> bool:
+        """Whether trials run the user's command rather than the built-in trainer."""
+        return bool(self.command)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Optimizer:
@@ -107,10 +126,15 @@ class Optimizer:
 
 @dataclass(frozen=True, kw_only=True)
 class Target:
-    fid_threshold: float
+    """A trial is done at the first evaluation whose `metric` meets `threshold` in the
+    direction of `goal` (N(b) is that step), or censored at `max_steps`."""
+
+    threshold: float
     max_steps: int
+    metric: str = DEFAULT_METRIC
+    goal: Goal = Goal.minimize
     eval_every: int | None = None  # None: the trainer's default for the dataset
-    eval_samples: int | None = None
+    eval_samples: int | None = None  # the built-in trainer's only
 
 
 @dataclass(frozen=True)
@@ -185,7 +209,7 @@ class Sweep:
     generation: int
     uid: str | None
     trainer: Trainer
-    optimizer: Optimizer
+    optimizer: Optimizer | None  # None: a custom trainer, whose optimizer the spec does not set
     batch_sizes: tuple[int, ...]
     seeds: int
     target: Target
@@ -205,12 +229,12 @@ class Sweep:
 
 
 def evaluation_interval(sweep: Sweep) -> int:
-    """Steps between a trial's FID evaluations: a reached trial crossed the threshold within
-    the last such interval."""
+    """Steps between a trial's evaluations of the target metric: a reached trial crossed the
+    threshold within the last such interval."""
     return sweep.target.eval_every or default_eval_every(sweep.trainer.dataset.name)
 
 
 def resume_checkpoint_every(sweep: Sweep) -> int:
     """The checkpoint period where a restart resumes: spec.trainer.checkpointEvery, else one
-    checkpoint per FID evaluation, so a retry never starts over."""
+    checkpoint per evaluation, so a retry never starts over."""
     return sweep.trainer.checkpoint_every or evaluation_interval(sweep)

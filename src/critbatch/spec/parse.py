@@ -4,6 +4,10 @@ The CRD's schema is the contract; `parse_sweep` applies the same defaults and ch
 rules (so the local runner, which has no API server, rejects what the cluster would), plus the
 checks a schema cannot make: batch sizes larger than a known dataset, optimizer settings the
 trainer cannot take. Every error names the field, e.g. ``spec.batchSizes[2]: must be positive``.
+
+A sweep either trains the built-in GAN (its model, optimizer and FID target) or runs the user's
+own `spec.trainer.command`, which speaks the trial protocol (docs/trial-protocol.md) and may
+target any metric it reports; the built-in trainer's fields are errors with a command.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from critbatch.protocol import DEFAULT_METRIC, METRIC_NAME
 from critbatch.science import ScienceError
 from critbatch.spec.fields import (
     DNS1123_LABEL,
@@ -47,6 +52,7 @@ from critbatch.spec.parse_trainer import parse_trainer
 from critbatch.vocabulary import (
     MAX_TRIALS_PER_GROUP,
     OPTIMIZERS,
+    Goal,
     OptimizerSide,
     optimizer_defaults,
 )
@@ -70,7 +76,14 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
     check_known(spec, "spec", _SPEC_FIELDS)
     trainer = parse_trainer(spec.get("trainer") if "trainer" in spec else {})
     dataset = trainer.dataset.name
-    optimizer = _parse_optimizer(spec.get("optimizer"), trainer.model, dataset)
+    if not trainer.custom:
+        optimizer = _parse_optimizer(spec.get("optimizer"), trainer.model, dataset)
+    elif spec.get("optimizer") is not None:
+        raise field_error("spec.optimizer", "applies only to the built-in trainer "
+                                            "(spec.trainer.command is set)")
+    else:
+        optimizer = None
+    target = _parse_target(spec.get("target"), custom=trainer.custom)
     batch_sizes = _parse_batch_sizes(spec)
     size = trainer.dataset.known_size
     if size is not None:
@@ -87,6 +100,9 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
     if per_gpu > 1 and trainer.gpus > 1:
         raise field_error("spec.trialsPerGPU", f"must be 1 when spec.trainer.gpus is "
                                                f"{trainer.gpus} (trials share one GPU)")
+    if per_gpu > 1 and trainer.custom:
+        raise field_error("spec.trialsPerGPU", "must be 1 with spec.trainer.command (a custom "
+                                               "trainer runs one trial per pod)")
     queue = str_field(spec, "queueName", "spec", max_len=63)
     if queue and not DNS1123_SUBDOMAIN.match(queue):
         raise field_error("spec.queueName", f"must be a LocalQueue's name, got {queue!r}")
@@ -100,10 +116,11 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
         optimizer=optimizer,
         batch_sizes=batch_sizes,
         seeds=seeds,
-        target=_parse_target(spec.get("target")),
+        target=target,
         parallelism=int_field(spec, "parallelism", "spec", default=4, lo=1, hi=256),
         pruning=Pruning(sfo_bound),
-        estimate=_parse_estimate(spec.get("estimate"), trainer.model, dataset),
+        estimate=_parse_estimate(spec.get("estimate"), None if trainer.custom else
+                                 (trainer.model, dataset)),
         reference=_parse_reference(spec.get("reference")),
         metrics=_parse_metrics(spec.get("metrics")),
         queue_name=queue or None,
@@ -199,16 +216,50 @@ def _parse_batch_sizes(spec: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _parse_target(raw: Any) -> Target:
+def _parse_target(raw: Any, *, custom: bool) -> Target:
+    """The target, `fidThreshold` read as the v1alpha1 name of `threshold` (FID only)."""
     path = "spec.target"
     t = mapping_field(raw, path)
-    check_known(t, path, ("fidThreshold", "evalEvery", "evalSamples", "maxSteps"))
+    check_known(t, path, ("metric", "threshold", "fidThreshold", "goal", "evalEvery",
+                          "evalSamples", "maxSteps"))
+    metric = str_field(t, "metric", path, default=DEFAULT_METRIC, max_len=63)
+    if not METRIC_NAME.fullmatch(metric):
+        raise field_error(f"{path}.metric", "must be a name of letters, digits and _ . : - "
+                                            f"that starts with a letter or _, got {metric!r}")
+    goal = Goal(str_field(t, "goal", path, default=Goal.minimize, choices=tuple(Goal)))
+    if not custom and metric != DEFAULT_METRIC:
+        raise field_error(f"{path}.metric", f"the built-in trainer measures {DEFAULT_METRIC} "
+                                            f"only, got {metric!r}; another metric needs a "
+                                            "custom trainer (spec.trainer.command)")
+    if not custom and goal is not Goal.minimize:
+        raise field_error(f"{path}.goal", f"the built-in trainer minimizes {DEFAULT_METRIC}; "
+                                          f"{goal} needs a custom trainer (spec.trainer.command)")
+    threshold = finite_float_field(t, "threshold", path)
+    if t.get("fidThreshold") is not None:
+        if threshold is not None:
+            raise field_error(f"{path}.fidThreshold", "the older name of spec.target.threshold: "
+                                                      "keep threshold and remove fidThreshold")
+        if metric != DEFAULT_METRIC:
+            raise field_error(f"{path}.fidThreshold", f"only for metric {DEFAULT_METRIC}; set "
+                                                      "spec.target.threshold")
+        threshold = finite_float_field(t, "fidThreshold", path, gt=0)
+    elif threshold is None:
+        raise field_error(f"{path}.threshold", "required (spec.target.fidThreshold is its "
+                                               "older name)")
+    elif metric == DEFAULT_METRIC and threshold <= 0:
+        raise field_error(f"{path}.threshold", f"must be > 0 for metric {DEFAULT_METRIC}, "
+                                               f"got {threshold:g}")
     target = Target(
-        fid_threshold=finite_float_field(t, "fidThreshold", path, required=True, gt=0),
+        threshold=threshold,
         max_steps=int_field(t, "maxSteps", path, required=True, lo=1),
+        metric=metric,
+        goal=goal,
         eval_every=int_field(t, "evalEvery", path, lo=1),
         eval_samples=int_field(t, "evalSamples", path, lo=2, hi=1_000_000),
     )
+    if custom and target.eval_samples is not None:
+        raise field_error(f"{path}.evalSamples", "applies only to the built-in trainer "
+                                                 "(spec.trainer.command is set)")
     if target.eval_every is not None and target.eval_every > target.max_steps:
         raise field_error(f"{path}.evalEvery",
                           f"must not exceed spec.target.maxSteps ({target.max_steps}), "
@@ -233,7 +284,9 @@ def _parse_strategy(raw: Any, trials: int) -> Strategy:
     )
 
 
-def _parse_estimate(raw: Any, model: str, dataset: str) -> tuple[EstimateTarget, ...]:
+def _parse_estimate(raw: Any, builtin: tuple[str, str] | None) -> tuple[EstimateTarget, ...]:
+    """The estimate targets; unset betas are the built-in trainer's (`builtin`: its model and
+    dataset), and required with a custom trainer, which has no defaults to fall back on."""
     path = "spec.estimate"
     e = mapping_field(raw, path, default={})
     check_known(e, path, ("targets",))
@@ -247,14 +300,20 @@ def _parse_estimate(raw: Any, model: str, dataset: str) -> tuple[EstimateTarget,
         check_known(t, p, ("name", "optimizer", "learningRate", "beta1", "beta2", "datasetSize",
                            "generatorParams"))
         opt = str_field(t, "optimizer", p, required=True, choices=OPTIMIZERS)
-        beta1 = finite_float_field(t, "beta1", p, ge=0, lt=1)
-        g = optimizer_defaults(model, opt, dataset)[0]
-        beta2 = finite_float_field(t, "beta2", p, ge=0, lt=1)
+        lr = finite_float_field(t, "learningRate", p, required=True, gt=0, le=1)
+        betas = [finite_float_field(t, k, p, ge=0, lt=1) for k in ("beta1", "beta2")]
+        if builtin is not None:
+            g = optimizer_defaults(builtin[0], opt, builtin[1])[0]
+            betas = [d if b is None else b for b, d in zip(betas, (g.beta1, g.beta2), strict=True)]
+        for key, beta in zip(("beta1", "beta2"), betas, strict=True):
+            if beta is None:
+                raise field_error(f"{p}.{key}", "required with spec.trainer.command (there are "
+                                                "no model defaults to fall back on)")
         target = EstimateTarget(
             optimizer=opt,
-            learning_rate=finite_float_field(t, "learningRate", p, required=True, gt=0, le=1),
-            beta1=g.beta1 if beta1 is None else beta1,
-            beta2=g.beta2 if beta2 is None else beta2,
+            learning_rate=lr,
+            beta1=betas[0],
+            beta2=betas[1],
             name=str_field(t, "name", p, max_len=63),
             dataset_size=int_field(t, "datasetSize", p, lo=1),
             generator_params=int_field(t, "generatorParams", p, lo=1),

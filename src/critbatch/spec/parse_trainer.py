@@ -1,7 +1,9 @@
-"""Parsing `spec.trainer`: the model and its network, the dataset, Inception weights,
-checkpoints, resources, environment and pod template of every trial.
+"""Parsing `spec.trainer`: the model and its network, or the user's own command, the dataset,
+Inception weights, checkpoints, resources, environment and pod template of every trial.
 
-The model rules are the vocabulary's, so the spec refuses exactly what the trainer would.
+The model rules are the vocabulary's, so the spec refuses exactly what the trainer would. A
+custom trainer (`command`) is told only the trial protocol's variables, so the built-in
+trainer's fields are errors with it rather than settings silently ignored.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from critbatch.protocol import ALL_VARS, MAX_PATH
 from critbatch.spec.fields import (
     DNS1123_SUBDOMAIN,
     bool_field,
@@ -20,7 +23,7 @@ from critbatch.spec.fields import (
     str_field,
     str_map_field,
 )
-from critbatch.spec.model import Checkpoints, Dataset, Inception, PodTemplate, Trainer
+from critbatch.spec.model import CUSTOM, Checkpoints, Dataset, Inception, PodTemplate, Trainer
 from critbatch.spec.policy import JOB_MOUNT_PATHS, JOB_VOLUMES
 from critbatch.vocabulary import (
     DATASETS,
@@ -36,20 +39,28 @@ from critbatch.vocabulary import (
 
 _PATH = "spec.trainer"
 _FIELDS = (
-    "image", "imagePullPolicy", "model", "imageSize", "channels", "dataset", "inception",
-    "width", "zDim", "emaStart",
+    "image", "imagePullPolicy", "command", "model", "imageSize", "channels", "dataset",
+    "inception", "width", "zDim", "emaStart",
     "device", "gpus", "resources", "checkpointEvery", "checkpoints", "backoffLimit",
     "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "bf16", "reproducibleCPU",
 )
+# Fields only the built-in trainer reads; with a command each is an error.
+BUILTIN_ONLY = (
+    "model", "imageSize", "channels", "width", "zDim", "emaStart", "inception", "device",
+    "cudaGraph", "bf16", "reproducibleCPU", "checkpointEvery",
+)
+MAX_COMMAND_ARGS = 64
+MAX_ENV_NAME = 256
+_WITH_COMMAND = "applies only to the built-in trainer (spec.trainer.command is set)"
 
 
 def parse_trainer(raw: Any) -> Trainer:
     path = _PATH
     t = mapping_field(raw, path)
     check_known(t, path, _FIELDS)
-    image = str_field(t, "image", path)
-    if image is not None and not image.strip():
-        raise field_error(f"{path}.image", "must not be empty")
+    command = _parse_command(t.get("command"))
+    if command:
+        return _parse_custom(t, command)
     model = str_field(t, "model", path, default="dcgan", choices=MODELS)
     image_size = int_field(t, "imageSize", path, lo=8, hi=256)
     if image_size is not None and (problem := image_size_problem(model, image_size)):
@@ -64,16 +75,10 @@ def parse_trainer(raw: Any) -> Trainer:
         raise field_error(f"{path}.inception",
                           f"required for the {dataset.name} dataset: FID on real images needs "
                           "Inception weights (pvc and file)")
-    checkpoints = _parse_checkpoints(t.get("checkpoints"))
-    resources = _parse_resources(t.get("resources"))
-    env = _parse_env(t.get("env"))
     cuda_graph = bool_field(t, "cudaGraph", path)
     if cuda_graph and (problem := cuda_graph_problem(model)):
         raise field_error(f"{path}.cudaGraph", problem)
     return Trainer(
-        image=image,
-        image_pull_policy=str_field(t, "imagePullPolicy", path,
-                                    choices=("Always", "IfNotPresent", "Never")),
         model=model,
         image_size=image_size,
         channels=channels,
@@ -83,34 +88,83 @@ def parse_trainer(raw: Any) -> Trainer:
         dataset=dataset,
         inception=inception,
         device=str_field(t, "device", path, default="auto", choices=DEVICES),
-        gpus=int_field(t, "gpus", path, default=1, lo=0, hi=16),
-        resources=resources,
         checkpoint_every=int_field(t, "checkpointEvery", path, default=0, lo=0),
-        checkpoints=checkpoints,
-        backoff_limit=int_field(t, "backoffLimit", path, default=2, lo=0, hi=20),
-        active_deadline_seconds=int_field(t, "activeDeadlineSeconds", path, lo=1),
-        env=env,
-        pod_template=_parse_pod_template(t.get("podTemplate")),
         cuda_graph=cuda_graph,
         bf16=bool_field(t, "bf16", path),
         reproducible_cpu=bool_field(t, "reproducibleCPU", path),
+        **_pod_fields(t),
     )
 
 
-def _parse_dataset(raw: Any) -> Dataset:
+def _parse_command(raw: Any) -> tuple[str, ...]:
+    """The program and its arguments, as exec takes them (never a shell string)."""
+    path = f"{_PATH}.command"
+    if raw is None:
+        return ()
+    args = list_field(raw, path)
+    if not 1 <= len(args) <= MAX_COMMAND_ARGS:
+        raise field_error(path, f"must hold 1 to {MAX_COMMAND_ARGS} strings (the program and "
+                                f"its arguments), got {len(args)}")
+    for i, arg in enumerate(args):
+        p = f"{path}[{i}]"
+        if not isinstance(arg, str):
+            raise field_error(p, f"must be a string, got {arg!r}")
+        if not arg or len(arg) > MAX_PATH or "\0" in arg:
+            raise field_error(p, f"must be 1 to {MAX_PATH} characters without NUL")
+    return tuple(args)
+
+
+def _parse_custom(t: Mapping[str, Any], command: tuple[str, ...]) -> Trainer:
+    """The trainer of a sweep that runs `command`: what any program's pod can use."""
+    path = _PATH
+    for key in BUILTIN_ONLY:
+        if t.get(key) is not None:
+            raise field_error(f"{path}.{key}", _WITH_COMMAND)
+    return Trainer(
+        command=command,
+        model=CUSTOM,
+        dataset=_parse_dataset(t.get("dataset"), custom=True),
+        **_pod_fields(t),
+    )
+
+
+def _pod_fields(t: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a trial's pod and Job, the same for any trainer."""
+    path = _PATH
+    image = str_field(t, "image", path)
+    if image is not None and not image.strip():
+        raise field_error(f"{path}.image", "must not be empty")
+    return {
+        "image": image,
+        "image_pull_policy": str_field(t, "imagePullPolicy", path,
+                                       choices=("Always", "IfNotPresent", "Never")),
+        "gpus": int_field(t, "gpus", path, default=1, lo=0, hi=16),
+        "resources": _parse_resources(t.get("resources")),
+        "checkpoints": _parse_checkpoints(t.get("checkpoints")),
+        "backoff_limit": int_field(t, "backoffLimit", path, default=2, lo=0, hi=20),
+        "active_deadline_seconds": int_field(t, "activeDeadlineSeconds", path, lo=1),
+        "env": _parse_env(t.get("env")),
+        "pod_template": _parse_pod_template(t.get("podTemplate")),
+    }
+
+
+def _parse_dataset(raw: Any, *, custom: bool = False) -> Dataset:
     path = f"{_PATH}.dataset"
     d = mapping_field(raw, path, default={})
     check_known(d, path, ("name", "path", "pvc", "size"))
+    if custom and d.get("name") is not None:
+        raise field_error(f"{path}.name", f"{_WITH_COMMAND}; the custom trainer's data is its "
+                                          "own (path, pvc and size apply)")
     dataset = Dataset(
-        name=str_field(d, "name", path, default="digits", choices=DATASETS),
-        path=str_field(d, "path", path),
+        name=CUSTOM if custom else str_field(d, "name", path, default="digits", choices=DATASETS),
+        path=str_field(d, "path", path, max_len=MAX_PATH),
         pvc=str_field(d, "pvc", path, max_len=253),
         size=int_field(d, "size", path, lo=1),
     )
     for key in ("path", "pvc"):
         if getattr(dataset, key) == "":
             raise field_error(f"{path}.{key}", "must not be empty")
-    if dataset.name not in EMBEDDED_DATASETS and not (dataset.path or dataset.pvc):
+    if not custom and dataset.name not in EMBEDDED_DATASETS and not (dataset.path or dataset.pvc):
         raise field_error(path, f"the {dataset.name} dataset needs a path or a pvc")
     return dataset
 
@@ -185,9 +239,12 @@ def _parse_env(raw: Any) -> tuple[tuple[str, str], ...]:
         path = f"{_PATH}.env[{i}]"
         e = mapping_field(item, path)
         check_known(e, path, ("name", "value"))
-        name = str_field(e, "name", path, required=True)
+        name = str_field(e, "name", path, required=True, max_len=MAX_ENV_NAME)
         if not name:
             raise field_error(f"{path}.name", "must not be empty")
+        if name in ALL_VARS:
+            raise field_error(f"{path}.name", f"{name} is the trial protocol's own variable, "
+                                              "which critbatch sets for every trial")
         env.append((name, str_field(e, "value", path, default="")))
     return tuple(env)
 
