@@ -124,7 +124,7 @@ async def reconcile(
             outcome = await _failed(run, exc)
         finally:
             opmetrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-        opmetrics.record_status(ns, name, outcome.status)
+        opmetrics.record_status(ns, name, outcome.status, opmetrics.campaign_of(meta))
         return outcome
 
 

@@ -7,7 +7,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -90,8 +90,30 @@ def load_yaml(text: str, label: str, *, finite: bool = True, fields: str | None 
     `label`; "" for a manifest, whose fields name themselves: ``spec.target.maxSteps``)."""
     import yaml
 
-    try:
+    with _yaml_errors(label):
         data = yaml.safe_load(text)
+    check_values(data, label, finite=finite, fields=fields)
+    return data
+
+
+def load_yaml_all(text: str, label: str, *, finite: bool = True) -> list[Any]:
+    """Every document of `text` (`---` between them), each bounded as `load_yaml` bounds one."""
+    import yaml
+
+    with _yaml_errors(label):
+        docs = list(yaml.safe_load_all(text))
+    for doc in docs:
+        check_values(doc, label, finite=finite)
+    return docs
+
+
+@contextlib.contextmanager
+def _yaml_errors(label: str) -> Iterator[None]:
+    """A parser's failure as one line naming `label` (and the line, when the parser says)."""
+    import yaml
+
+    try:
+        yield
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -100,8 +122,6 @@ def load_yaml(text: str, label: str, *, finite: bool = True, fields: str | None 
                          + (f": {problem}" if problem else "")) from None
     except RecursionError:
         raise InputError(f"{label}: nested too deeply") from None
-    check_values(data, label, finite=finite, fields=fields)
-    return data
 
 
 def check_values(data: Any, label: str, *, finite: bool = True, fields: str | None = None,

@@ -247,7 +247,8 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
             ax.legend(fontsize=8, loc="best")
     _plot_probabilities(ax_p, cbs, grid)
     target = target_text(resource)
-    fig.suptitle(f"{_name(resource)}: critical batch size"
+    name = _name(resource).replace("$", r"\$")  # a `$` would start matplotlib's math text
+    fig.suptitle(f"{name}: critical batch size"
                  + (f" (target {target})" if target is not None else ""))
     if cbs.get("notIdentifiable"):
         why = str(cbs["notIdentifiable"]).removeprefix("fit: ")

@@ -153,3 +153,78 @@ def test_paper_sweeps_name_the_papers_networks() -> None:
             assert (t.image_size, t.width, t.z_dim, t.ema_start) == (128, 96, 120, 20000), name
         else:
             assert (t.image_size, t.width, t.z_dim) == (64, 64, 100), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Campaigns: the sweeps of one experiment, labelled critbatch.dev/campaign
+# ---------------------------------------------------------------------------------------------
+
+CAMPAIGN_LABEL = "critbatch.dev/campaign"
+# One campaign per model family, as the paper measures one noise ratio per network: WGAN-GP
+# trains DCGAN's networks and takes DCGAN's Adam sweep as its reference (docs/science.md).
+PAPER_CAMPAIGNS = {
+    "paper-dcgan": ("dcgan-lsun-bedroom", "wgan-gp-celeba"),
+    "paper-biggan": ("biggan-imagenet",),
+}
+
+
+def paper_manifests() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for w, d in SWEEPS if w.startswith("examples/paper/")}
+
+
+def test_every_paper_sweep_belongs_to_its_model_familys_campaign() -> None:
+    setting_of = {s: c for c, settings in PAPER_CAMPAIGNS.items() for s in settings}
+    manifests = paper_manifests()
+    assert manifests
+    for name, doc in manifests.items():
+        labels = doc["metadata"]["labels"]
+        assert labels[CAMPAIGN_LABEL] == setting_of[labels["critbatch.dev/setting"]], name
+        assert name.startswith(labels["critbatch.dev/setting"] + "-"), name
+
+
+def test_paper_references_point_inside_the_campaign_at_its_one_adam_reference() -> None:
+    manifests = paper_manifests()
+    for campaign in PAPER_CAMPAIGNS:
+        members = {n: d for n, d in manifests.items()
+                   if d["metadata"]["labels"][CAMPAIGN_LABEL] == campaign}
+        roots = [n for n, d in members.items() if "reference" not in d["spec"]]
+        assert len(roots) == 1, (campaign, roots)
+        (root,) = roots
+        assert members[root]["spec"]["optimizer"]["name"] == "adam", campaign
+        for name, doc in members.items():
+            if name != root:
+                assert doc["spec"]["reference"]["sweep"] == root, name
+
+
+def test_the_dcgan_campaigns_reference_is_the_dcgan_adam_sweep() -> None:
+    manifests = paper_manifests()
+    wgan = [d for n, d in manifests.items() if n.startswith("wgan-gp-celeba-")]
+    assert len(wgan) == 3
+    for doc in wgan:
+        assert doc["spec"]["reference"]["sweep"] == "dcgan-lsun-bedroom-adam"
+
+
+def campaign_examples() -> dict[str, list[tuple[Path, dict]]]:
+    """The sweeps under examples/campaign/, by directory (one campaign each)."""
+    found: dict[str, list[tuple[Path, dict]]] = {}
+    for path in EXAMPLES:
+        rel = path.relative_to(ROOT / "examples")
+        if rel.parts[0] == "campaign":
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CriticalBatchSweep":
+                    found.setdefault(rel.parts[1], []).append((path, doc))
+    return found
+
+
+def test_campaign_examples_name_each_sweep_for_its_campaign_and_file() -> None:
+    campaigns = campaign_examples()
+    assert "digits" in campaigns
+    for campaign, members in campaigns.items():
+        names = set()
+        for path, doc in members:
+            assert doc["metadata"]["name"] == f"{campaign}-{path.stem}", path
+            names.add(doc["metadata"]["name"])
+        for path, doc in members:
+            ref = doc["spec"].get("reference")
+            if ref is not None:
+                assert ref["sweep"] in names, path

@@ -136,11 +136,23 @@ def test_argocd_configmap_carries_the_health_script() -> None:
     assert cm["data"][key] == HEALTH_LUA.read_text()
 
 
-def test_flux_health_expressions() -> None:
+FLUX_KUSTOMIZATIONS = [
+    (path.name, doc)
+    for path in sorted(GITOPS.glob("*.yaml"))
+    for doc in documents(path.read_text())
+    if doc["kind"] == "Kustomization" and doc["apiVersion"].startswith("kustomize.toolkit.")
+]
+
+
+def test_flux_waits_for_the_papers_sweeps_and_the_campaign() -> None:
+    assert {name for name, _ in FLUX_KUSTOMIZATIONS} == {"flux.yaml", "flux-campaign.yaml"}
+
+
+@pytest.mark.parametrize(("where", "kustomization"), FLUX_KUSTOMIZATIONS,
+                         ids=[n for n, _ in FLUX_KUSTOMIZATIONS])
+def test_flux_health_expressions(where: str, kustomization: dict) -> None:
     """Flux binds the object's top-level fields; the expressions tell done, failed, running."""
-    (kustomization,) = [
-        d for d in documents((GITOPS / "flux.yaml").read_text()) if d["kind"] == "Kustomization"
-    ]
+    assert kustomization["spec"]["wait"] is True, where
     (check,) = kustomization["spec"]["healthCheckExprs"]
     env = celpy.Environment()
 
@@ -177,10 +189,14 @@ def test_gitops_chart_values_match_the_values_schema() -> None:
 
 
 def test_gitops_paths_exist() -> None:
-    for path in (GITOPS / "argocd-applications.yaml", GITOPS / "flux.yaml"):
+    checked = 0
+    for path in sorted(GITOPS.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            spec = doc["spec"]
+            spec = doc.get("spec") or {}
             rel = spec.get("path") or spec.get("source", {}).get("path")
             rel = rel or spec.get("chart", {}).get("spec", {}).get("chart")
             if rel:
                 assert (ROOT / rel).is_dir(), f"{path.name}: {rel}"
+                checked += 1
+    # The chart (Argo CD, Flux), the paper's sweeps (Argo CD, Flux), the campaign (Argo CD, Flux).
+    assert checked == 6

@@ -83,7 +83,7 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     (lambda d: _text_manifest(d, "&a [*a]"), "SWEEP: {p}: more than 100000 values"),
     (lambda d: _text_manifest(d, "# " + "x" * (1 << 20) + "\n" + _ok_text()),
      "SWEEP: {p} is larger than 1 MiB"),
-    (lambda d: d, "SWEEP: {p} is a directory, not a file"),
+    (lambda d: d, "SWEEP: {p} holds no CriticalBatchSweep"),
     (lambda d: _link(d / "zero.yaml", "/dev/zero"), "SWEEP: {p} is larger than 1 MiB"),
     (lambda d: _link(d / "loop.yaml", d / "loop.yaml"), "SWEEP: cannot read {p}: Too many"),
     (lambda d: d / "missing.yaml", "SWEEP: no such file: {p}"),

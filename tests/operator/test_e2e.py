@@ -73,13 +73,12 @@ async def test_six_batch_sizes_two_seeds_with_a_restart_measure_b_star(k):
     assert ev["CriticalBatchSizeResolved"] + ev["CriticalBatchSizeUnresolved"] == 1
     # The operator's own metrics.
     sample = opmetrics.REGISTRY.get_sample_value
+    demo = {"namespace": "default", "sweep": "demo", "campaign": ""}
     for kind in ("measured", "most_probable"):
-        assert sample("critbatch_operator_critical_batch_size",
-                      {"namespace": "default", "sweep": "demo", "kind": kind}) == 4
+        assert sample("critbatch_operator_critical_batch_size", {**demo, "kind": kind}) == 4
     assert sample("critbatch_operator_critical_batch_size_resolved",
-                  {"namespace": "default", "sweep": "demo"}) == float(cbs["resolved"])
-    assert sample("critbatch_operator_trials",
-                  {"namespace": "default", "sweep": "demo", "phase": "Reached"}) == sum(
+                  demo) == float(cbs["resolved"])
+    assert sample("critbatch_operator_trials", {**demo, "phase": "Reached"}) == sum(
         1 for t in st["trials"] if t["phase"] == "Reached")
     assert sample("critbatch_operator_reconcile_duration_seconds_count") > 0
     assert sample("critbatch_operator_sweeps", {"phase": "Succeeded"}) >= 1

@@ -42,8 +42,8 @@ async def test_the_operator_process_serves_health_and_metrics_and_creates_jobs(k
         assert status == 200
         status, text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{metrics}/metrics")
         assert status == 200 and "critbatch_operator_reconcile_duration_seconds" in text
-        assert 'critbatch_operator_trials{namespace="default",phase="Pending",sweep="proc"}' \
-            in text
+        assert ('critbatch_operator_trials{campaign="",namespace="default",phase="Pending",'
+                'sweep="proc"}') in text
     finally:
         proc.terminate()
         try:

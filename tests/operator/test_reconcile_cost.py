@@ -1,4 +1,5 @@
-"""What one reconcile costs for a sweep of 16 trials: API calls and wall time.
+"""What one reconcile costs for a sweep of 16 trials: API calls (asserted) and wall time
+(printed only: a loaded machine makes any time limit flaky; speed belongs to benchmarks).
 
 The reconcile function is driven directly (no kopf) against kmock, with the fake cluster
 running the trials, so every request in kmock's log belongs to a known reconcile.
@@ -21,7 +22,7 @@ from critbatch_operator.reconcile import SweepState, reconcile
 SIXTEEN = [2, 4, 8, 16, 32, 64, 128, 256]
 
 
-async def test_a_reconcile_of_sixteen_trials_makes_few_calls_and_is_fast(k):
+async def test_a_reconcile_of_sixteen_trials_makes_few_calls(k):
     body = await create_sweep(k, sweep_manifest("sixteen", batchSizes=SIXTEEN, seeds=2,
                                                 parallelism=4, pruning={"sfoBound": False}))
     kube = Kube(make_api_client(str(k.url).rstrip("/")))
@@ -58,7 +59,6 @@ async def test_a_reconcile_of_sixteen_trials_makes_few_calls_and_is_fast(k):
         await reconcile(current, kube=kube, cfg=cfg, state=SweepState(), emit=lambda *e: None)
     assert len(api_calls(k)) - before == 2, api_calls(k)[before:]
     mean = sum(seconds) / len(seconds)
-    assert mean < 0.5, f"mean reconcile {mean:.3f}s"
     print(f"reconciles={len(seconds)} mean={mean * 1000:.1f}ms max={max(seconds) * 1000:.1f}ms "
           f"calls/reconcile={sum(sum(c.values()) for c in per_reconcile) / len(seconds):.2f} "
           f"(reads 2, writes mean {sum(writes) / len(writes):.2f})")

@@ -263,16 +263,13 @@ def test_operator_metrics_follow_the_status_and_forget_deleted_sweeps():
               "criticalBatchSize": {"measured": 8, "fitted": 6.5, "predicted": None}}
     opmetrics.record_status("ns", "m", status)
     sample = opmetrics.REGISTRY.get_sample_value
-    assert sample("critbatch_operator_trials", {"namespace": "ns", "sweep": "m",
-                                                "phase": "Reached"}) == 2
-    assert sample("critbatch_operator_critical_batch_size",
-                  {"namespace": "ns", "sweep": "m", "kind": "fitted"}) == 6.5
-    assert sample("critbatch_operator_critical_batch_size",
-                  {"namespace": "ns", "sweep": "m", "kind": "predicted"}) is None
-    assert sample("critbatch_operator_sfo_saved", {"namespace": "ns", "sweep": "m"}) == 1200
+    m = {"namespace": "ns", "sweep": "m", "campaign": ""}
+    assert sample("critbatch_operator_trials", {**m, "phase": "Reached"}) == 2
+    assert sample("critbatch_operator_critical_batch_size", {**m, "kind": "fitted"}) == 6.5
+    assert sample("critbatch_operator_critical_batch_size", {**m, "kind": "predicted"}) is None
+    assert sample("critbatch_operator_sfo_saved", m) == 1200
     opmetrics.forget("ns", "m")
-    assert sample("critbatch_operator_trials", {"namespace": "ns", "sweep": "m",
-                                                "phase": "Reached"}) is None
+    assert sample("critbatch_operator_trials", {**m, "phase": "Reached"}) is None
 
 
 def test_help_runs_without_a_cluster(capsys):

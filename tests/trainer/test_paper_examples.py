@@ -14,7 +14,7 @@ import yaml
 
 from critbatch.spec import Sweep, parse_sweep
 from critbatch.trainer_args import trainer_args
-from critbatch_trainer.config import parse_args
+from critbatch_trainer.config import TrainerConfig, parse_args
 from critbatch_trainer.models import biggan, build, count_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,15 +47,23 @@ def no_orthogonal_init(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(biggan, "orthogonal_init", lambda module: None)
 
 
-@pytest.mark.parametrize("sweep", SWEEPS, ids=[s.name for s in SWEEPS])
-def test_each_paper_example_builds_the_papers_generator(sweep: Sweep) -> None:
+def trial_config(sweep: Sweep) -> TrainerConfig:
     argv = trainer_args(sweep, sweep.trials()[0], metrics_port=0, checkpoint_dir=None,
                         data_path="/data", extractor="inception:/inception/inception.pth")
-    cfg = parse_args(argv)
+    return parse_args(argv)
+
+
+def generator_params(cfg: TrainerConfig) -> int:
     nets = build(cfg.model, image_size=cfg.image_size, channels=cfg.channels, width=cfg.width,
                  z_dim=cfg.z_dim, num_classes=CLASSES.get(cfg.dataset, 1),
                  attention_res=cfg.attention_res)
-    theta = count_params(nets.generator)
+    return count_params(nets.generator)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=[s.name for s in SWEEPS])
+def test_each_paper_example_builds_the_papers_generator(sweep: Sweep) -> None:
+    cfg = trial_config(sweep)
+    theta = generator_params(cfg)
     if cfg.model == "biggan":
         assert (cfg.image_size, cfg.width, cfg.z_dim, cfg.attention_res) == (128, 96, 120, 64)
         assert cfg.ema_start == 20000
@@ -70,3 +78,17 @@ def test_the_biggan_example_would_be_far_off_at_the_trainers_default_width() -> 
                     attention_res=64)
     assert sweep.trainer.width == 96
     assert count_params(default.generator) < BIGGAN_THETA[0] / 8
+
+
+REFERENCED = [s for s in SWEEPS if s.reference is not None]
+
+
+@pytest.mark.parametrize("sweep", REFERENCED, ids=[s.name for s in REFERENCED])
+def test_a_paper_sweep_and_its_reference_train_the_same_generator(sweep: Sweep) -> None:
+    """Proposition 3.4 carries the noise ratio only across one architecture: within a campaign a
+    reference's generator is the sweep's (WGAN-GP's is DCGAN's), whatever loss trains it."""
+    (reference,) = [s for s in SWEEPS if s.name == sweep.reference.sweep]
+    ours, theirs = trial_config(sweep), trial_config(reference)
+    assert (ours.image_size, ours.channels, ours.width, ours.z_dim) == (
+        theirs.image_size, theirs.channels, theirs.width, theirs.z_dim)
+    assert generator_params(ours) == generator_params(theirs)

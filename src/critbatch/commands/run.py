@@ -1,4 +1,5 @@
-"""`critbatch run SWEEP.yaml`: run a CriticalBatchSweep on this machine (thin wiring)."""
+"""`critbatch run SWEEP.yaml` or `critbatch run DIR/`: run a sweep, or a campaign's sweeps one
+after another, on this machine (thin wiring)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from critbatch import report
+from critbatch.campaign import campaign_rows
+from critbatch.campaign_report import MARKDOWN_NAME
 from critbatch.commands import silence_stdout
 from critbatch.errors import InputError
+from critbatch.local.campaign import (
+    CampaignRun,
+    holds_campaign_run,
+    is_plain_sweep_file,
+    load_campaign,
+)
 from critbatch.local.options import MetricsMode, RunError, RunOptions
 from critbatch.local.progress import failure_reason, headline, make_progress
 from critbatch.local.rundir import load_manifest
 from critbatch.local.runner import LocalRun
-from critbatch.spec import Sweep, parse_sweep
+from critbatch.spec import parse_sweep
 
 HELP = "run a sweep's trials as local processes and write its status and report"
 
@@ -24,15 +34,20 @@ HELP = "run a sweep's trials as local processes and write its status and report"
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "run", help=HELP, description=HELP + ". The same CriticalBatchSweep manifest as the "
-        "cluster's; trials run as local trainer processes, `parallelism` at a time.",
-        epilog="exit codes: 0 the sweep succeeded; 1 it did not (the last line gives the "
-        "reason) or its output could not be written; 2 bad input; 130 interrupted (Ctrl-C, "
-        "SIGTERM, SIGHUP); 141 stdout closed. An interrupted run's status has the warning "
-        "'Interrupted (CAUSE): ...'; --resume continues it.")
-    p.add_argument("sweep", nargs="?", type=Path, metavar="SWEEP.yaml",
-                   help="the CriticalBatchSweep manifest (optional with --resume)")
+        "cluster's; trials run as local trainer processes, `parallelism` at a time. A "
+        "directory (or several manifests) is a campaign: its sweeps run one after another, "
+        "references first, each into OUT/<sweep name>/, then the campaign report.",
+        epilog="exit codes: 0 the sweep (every sweep of a campaign) succeeded; 1 it did not "
+        "(the last line gives the reason) or its output could not be written; 2 bad input; "
+        "130 interrupted (Ctrl-C, SIGTERM, SIGHUP); 141 stdout closed. An interrupted run's "
+        "status has the warning 'Interrupted (CAUSE): ...'; --resume continues it.")
+    p.add_argument("sweep", nargs="*", type=Path, metavar="SWEEP",
+                   help="the CriticalBatchSweep manifest; a directory of them (its *.yaml and "
+                   "*.yml) or several manifests are a campaign (optional with --resume of one "
+                   "sweep's run)")
     p.add_argument("-o", "--out", type=Path,
-                   help="output directory (default: runs/<sweep name>)")
+                   help="output directory (default: runs/<sweep name>; a campaign's: "
+                   "runs/<campaign name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out; finished trials are not rerun")
     p.add_argument("--retry-failed", action="store_true",
@@ -70,7 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _options(args: argparse.Namespace, out: Path, sweep: Sweep) -> RunOptions:
+def _options(args: argparse.Namespace, out: Path, *, workdir: Path | None,
+             builtin: bool) -> RunOptions:
+    """The run's options from the command line; `builtin`: some sweep runs the built-in
+    trainer, which must then be installed unless --trainer replaces it."""
     if args.threads is not None and args.threads < 1:
         raise RunError(f"--threads: must be >= 1, got {args.threads}")
     if args.sd_file is not None and not args.prometheus:
@@ -84,7 +102,7 @@ def _options(args: argparse.Namespace, out: Path, sweep: Sweep) -> RunOptions:
     opts = RunOptions(out_dir=out, resume=args.resume, threads=args.threads,
                       reference_noise_ratio=ratio, reference_run=args.reference_run,
                       retry_failed=args.retry_failed,
-                      workdir=args.sweep.resolve().parent if args.sweep is not None else None)
+                      workdir=workdir)
     if args.prometheus:
         if not args.prometheus.startswith(("http://", "https://")):
             raise RunError(f"--prometheus: must be an http(s) URL, got {args.prometheus!r}")
@@ -103,7 +121,7 @@ def _options(args: argparse.Namespace, out: Path, sweep: Sweep) -> RunOptions:
         if not command:
             raise RunError("--trainer: must not be empty")
         opts.trainer_command = command
-    elif not sweep.trainer.custom:
+    elif builtin:
         _check_trainer_installed()
     return opts
 
@@ -119,29 +137,41 @@ def _check_trainer_installed() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when the sweep succeeded, 1 when it did not (the last line says why), 130 when
-    interrupted, 141 when stdout was closed (the run stops as if interrupted)."""
-    if args.sweep is None:
+    """Exit 0 when the sweep (every sweep of a campaign) succeeded, 1 when not (the last line
+    says why), 130 when interrupted, 141 when stdout was closed (the run stops as if
+    interrupted)."""
+    paths = list(args.sweep)
+    if not paths or is_plain_sweep_file(paths):
+        return _run_sweep(args, paths[0] if paths else None)
+    return _run_campaign(args, paths)
+
+
+def _mode(args: argparse.Namespace) -> str:
+    return "json" if args.json else "quiet" if args.quiet else "rich"
+
+
+def _run_sweep(args: argparse.Namespace, path: Path | None) -> int:
+    if path is None:
         if not (args.resume and args.out):
             raise InputError("SWEEP.yaml: required (or --resume with --out DIR)")
         saved = args.out / "sweep.yaml"
         if not saved.is_file():
+            if holds_campaign_run(args.out):
+                raise RunError(f"--out: {args.out} holds a campaign run: resume it with its "
+                               f"manifests, critbatch run --resume DIR -o {args.out}")
             raise RunError(f"--out: {args.out} holds no run to resume (no sweep.yaml)")
         manifest = load_manifest(saved)
     else:
-        manifest = load_manifest(args.sweep)
+        manifest = load_manifest(path)
     sweep = parse_sweep(manifest)
     out = args.out or Path("runs") / sweep.name
-    mode = "json" if args.json else "quiet" if args.quiet else "rich"
-    runner = LocalRun(manifest, _options(args, out, sweep), make_progress(mode))
+    options = _options(args, out, workdir=path.resolve().parent if path is not None else None,
+                       builtin=not sweep.trainer.custom)
+    runner = LocalRun(manifest, options, make_progress(_mode(args)))
     status = runner.run()
     why = runner.interrupted_warning() if runner.interrupted else failure_reason(status)
     if runner.output_closed:
-        silence_stdout()
-        with contextlib.suppress(OSError):
-            print(f"critbatch: {why or f'{runner.output_closed}; {headline(status)}'}",
-                  file=sys.stderr)
-        return 141
+        return _output_closed(why or f"{runner.output_closed}; {headline(status)}")
     if args.json:
         print(json.dumps({"event": "done", "out": str(out), "status": status, "reason": why},
                          default=str))
@@ -153,6 +183,133 @@ def run(args: argparse.Namespace) -> int:
     if runner.interrupted:
         return 130
     return 0 if status.get("phase") == "Succeeded" else 1
+
+
+def _output_closed(why: str) -> int:
+    silence_stdout()
+    with contextlib.suppress(OSError):
+        print(f"critbatch: {why}", file=sys.stderr)
+    return 141
+
+
+def _run_campaign(args: argparse.Namespace, paths: list[Path]) -> int:
+    for flag, value in (("--reference-run", args.reference_run),
+                        ("--reference-noise-ratio", args.reference_noise_ratio)):
+        if value is not None:
+            raise RunError(f"{flag}: not for a campaign, whose sweeps name their references "
+                           "(spec.reference.sweep)")
+    campaign = load_campaign(paths, args.out)
+    out = args.out or Path("runs") / campaign.name
+    builtin = any(not parse_sweep(s.manifest).trainer.custom for s in campaign.sweeps)
+    options = _options(args, out, workdir=None, builtin=builtin)
+    mode = _mode(args)
+    view = CampaignView(mode, campaign.name)
+    runner = CampaignRun(campaign, options, lambda name: make_progress(mode), view)
+    resources = runner.run()
+    statuses = [r.get("status") or {} for r in resources]
+    why = _campaign_reason(runner, resources, paths, out)
+    if runner.output_closed:
+        return _output_closed(why or runner.output_closed)
+    rows = campaign_rows(resources)
+    if args.json:
+        print(json.dumps({"event": "done", "campaign": campaign.name, "out": str(out),
+                          "report": [str(f) for f in runner.report_files], "sweeps": rows,
+                          "reason": why}, default=str))
+    elif args.quiet:
+        for r, status in zip(resources, statuses, strict=True):
+            print(f"{r['metadata']['name']}: {headline(status)}")
+        print(f"campaign {campaign.name}: {_tally(statuses)}; report: "
+              f"{_markdown(runner.report_files, out)}" + (f"; {why}" if why else ""))
+    else:
+        print_campaign(campaign.name, rows, runner.report_files, why, _tally(statuses))
+    if runner.interrupted:
+        return 130
+    return 0 if all(s.get("phase") == "Succeeded" for s in statuses) else 1
+
+
+def _markdown(files: list[Path], out: Path) -> Path:
+    return next((f for f in files if f.suffix == ".md"), out / MARKDOWN_NAME)
+
+
+def _tally(statuses: list[dict]) -> str:
+    done = sum(s.get("phase") == "Succeeded" for s in statuses)
+    return f"{done}/{len(statuses)} sweeps succeeded"
+
+
+def _campaign_reason(runner: CampaignRun, resources: list[dict], paths: list[Path],
+                     out: Path) -> str | None:
+    """The campaign's last line: how to continue an interrupted one, else which sweeps did not
+    succeed and why; None when all did."""
+    if runner.interrupted or runner.output_closed:
+        cause = runner.interrupt_cause or runner.output_closed or "Ctrl-C"
+        where = f" in sweep {runner.interrupted_sweep}" if runner.interrupted_sweep else ""
+        again = shlex.join(["critbatch", "run", "--resume", *map(str, paths), "-o", str(out)])
+        return (f"Interrupted ({cause}){where}: later sweeps not started; continue the "
+                f"campaign with {again}")
+    failed = [f"{r['metadata']['name']} ({failure_reason(r.get('status') or {})})"
+              for r in resources if (r.get("status") or {}).get("phase") != "Succeeded"]
+    return f"not succeeded: {'; '.join(failed)}" if failed else None
+
+
+class CampaignView:
+    """The campaign's own lines between its sweeps' views: one as each sweep starts and ends
+    (stderr), or JSON lines on stdout, or nothing (--quiet)."""
+
+    def __init__(self, mode: str, name: str) -> None:
+        self.mode = mode
+        self.name = name
+
+    def __call__(self, kind: str, **fields: Any) -> None:
+        if self.mode == "json":
+            print(json.dumps({"event": kind, **fields}, default=str), flush=True)
+            return
+        if self.mode == "quiet":
+            return
+        at = f"campaign {self.name} [{fields.get('index')}/{fields.get('of')}]"
+        if kind == "campaign":
+            skipped = fields.get("skipped") or []
+            text = (f"campaign {self.name}: {len(fields['sweeps'])} sweeps "
+                    f"({', '.join(fields['sweeps'])}) -> {fields['out']}"
+                    + (f"; not sweeps: {', '.join(skipped)}" if skipped else ""))
+        elif kind == "sweep-start":
+            text = f"{at}: sweep {fields['sweep']} -> {fields['out']}"
+        elif kind == "sweep-kept":
+            text = f"{at}: sweep {fields['sweep']} finished before ({fields['phase']}): kept"
+        elif kind == "sweep-done":
+            text = f"{at}: sweep {fields['sweep']}: {fields['headline']}"
+        else:
+            text = f"{kind}: " + " ".join(f"{k}={v}" for k, v in fields.items())
+        print(text, file=sys.stderr, flush=True)
+
+
+def print_campaign(name: str, rows: list[dict], files: list[Path], why: str | None,
+                   tally: str) -> None:
+    """The campaign table (a row per sweep: its answer beside its prediction), the report's
+    files, and last, why it did not all succeed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"campaign {name}", title_justify="left")
+    cols = ("sweep", "phase", "optimizer", "lr", "reference", "b*", "plausible", "measured",
+            "predicted", "held", "trials", "SFO spent")
+    for col in cols:
+        table.add_column(col, justify="left" if col in cols[:5] or col == "held" else "right")
+    for r in rows:
+        held = {True: "yes", False: "no", None: ""}[r["predictionHeld"]]
+        predicted = report.fmt(r["predicted"]) + (
+            f" ({report.fmt(r['predictedGrid'])})" if r["predictedGrid"] is not None else "")
+        table.add_row(r["sweep"], r["phase"], r["optimizer"] or "", report.fmt(r["learningRate"]),
+                      r["reference"] or "", report.fmt(r["mostProbable"]),
+                      ", ".join(report.fmt(b) for b in r["plausible"]),
+                      report.fmt(r["measured"]), predicted if r["predicted"] is not None else "",
+                      held, f"{report.fmt(r['trialsDone'])}/{report.fmt(r['trialsTotal'])}",
+                      report.fmt(r["sfoSpent"]))
+    console = Console(file=sys.stdout)
+    console.print(table)
+    console.print(tally, markup=False, soft_wrap=True)
+    console.print(f"report: {', '.join(map(str, files))}", markup=False, soft_wrap=True)
+    if why:
+        console.print(why, style="bold red", markup=False, soft_wrap=True)
 
 
 def print_summary(status: dict, out: Path, why: str | None = None) -> None:
