@@ -141,3 +141,21 @@ def test_critbatch_run_runs_the_command_beside_its_manifest(project, monkeypatch
     assert code == 0, capsys.readouterr()
     assert capsys.readouterr().out.startswith("Succeeded, trials 2/2")
     assert set((project / "cwd-seen").read_text().split()) == {str(project)}
+
+
+def test_a_trainer_that_lost_its_metrics_port_is_started_again(project):
+    """The helper's bad-configuration exit for a port taken meanwhile is a race, not the
+    user's mistake: the trial restarts on a new port, as the built-in trainer's would."""
+    script = project / "trainer.py"
+    script.write_text(
+        "import os, sys\n"
+        "if not os.path.exists('tried'):\n"
+        "    open('tried', 'w').close()\n"
+        "    print('trainer.py: error: CRITBATCH_METRICS_PORT: cannot listen on 127.0.0.1:9: '\n"
+        "          'address in use', file=sys.stderr)\n"
+        "    sys.exit(2)\n" + TRAINER)
+    status = LocalRun(_manifest([64], backoffLimit=1),
+                      RunOptions(out_dir=project / "out", workdir=project,
+                                 poll_interval=0.05)).run()
+    (row,) = status["trials"]
+    assert (row["phase"], row["restarts"]) == ("Reached", 1)

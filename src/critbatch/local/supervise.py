@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from critbatch import planner
+from critbatch import planner, protocol
 from critbatch.errors import OutputError
 from critbatch.local import prometheus as prom
 from critbatch.local.options import RunError
@@ -77,6 +77,12 @@ def check_trainer(command: Sequence[str], *, what: str = "--trainer",
             raise RunError(f"{what}: {path} is not an executable file")
     elif shutil.which(program, path=trial_path()) is None:
         raise RunError(f"{what}: no {program!r} on PATH")
+
+
+def _lost_its_port(last_line: str) -> bool:
+    """Whether a trainer's bad-configuration exit was its metrics port being taken: the
+    built-in trainer names `metrics-port:`, the protocol's helper `CRITBATCH_METRICS_PORT:`."""
+    return "metrics-port:" in last_line or f"{protocol.METRICS_PORT}: cannot listen" in last_line
 
 
 @dataclass
@@ -334,7 +340,7 @@ class TrialSupervisor:
         for proc, code in self._procs.reap():
             st = self.by_name[proc.name]
             kind = classify(code)
-            if kind is ExitKind.BAD_CONFIG and "metrics-port:" in log_tail(st.log_file):
+            if kind is ExitKind.BAD_CONFIG and _lost_its_port(log_tail(st.log_file)):
                 kind = ExitKind.CRASHED  # someone took the port first: worth another try
             got = self._ended_result(st, kind)
             if got.result is not None:
