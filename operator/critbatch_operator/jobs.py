@@ -8,6 +8,10 @@ level admits, unless the administrator's policy let the sweep's pod template add
 
 A custom trainer (`spec.trainer.command`) gets the same pod: only its container's command and
 environment differ, since it learns its trial from the trial protocol's variables alone.
+
+A data-parallel trial (`spec.trainer.nodes` x processes per node > 1) runs the trainer under
+PyTorch's launcher; on several nodes its Job is Indexed, one pod per node, and a headless
+Service (`build_service`) names node 0 for the others (`critbatch_operator.indexed`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
+from critbatch.launch import RENDEZVOUS_PORT, Rendezvous, launch_command
 from critbatch.planner import job_name
 from critbatch.spec import (
     API_VERSION,
@@ -29,6 +34,7 @@ from critbatch.spec import (
 from critbatch.trainer_args import trainer_args, trial_env
 from critbatch.vocabulary import TrialKey, trials_text
 from critbatch_operator.config import Config
+from critbatch_operator.indexed import JOB_NAME_LABEL, check_names, rendezvous, service_name
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SWEEP_LABEL = "critbatch.dev/sweep"
@@ -46,14 +52,17 @@ CACHE_MOUNT = f"{SCRATCH}/cache"  # XDG_CACHE_HOME: FID statistics, decoded data
 CACHE_SUBPATH = ".cache"  # on the checkpoints claim, shared by all Jobs (no Job has this name)
 RUN_AS = 65532
 BAD_CONFIG_EXIT = 2  # the trainer's "bad configuration": retrying cannot help
+LAUNCHER_PYTHON = "python"  # the trainer image's interpreter, which has torch
 
 
 def admit(sweep: Sweep, cfg: Config) -> Sweep:
     """The sweep, if the operator's policy grants what it asks for; else SpecError naming the
     field (the sweep's InvalidSpec). The operator creates Jobs and queries Prometheus with its own
     rights, so a sweep's author gets only what `cfg` lets every author have: a pod template that
-    widens no access unless allowed, and only listed Prometheus URLs."""
+    widens no access unless allowed, and only listed Prometheus URLs. Trials on several nodes
+    also need Job names short enough for their pods' host names."""
     check_pod_template(sweep.trainer.pod_template, cfg.allow_pod_template)
+    check_names(sweep)
     if sweep.metrics.prometheus_url is not None:
         check_prometheus_url(sweep.metrics.prometheus_url, cfg.allow_prometheus_urls,
                              cfg.prometheus_url)
@@ -102,10 +111,11 @@ def cpu_threads(resources: dict[str, dict[str, Any]]) -> int | None:
 
 
 def trainer_command(sweep: Sweep, keys: Sequence[TrialKey], *, metrics_port: int,
-                    checkpoint_dir: str, data_path: str | None,
-                    extractor: str | None) -> tuple[list[str], list[str] | None]:
+                    checkpoint_dir: str, data_path: str | None, extractor: str | None,
+                    meet: Rendezvous | None = None) -> tuple[list[str], list[str] | None]:
     """The container's command and args: `spec.trainer.command` as it is (no args: a custom
-    trainer reads the protocol's variables), else `critbatch-trainer` with its flags."""
+    trainer reads the protocol's variables), else `critbatch-trainer` with its flags, under
+    PyTorch's launcher when the trial has several workers (`meet`: where several nodes meet)."""
     t = sweep.trainer
     if t.custom:
         return list(t.command), None
@@ -115,7 +125,9 @@ def trainer_command(sweep: Sweep, keys: Sequence[TrialKey], *, metrics_port: int
     if t.checkpoints is not None and not t.checkpoint_every:
         # Without a period the trainer checkpoints only on SIGTERM: a crash would start over.
         args += ["--checkpoint-every", str(resume_checkpoint_every(sweep))]
-    return ["critbatch-trainer"], args
+    cmd = launch_command(["critbatch-trainer", *args], python=LAUNCHER_PYTHON,
+                         processes=t.processes_per_node, nodes=t.nodes, rendezvous=meet)
+    return cmd[:1], cmd[1:]
 
 
 def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_port: int = 9100,
@@ -170,9 +182,10 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
     volumes += [dict(v) for v in tpl.volumes]
     mounts += [dict(m) for m in tpl.volume_mounts]
 
+    several = t.nodes > 1
     command, args = trainer_command(sweep, keys, metrics_port=metrics_port,
                                     checkpoint_dir=checkpoint_dir, data_path=data_path,
-                                    extractor=extractor)
+                                    extractor=extractor, meet=rendezvous(name) if several else None)
     # One trial's protocol variables (a group's trials each get theirs from the group process).
     protocol = trial_env(sweep, key, metrics_port=metrics_port, result_file=TERMINATION_LOG,
                          checkpoint_dir=checkpoint_dir, data_path=data_path or None) \
@@ -185,7 +198,9 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ] + [{"name": n, "value": v} for n, v in t.env]
 
-    resources: dict[str, dict[str, Any]] = {k: dict(v) for k, v in t.resources.items()}
+    # Quantities as the API's strings: the client refuses numbers.
+    resources: dict[str, dict[str, Any]] = {
+        k: {n: str(q) for n, q in v.items()} for k, v in t.resources.items()}
     threads = cpu_threads(resources)
     if threads and not {n for n, _ in t.env} & {"CRITBATCH_THREADS", "OMP_NUM_THREADS"}:
         # torch would start a thread per core of the node; a trial group splits these.
@@ -194,7 +209,7 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
     env += [{"name": n, "value": v} for n, v in protocol.items()]
     named = any("nvidia.com/gpu" in v for v in resources.values())
     if t.gpus and not named:
-        resources.setdefault("limits", {})["nvidia.com/gpu"] = t.gpus
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(t.gpus)
 
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -219,6 +234,9 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
     }
     if t.image_pull_policy:
         container["imagePullPolicy"] = t.image_pull_policy
+    if several:
+        container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT,
+                                   "protocol": "TCP"})
 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -244,6 +262,8 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
         "imagePullSecrets": [{"name": n} for n in tpl.image_pull_secrets] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v})
+    if several:
+        pod_spec["subdomain"] = service_name(name)  # host <job>-<index>.<service>
 
     annotations = {
         "prometheus.io/scrape": "true",
@@ -267,6 +287,8 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
             "spec": pod_spec,
         },
     }
+    if several:
+        job_spec.update(completionMode="Indexed", completions=t.nodes, parallelism=t.nodes)
     if t.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = t.active_deadline_seconds
     if sweep.queue_name:
@@ -283,4 +305,28 @@ def build_job(sweep: Sweep, trials: TrialKey | Sequence[TrialKey], *, metrics_po
             "ownerReferences": [owner_reference(sweep)],
         },
         "spec": job_spec,
+    }
+
+
+def build_service(sweep: Sweep, key: TrialKey) -> dict[str, Any]:
+    """The headless Service of a trial on several nodes: it gives its pods the DNS names
+    `<job>-<index>.<service>` (even before they are ready) so the launchers find node 0. Labels
+    and owner as on the trial's Job (no queue label: Kueue admits Jobs, not Services)."""
+    name = job_name(sweep.name, key)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(name),
+            "namespace": sweep.namespace,
+            "labels": trial_labels(sweep, key),
+            "ownerReferences": [owner_reference(sweep)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_NAME_LABEL: name},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT,
+                       "targetPort": RENDEZVOUS_PORT, "protocol": "TCP"}],
+        },
     }

@@ -69,7 +69,7 @@ def foreign_reason(job: Mapping[str, Any]) -> str:
 
 
 class Kube:
-    """Jobs, pods and sweeps of one cluster (typed client calls, plain dicts back)."""
+    """Jobs, pods, Services and sweeps of one cluster (typed client calls, plain dicts back)."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -118,6 +118,26 @@ class Kube:
         try:
             self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
                                              _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def create_service(self, namespace: str, service: dict) -> bool:
+        """Create; False when one of that name exists (the trial's, from before a restart)."""
+        try:
+            self.core.create_namespaced_service(namespace, service, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_service(self, namespace: str, name: str) -> bool:
+        """Delete a Service; False when it was already gone."""
+        try:
+            self.core.delete_namespaced_service(name, namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status == 404:
                 return False

@@ -234,8 +234,9 @@ def observe_trial(
         reason = _failed_reason(conds.get("Failed") or conds["FailureTarget"], pods)
         return Observation(key, Phase.Failed, reason=reason[:MAX_REASON], **seen), None
 
+    completions = int((job.get("spec") or {}).get("completions") or 1)  # a pod per node
     finished = ("Complete" in conds or "SuccessCriteriaMet" in conds
-                or int(status.get("succeeded") or 0) > 0)
+                or int(status.get("succeeded") or 0) >= completions)
     if result is not None:
         return Observation(key, Phase.Reached if result["reached"] else Phase.Censored,
                            steps=float(result["steps"]), value=result_value(result),

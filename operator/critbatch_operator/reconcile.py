@@ -4,7 +4,8 @@ Level-based: everything is recomputed from the Jobs, pods, metrics and the previ
 any number of reconciles, restarts or duplicate events converge on the same Jobs. The order of
 writes matters: the status (the memory of finished and pruned trials) is written before Jobs
 are deleted, and Jobs are created last, under deterministic names (a 409 is success when the
-existing Job is the sweep's own; another's is `JobNameTaken`, never adopted).
+existing Job is the sweep's own; another's is `JobNameTaken`, never adopted). A trial on
+several nodes also has a Service, created before its Job and deleted before it.
 
 No error escapes a reconcile: one that fails sets `Degraded=True` (reason `ReconcileError`), and
 the timer retries after a backoff, so a sweep is never wedged without a word.
@@ -34,7 +35,8 @@ from critbatch.planner import (
 from critbatch.spec import SpecError, parse_sweep
 from critbatch_operator import opmetrics
 from critbatch_operator.config import Config
-from critbatch_operator.jobs import admit, build_job
+from critbatch_operator.indexed import is_indexed, service_name
+from critbatch_operator.jobs import admit, build_job, build_service
 from critbatch_operator.kube import JobNameTaken, Kube
 from critbatch_operator.observations import late_disagreements, observe
 from critbatch_operator.world import metrics_source, read_world
@@ -233,14 +235,20 @@ async def _reconcile(run: _Run) -> Outcome:
 
     outcome = Outcome(status, patched=patched)
     jobs = {(t["batchSize"], t["seed"]): t["job"] for t in status["trials"]}
+    several = sweep.trainer.nodes > 1
+    indexed = {(j.get("metadata") or {}).get("name") for j in world.jobs.values() if is_indexed(j)}
     # A pod's trials share one Job: delete it once.
     for job in dict.fromkeys(jobs[(key.batch_size, key.seed)] for key, _ in p.stop):
+        if several or job in indexed:  # first: a failure in between stops the Job again
+            await asyncio.to_thread(kube.delete_service, ns, service_name(job))
         if await asyncio.to_thread(kube.delete_job, ns, job):
             opmetrics.JOBS_DELETED.inc()
             outcome.deleted.append(job)
     for trials in p.create:
         manifest = build_job(sweep, trials, metrics_port=cfg.trainer_metrics_port,
                              default_image=cfg.trainer_image)
+        if several:  # before its Job, so that no pod of the Job runs without its names
+            await asyncio.to_thread(kube.create_service, ns, build_service(sweep, trials[0]))
         try:
             created = await asyncio.to_thread(kube.create_job, ns, manifest)
         except JobNameTaken as exc:

@@ -5,7 +5,8 @@ turns what was read into the planner's observations.
 
 Only Jobs whose ownerReference is the sweep's uid count, and only pods owned by those Jobs: a
 Job that merely carries the sweep's labels or a trial's name (one left by a deleted sweep of the
-same name, say) is never adopted.
+same name, say) is never adopted. Of a trial on several nodes only the pods of index 0 count:
+its rank 0 serves the metrics and writes the result; the others' failures show in the Job.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from critbatch.metrics import MetricsUnavailable, PrometheusClient, TrialMetrics
 from critbatch.planner import job_name
 from critbatch.spec import Sweep
 from critbatch.vocabulary import TrialKey, TrialsError, parse_trials
+from critbatch_operator.indexed import speaks_for_trial
 from critbatch_operator.jobs import (
     BATCH_LABEL,
     SEED_LABEL,
@@ -91,7 +93,8 @@ def _pod_job(pod: Mapping[str, Any], jobs: Mapping[str, Mapping[str, Any]]) -> b
 def group_objects(sweep: Sweep, jobs: Sequence[dict], pods: Sequence[dict]) -> World:
     """Jobs and pods of this sweep by trial (labels are checked here too, not only by selector);
     a Job and its pods appear under each trial they run. Only Jobs the sweep owns count, and
-    only pods those Jobs own; foreign Jobs holding a trial's name are listed in `foreign`."""
+    only pods those Jobs own (of an Indexed Job, index 0's); foreign Jobs holding a trial's
+    name are listed in `foreign`."""
     world = World()
     wanted = set(sweep.trials())
     names = {job_name(sweep.name, key) for key in wanted}
@@ -109,7 +112,7 @@ def group_objects(sweep: Sweep, jobs: Sequence[dict], pods: Sequence[dict]) -> W
             if key in wanted:
                 world.jobs[key] = job
     for pod in pods:
-        if not _pod_job(pod, owned):
+        if not _pod_job(pod, owned) or not speaks_for_trial(pod):
             continue
         for key in _keys(pod, sweep):
             if key in wanted:

@@ -393,6 +393,11 @@ def test_metrics_service_and_monitors_select_the_right_pods(full_objects) -> Non
     assert pods["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "critbatch"}
     assert pods["spec"]["namespaceSelector"] == {"any": True}
     assert pods["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # Of a trial on several nodes, only the pod of index 0 (rank 0) serves metrics.
+    keep = pods["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
+    assert keep == {"sourceLabels": [
+        "__meta_kubernetes_pod_annotation_batch_kubernetes_io_job_completion_index"],
+        "regex": "|0", "action": "keep"}
 
 
 def test_network_policy_allows_only_what_the_operator_needs(full_objects) -> None:

@@ -1,10 +1,10 @@
 """The chart grants exactly the API calls the operator makes.
 
 The operator's end-to-end harness (tests/operator/harness.py) runs the real operator (kopf)
-against kmock through a whole sweep (Jobs created, pruned and deleted, an operator restart)
-and logs every request it made. Every (API group, resource, verb) it used must be granted by
-the rendered RBAC, and every granted one must be used, or be in ALLOWED_UNUSED with the
-reason the harness cannot show it.
+against kmock through a whole sweep (Jobs created, pruned and deleted, an operator restart) and
+a sweep on two nodes (Services created and deleted), and logs every request it made. Every
+(API group, resource, verb) it used must be granted by the rendered RBAC, and every granted one
+must be used, or be in ALLOWED_UNUSED with the reason the harness cannot show it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def granted(roles: list[dict]) -> set[Call]:
 
 @pytest.fixture()
 async def used_calls(kmock: Any) -> set[Call]:
-    """The calls of a full sweep with a restart, plus a sweep that names a reference sweep."""
+    """The calls of a full sweep with a restart, plus a sweep that names a reference sweep and
+    one whose trials run on two nodes."""
     harness.setup_kmock(kmock)
     result = await harness.full_sweep_scenario(kmock)
     assert result.status["phase"] == "Succeeded", result.status
@@ -60,6 +61,18 @@ async def used_calls(kmock: Any) -> set[Call]:
                                timeout=30, what="the second sweep's status")
     calls = harness.api_calls(kmock)
     assert ("get", "critbatch.dev", "criticalbatchsweeps") in calls[before:]
+    # spec.trainer.nodes > 1 gives each trial a Service, deleted with a pruned trial's Job: b = 2
+    # reaches at once, so b = 64 (slow, paced by samples) is pruned while it runs.
+    before = len(calls)
+    pace = harness.Behaviour(samples_per_second=4000.0, steps_per_second_at={2: 40_000.0})
+    async with harness.FakeCluster(kmock, pace), harness.operator(kmock):
+        body = harness.sweep_manifest("spread", batchSizes=[2, 64], seeds=1, parallelism=2,
+                                      trainer={"nodes": 2})
+        await harness.create_sweep(kmock, body)
+        await harness.wait_for(harness.phase_is(kmock, "spread", "Succeeded", "Failed"),
+                               timeout=30, what="the sweep on two nodes")
+    calls = harness.api_calls(kmock)
+    assert {("create", "", "services"), ("delete", "", "services")} <= set(calls[before:])
     return {(group, resource, verb) for verb, group, resource in calls}
 
 

@@ -165,3 +165,21 @@ def test_an_adaptive_sweep_runs_the_trials_it_chooses_within_its_cap(tmp_path):
     assert status["phase"] == "Succeeded" and cbs["mostProbable"] in (8, 16, 32, 64)
     assert ready["reason"] == ("Resolved" if cbs["resolved"] else "Unresolved")
     assert status["trialsMax"] == 5
+
+
+def test_a_data_parallel_sweep_runs_the_real_trainer_as_two_workers(tmp_path):
+    """`spec.trainer.processes: 2` on the CPU: each trial is the launcher's two gloo workers
+    sharing the global batch, and to the sweep it is one trial with rank 0's one result."""
+    out = tmp_path / "run"
+    manifest = local_manifest("e2e-dp", batchSizes=[16], seeds=1, **SPEC,
+                              trainer={"processes": 2, "gpus": 0, "device": "cpu"})
+    _, records = critbatch_run(manifest, out)
+    status = yaml.safe_load((out / "status.yaml").read_text())
+    [trial] = status["trials"]
+    result = results(out)[16]
+    assert trial["phase"] == "Reached" and trial["steps"] == result["steps"]
+    assert result["processes"] == 2 and result["sfo"] == 16 * result["steps"]
+    [start] = [r for r in records if r["event"] == "start" and "batch_size" in r]
+    assert start["workers"] == 2
+    log = (out / "trials" / "b16-s0" / "trainer.log").read_text()
+    assert "critbatch_trainer.launcher" in log and log.count('"batch_size":16') == 1

@@ -108,6 +108,8 @@ OPERATOR_RBAC = frozenset({
     ("create", "batch", "jobs"),
     ("delete", "batch", "jobs"),
     ("list", "", "pods"),
+    ("create", "", "services"),
+    ("delete", "", "services"),
     ("create", "", "events"),
     ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),

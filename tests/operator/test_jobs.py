@@ -58,7 +58,7 @@ def test_a_pods_trials_share_one_job_named_and_labelled_after_the_first():
     args = tpl["spec"]["containers"][0]["args"]
     assert args[args.index("--trials") + 1] == "8:0,16:0" and "--batch-size" not in args
     # One pod, one GPU, whatever the number of trials in it.
-    assert tpl["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert tpl["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
 @pytest.mark.parametrize(("resources", "env", "threads"), [
@@ -124,7 +124,7 @@ def test_gpus_resources_and_pod_overrides_come_from_the_spec():
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["resources"] == {"requests": {"cpu": "4"},
-                              "limits": {"memory": "16Gi", "nvidia.com/gpu": 2}}
+                              "limits": {"memory": "16Gi", "nvidia.com/gpu": "2"}}
     assert pod["nodeSelector"] == {"gpu": "h100"} and pod["priorityClassName"] == "batch"
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
     assert job["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
@@ -134,11 +134,11 @@ def test_gpus_resources_and_pod_overrides_come_from_the_spec():
 
 
 def test_resources_naming_the_gpu_win_over_gpus_and_zero_gpus_asks_for_none():
-    body = sweep_manifest("demo", trainer={"gpus": 4,
-                                           "resources": {"limits": {"nvidia.com/gpu": 1}}})
+    body = sweep_manifest("demo", trainer={"gpus": 1,
+                                           "resources": {"limits": {"nvidia.com/gpu": 2}}})
     (c,) = build_job(parse_sweep(body), TrialKey(2, 0))["spec"]["template"]["spec"][
         "containers"]
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
     body = sweep_manifest("demo")
     body["spec"]["trainer"] = {"image": "t:1", "gpus": 0}
     _, job = job_of(body)

@@ -26,6 +26,7 @@ from critbatch_trainer.datasets import (
     to_unit,
     transform,
 )
+from critbatch_trainer.distributed import Shard
 from critbatch_trainer.embedded import EMBEDDED_LOADERS, EmbeddedImages
 from critbatch_trainer.fid import default_cache_dir
 from critbatch_trainer.resident import resident_arrays, use_resident
@@ -52,9 +53,9 @@ def stream_indices(seed: int, n: int, start: int, count: int) -> torch.Tensor:
 
 
 def _device_batches(images: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int,
-                    start_batch: int, device: torch.device
+                    start_batch: int, device: torch.device, shard: Shard
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The same batches as `stream_indices` gives, gathered on the device."""
+    """The same batches as `stream_indices` gives (this shard's rows), gathered on the device."""
     n = len(images)
     pos = start_batch * batch_size
     epoch, order = -1, torch.empty(0, dtype=torch.int64, device=device)
@@ -67,19 +68,25 @@ def _device_batches(images: torch.Tensor, labels: torch.Tensor, seed: int, batch
             take = min(n - offset, left)
             parts.append(order[offset:offset + take])
             pos, left = pos + take, left - take
-        idx = parts[0] if len(parts) == 1 else torch.cat(parts)
+        idx = shard.take(parts[0] if len(parts) == 1 else torch.cat(parts))
         yield images[idx], labels[idx]
 
 
 class _StreamSampler(Sampler[int]):
-    def __init__(self, seed: int, n: int, start: int) -> None:
-        self.seed, self.n, self.start = seed, n, start
+    """The stream from position `start` on, only the rows of each global batch in `shard`."""
+
+    def __init__(self, seed: int, n: int, start: int, shard: Shard) -> None:
+        self.seed, self.n, self.start, self.shard = seed, n, start, shard
 
     def __iter__(self) -> Iterator[int]:
-        pos = self.start
+        pos, (lo, hi, b) = self.start, (self.shard.lo, self.shard.hi, self.shard.total)
         while True:
             epoch, offset = divmod(pos, self.n)
-            yield from epoch_permutation(self.seed, epoch, self.n)[offset:].tolist()
+            order = epoch_permutation(self.seed, epoch, self.n)[offset:]
+            if hi - lo < b:
+                row = torch.arange(pos, (epoch + 1) * self.n) % b
+                order = order[(row >= lo) & (row < hi)]
+            yield from order.tolist()
             pos = (epoch + 1) * self.n
 
 
@@ -121,29 +128,35 @@ class TrainingData:
                 cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), key=self.key,
                 workers=workers, device=device)
 
-    def batches(self, seed: int, batch_size: int, start_batch: int,
-                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batch number start_batch, start_batch+1, ... of this seed's data order."""
+    def batches(self, seed: int, batch_size: int, start_batch: int, device: torch.device,
+                shard: Shard | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batch number start_batch, start_batch+1, ... of this seed's data order; of each,
+        the rows of `shard` (a data-parallel rank's part of the global batch)."""
+        shard = shard or Shard(0, batch_size, batch_size)
         if self.embedded is not None:
             images = self.embedded.images.to(device)
             labels = self.embedded.labels.to(device)
             if device.type == "cpu":
                 k = start_batch
                 while True:
-                    idx = stream_indices(seed, self.size, k * batch_size, batch_size)
+                    idx = shard.take(stream_indices(seed, self.size, k * batch_size,
+                                                    batch_size))
                     yield images[idx], labels[idx]
                     k += 1
             # On a GPU the data is resident and each epoch's order is copied there once, so a
             # step costs no host-to-device copy (a pageable copy would block the host).
-            yield from _device_batches(images, labels, seed, batch_size, start_batch, device)
+            yield from _device_batches(images, labels, seed, batch_size, start_batch, device,
+                                       shard)
             return
         if self.resident is not None:
             images, labels = (t.to(device) for t in self.resident)
-            for x, y in _device_batches(images, labels, seed, batch_size, start_batch, device):
+            for x, y in _device_batches(images, labels, seed, batch_size, start_batch, device,
+                                        shard):
                 yield to_unit(x), y
         else:
-            loader = DataLoader(self.torch_dataset, batch_size=batch_size,
-                                sampler=_StreamSampler(seed, self.size, start_batch * batch_size),
+            loader = DataLoader(self.torch_dataset, batch_size=shard.hi - shard.lo,
+                                sampler=_StreamSampler(seed, self.size, start_batch * batch_size,
+                                                       shard),
                                 num_workers=self.workers, drop_last=True,
                                 pin_memory=device.type == "cuda")
             for x, y in loader:

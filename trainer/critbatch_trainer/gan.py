@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from critbatch_trainer.distributed import World, global_batch_norm, local_statistics
 from critbatch_trainer.models import build
 from critbatch_trainer.optim import make_optimizer
 from critbatch_trainer.settings import TrainerConfig
@@ -41,16 +42,24 @@ class Gan:
     """Generator G, discriminator D (and G's EMA when the recipe keeps one), their optimizers
     and random generators; `train_step` is one TTUR update of both."""
 
-    def __init__(self, cfg: TrainerConfig, *, device: torch.device, num_classes: int) -> None:
+    def __init__(self, cfg: TrainerConfig, *, device: torch.device, num_classes: int,
+                 world: World | None = None) -> None:
+        """`world`: the trial's data-parallel workers; this one trains on its shard of each
+        global batch (critbatch_trainer.distributed)."""
         self.cfg, self.device, self.num_classes = cfg, device, num_classes
+        self.world = world or World()
+        self.shard = self.world.shard(cfg.batch_size)
         cuda = device.type == "cuda"
         torch.manual_seed(cfg.seed)
         nets = build(cfg.model, image_size=cfg.image_size, channels=cfg.channels,
                      width=cfg.width, z_dim=cfg.z_dim, num_classes=num_classes,
                      attention_res=cfg.attention_res)
         self.recipe = nets.recipe
-        self.G = nets.generator.to(device)
-        self.D = nets.discriminator.to(device)
+        G, D = nets.generator, nets.discriminator
+        if self.world.parallel:
+            G, D = global_batch_norm(G), global_batch_norm(D)
+        self.G = G.to(device)
+        self.D = D.to(device)
         if cuda:  # NHWC: cuDNN's tensor-core convolutions need no layout transposes
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -59,7 +68,7 @@ class Gan:
             self.G_ema = copy.deepcopy(self.G).eval()
             for p in self.G_ema.parameters():
                 p.requires_grad_(False)
-        self.use_graph = cfg.cuda_graph and cuda
+        self.use_graph = cfg.cuda_graph and cuda and not self.world.parallel
         self.opt_g = make_optimizer(cfg.optimizer, self.G.parameters(), lr=cfg.lr_g,
                                     beta1=cfg.beta1_g, beta2=cfg.beta2_g, eps=cfg.eps_g,
                                     device=device, capturable=self.use_graph)
@@ -133,6 +142,7 @@ class Gan:
         """One TTUR update of D (n_critic of them where the recipe alternates) and of G;
         `steps_done` (before this one) decides whether the EMA averages yet."""
         loss_g, loss_d, gg, gd = self._step(batches)
+        loss_g, loss_d = self.world.mean([loss_g, loss_d])
         if self.G_ema is not None:
             self._update_ema(steps_done)
         self.losses = {"generator": loss_g, "discriminator": loss_d,
@@ -144,6 +154,7 @@ class Gan:
                               cache_enabled=False)
 
     def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This worker's rows of the noise (and fake labels) of a global batch of n."""
         if self.device_rng is self.rng:
             z = torch.randn(n, self.cfg.z_dim, generator=self.rng).to(self.device)
         else:
@@ -151,8 +162,9 @@ class Gan:
                 generator=self.device_rng)
         y = None
         if self.recipe.conditional:
-            y = torch.randint(self.num_classes, (n,), generator=self.rng).to(self.device)
-        return z, y
+            y = self.shard.take(torch.randint(self.num_classes, (n,), generator=self.rng)
+                                ).to(self.device)
+        return self.shard.take(z), y
 
     def _alternating_step(self, batches: Batches) -> StepOut:
         """n_critic discriminator updates on fresh batches and noise, then one of G."""
@@ -192,8 +204,9 @@ class Gan:
             loss_d = self.recipe.d_loss(self.D(x, y), self.D(fake, yf))
             if self.recipe.penalty is not None:
                 loss_d = loss_d + self.recipe.penalty(self.D, x, fake, self.cfg.gp_lambda,
-                                                      self.rng, y)
+                                                      self.rng, y, self.shard)
         loss_d.backward()
+        self.world.average_gradients(self.D)
         gd = grad_norm(self.D)
         self.opt_d.step()
         return loss_d.detach(), gd
@@ -206,6 +219,7 @@ class Gan:
         with self._autocast():
             loss_g = self.recipe.g_loss(self.D(fake, yf))
         loss_g.backward()
+        self.world.average_gradients(self.G)
         gg = grad_norm(self.G)
         self.opt_g.step()
         return loss_g.detach(), gg
@@ -271,12 +285,13 @@ class Gan:
         params = [p for p in self.G.parameters() if p.requires_grad]
         self.D.requires_grad_(False)
         halves = []
-        for part in (slice(0, half), slice(half, 2 * half)):
-            part_labels = None if labels is None else labels[part]
-            loss = self.recipe.g_loss(self.D(self.G(z[part], part_labels), part_labels))
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            halves.append([torch.zeros_like(p) if gr is None else gr
-                           for gr, p in zip(grads, params, strict=True)])
+        with local_statistics(self.G), local_statistics(self.D):
+            for part in (slice(0, half), slice(half, 2 * half)):
+                part_labels = None if labels is None else labels[part]
+                loss = self.recipe.g_loss(self.D(self.G(z[part], part_labels), part_labels))
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                halves.append([torch.zeros_like(p) if gr is None else gr
+                               for gr, p in zip(grads, params, strict=True)])
         sq = [float(sum((gr.double() ** 2).sum() for gr in h)) for h in halves]
         big = float(sum(((a.double() + b.double()) / 2).pow(2).sum()
                         for a, b in zip(*halves, strict=True)))

@@ -20,6 +20,7 @@ import torch
 from critbatch.science import GradientNoiseScale
 from critbatch_trainer import checkpoint, numerics
 from critbatch_trainer.data import TrainingData
+from critbatch_trainer.distributed import World, local_statistics
 from critbatch_trainer.extractors import Extractor, load_extractor
 from critbatch_trainer.fid import (
     FrechetReference,
@@ -60,12 +61,32 @@ def interpolate_crossing(prev: tuple[int, float], cur: tuple[int, float],
     return s0 + (f0 - threshold) / (f0 - f1) * (s1 - s0)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """The trial's device; a data-parallel worker's GPU is its local rank's."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda requested but no CUDA device is available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    device = torch.device(name)
+    if world is not None and world.parallel and device.type == "cuda" and device.index is None:
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"device: worker {world.local_rank} of {world.local_size} on this "
+                              f"node has no GPU of its own ({torch.cuda.device_count()} "
+                              "visible)")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def check_world(cfg: TrainerConfig, world: World) -> None:
+    """ConfigError where a setting cannot be split over the trial's worker processes."""
+    if not world.parallel:
+        return
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"batch-size: {cfg.batch_size} is not divisible by the "
+                          f"{world.size} worker processes (WORLD_SIZE) that share it")
+    if cfg.cuda_graph:
+        raise ConfigError(f"cuda-graph: not with {world.size} worker processes (WORLD_SIZE)")
 
 
 def _stderr(message: str) -> None:
@@ -86,15 +107,18 @@ class Trial:
     """The GAN, data and FID reference of one trial; `run` trains it."""
 
     def __init__(self, cfg: TrainerConfig, *, device: torch.device, data: TrainingData,
-                 extractor: Extractor, reference: FrechetReference, hardware: dict[str, Any],
-                 metrics: TrainerMetrics | NullMetrics | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 extractor: Extractor | None, reference: FrechetReference | None,
+                 hardware: dict[str, Any], metrics: TrainerMetrics | NullMetrics | None = None,
+                 log: Callable[[str], None] | None = None, world: World | None = None) -> None:
+        """`extractor` and `reference` may be None on a data-parallel worker other than rank 0,
+        which never evaluates."""
         self.cfg, self.device, self.data = cfg, device, data
+        self.world = world or World()
         self.extractor, self.reference, self.hardware = extractor, reference, hardware
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.log = log or _stderr
         self.stop_requested = False
-        self.gan = Gan(cfg, device=device, num_classes=data.num_classes)
+        self.gan = Gan(cfg, device=device, num_classes=data.num_classes, world=self.world)
         self.gns = GradientNoiseScale()
         self.generator_params = count_params(self.gan.G)
         self.progress = Progress(history=[])
@@ -104,13 +128,15 @@ class Trial:
 
     @classmethod
     def create(cls, cfg: TrainerConfig, metrics: TrainerMetrics | NullMetrics | None = None,
-               log: Callable[[str], None] | None = None) -> Trial:
+               log: Callable[[str], None] | None = None, world: World | None = None) -> Trial:
         """A trial with its device, data, feature extractor and real statistics loaded (the
-        statistics computed once per cache). ConfigError or ExtractorError names what cannot
-        be used."""
-        if cfg.checkpoint_dir:
+        statistics computed once per cache), joined to its data-parallel workers if any.
+        ConfigError or ExtractorError names what cannot be used."""
+        world = world or World()
+        check_world(cfg, world)
+        if cfg.checkpoint_dir and world.leader:
             checkpoint.check_directory(cfg.checkpoint_dir)
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, world)
         if cfg.reproducible_cpu:
             numerics.pin_torch()
         hardware = numerics.hardware(device, cfg.reproducible_cpu)
@@ -125,14 +151,16 @@ class Trial:
                               ) from None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
-        extractor = load_extractor(cfg.extractor, cfg.dataset, cfg.allow_download).to(device)
-        key = stats_key(data.key, extractor, cfg.real_samples)
-        mu, sigma = cached_real_stats(
-            cfg.stats_cache, key,
-            lambda: feature_stats(extractor, data.real_images(cfg.real_samples), device))
-        return cls(cfg, device=device, data=data, extractor=extractor,
-                   reference=FrechetReference(mu, sigma), hardware=hardware, metrics=metrics,
-                   log=log)
+        extractor, reference = None, None
+        if world.leader:
+            extractor = load_extractor(cfg.extractor, cfg.dataset, cfg.allow_download).to(device)
+            key = stats_key(data.key, extractor, cfg.real_samples)
+            reference = FrechetReference(*cached_real_stats(
+                cfg.stats_cache, key,
+                lambda: feature_stats(extractor, data.real_images(cfg.real_samples), device)))
+        world.init(device)
+        return cls(cfg, device=device, data=data, extractor=extractor, reference=reference,
+                   hardware=hardware, metrics=metrics, log=log, world=world)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -167,18 +195,25 @@ class Trial:
                                  s["interpolated"], s["elapsed"], s["finished"])
 
     def _save(self) -> None:
-        if self.cfg.checkpoint_dir:
+        if self.cfg.checkpoint_dir and self.world.leader:
             checkpoint.save(self.cfg.checkpoint_dir, self.state_dict())
 
     def restore(self) -> bool:
         """Resume from the checkpoint directory when it holds a usable checkpoint; True if it did.
 
         An unreadable one is set aside and the trial starts from step 0 (checkpoint.resume).
+        Rank 0 reads it and sends its state to the other workers, which need no shared disk.
         """
         if not self.cfg.checkpoint_dir:
             return False
-        return checkpoint.resume(self.cfg.checkpoint_dir, self.load_state_dict, self.state_dict,
-                                 self.log)
+        restored = self.world.leader and checkpoint.resume(
+            self.cfg.checkpoint_dir, self.load_state_dict, self.state_dict, self.log)
+        if self.world.parallel:
+            state = self.world.broadcast_object(self.state_dict() if restored else None)
+            if state is not None and not self.world.leader:
+                self.load_state_dict(state)
+            restored = state is not None
+        return restored
 
     # -- training ------------------------------------------------------------------------------
 
@@ -196,11 +231,17 @@ class Trial:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """FID of eval_samples generated images (fixed noise) against the real statistics."""
-        labels = self.eval_y if self.gan.recipe.conditional else None
-        mu, sigma = generated_stats(self.gan.evaluated, self.extractor, self.eval_z, labels,
-                                    self.device)
-        return self.reference.distance(mu, sigma)
+        """FID of eval_samples generated images (fixed noise) against the real statistics,
+        measured by rank 0 and told to the other workers."""
+        fid = None
+        if self.world.leader:
+            assert self.extractor is not None and self.reference is not None
+            labels = self.eval_y if self.gan.recipe.conditional else None
+            with local_statistics(self.gan.evaluated):
+                mu, sigma = generated_stats(self.gan.evaluated, self.extractor, self.eval_z,
+                                            labels, self.device)
+            fid = self.reference.distance(mu, sigma)
+        return self.world.broadcast_value(fid)
 
     def run(self) -> dict[str, Any]:
         """Train to the threshold or the budget; the contract's result object."""
@@ -222,9 +263,10 @@ class Trial:
         self.gan.G.train()
         self.gan.D.train()
         while not p.finished:
-            if self.stop_requested:
+            if self.world.any(self.stop_requested):  # every worker stops at the same step
                 p.elapsed = elapsed0 + time.perf_counter() - t_start
                 self._save()
+                self.world.barrier()
                 raise Terminated()
             t0 = time.perf_counter()
             self.train_step(batches)
@@ -282,5 +324,5 @@ class Trial:
             "max_steps": cfg.max_steps, "wall_seconds": round(p.elapsed, 3),
             "generator_params": self.generator_params, "dataset_size": self.data.size,
             "gradient_noise_scale": round(gns, 3) if gns is not None else None,
-            "hardware": self.hardware,
+            "hardware": self.hardware, "processes": self.world.size,
         }

@@ -141,3 +141,6 @@ class NullMetrics:
 
     def finished(self) -> None:
         pass
+
+    def close(self) -> None:
+        pass

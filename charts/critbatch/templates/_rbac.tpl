@@ -16,6 +16,11 @@ tests/deploy/test_rbac.py checks them against the API calls the operator makes.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [list, create, delete]
+# A trial on several nodes: the headless Service in which its pods find node 0, created with
+# its Job and deleted with it (never read: a 409 on creation is the trial's own).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create, delete]
 # Trial pods: their IP (direct scrape) and termination message (the trainer's result).
 - apiGroups: [""]
   resources: [pods]

@@ -11,16 +11,18 @@ import contextlib
 import ctypes
 import enum
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_START_LINE = re.compile(r"^# \S+ start: ", re.MULTILINE)  # Supervisor.start's line in a log
 
 
 class ExitKind(enum.StrEnum):
@@ -55,10 +57,38 @@ def thread_limit(parallelism: int, cpus: int | None = None) -> int:
     return max(1, cpus // max(1, parallelism))
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to SIGKILL this child when the runner dies (Linux PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+def _death_signal(sig: int) -> Callable[[], None]:
+    """What the child runs between fork and exec: ask the kernel to send it `sig` when the
+    runner dies (Linux PR_SET_PDEATHSIG)."""
+
+    def arm() -> None:  # pragma: no cover - runs in the child
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, sig)
+
+    return arm
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid`, children first, found by their parent in /proc (none where
+    there is no /proc). A launcher's workers are each in a session of their own, which a
+    signal to the launcher's process group does not reach."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue += children.get(child, [])
+    return found
 
 
 @dataclass
@@ -83,6 +113,18 @@ class TrialProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
 
+    def kill(self) -> None:
+        """SIGKILL the trial's process group and the groups of all its descendants: a
+        launcher's workers too, which would outlive it otherwise."""
+        below = descendants(self.popen.pid)
+        self.signal_group(signal.SIGKILL)
+        own = os.getpgrp()
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                group = os.getpgid(pid)
+                if group != own:
+                    os.killpg(group, signal.SIGKILL)
+
 
 class Supervisor:
     """Starts trial processes and stops every one of them on exit (a context manager)."""
@@ -96,9 +138,12 @@ class Supervisor:
         self.processes: dict[str, TrialProcess] = {}
 
     def start(self, name: str, argv: Sequence[str], log_path: Path, *,
-              env: Mapping[str, str] | None = None, cwd: Path | None = None) -> TrialProcess:
+              env: Mapping[str, str] | None = None, cwd: Path | None = None,
+              death_signal: int = signal.SIGKILL) -> TrialProcess:
         """Start `argv` (a list, never a shell string) in `cwd` with its output appended to
-        `log_path`; `env` adds to the supervisor's environment."""
+        `log_path`; `env` adds to the supervisor's environment. The process gets
+        `death_signal` when the runner dies (a launcher: SIGTERM, which it passes on to its
+        workers; SIGKILL would leave them running)."""
         if name in self.processes and self.processes[name].poll() is None:
             raise RuntimeError(f"{name}: already running as pid {self.processes[name].pid}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +159,8 @@ class Supervisor:
                 env={**self.env, **(env or {})},
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=_death_signal(death_signal) if sys.platform.startswith("linux")
+                else None,
             )
         proc = TrialProcess(name, list(argv), log_path, popen)
         self.processes[name] = proc
@@ -147,7 +193,7 @@ class Supervisor:
             try:
                 proc.popen.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.signal_group(signal.SIGKILL)
+                proc.kill()
                 proc.popen.wait()
         return self.reap()
 
@@ -156,6 +202,20 @@ class Supervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def log_attempt(path: Path, limit: int = 65536) -> str:
+    """The log's text since its last `# ... start:` line (the latest attempt), at most its
+    last `limit` bytes: what a launcher reported about this attempt, not an earlier one."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    starts = list(_START_LINE.finditer(text))
+    return text[starts[-1].start():] if starts else text
 
 
 def log_tail(path: Path, lines: int = 1, limit: int = 300) -> str:

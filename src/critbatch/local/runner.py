@@ -24,6 +24,8 @@ from typing import Any
 from critbatch import planner, report
 from critbatch.clock import utc_now
 from critbatch.errors import OutputError
+from critbatch.launch import LAUNCHER_MODULE
+from critbatch.local.launched import nodes_note
 from critbatch.local.options import (
     MetricsMode,
     RunError,
@@ -300,9 +302,14 @@ class LocalRun:
         try:
             self.view.start(self.sweep.name, str(self.out),
                             self.sweep.strategy.max_trials or len(self.trials))
+            workers = self.supervisor.workers
             self.log_event("run", sweep=self.sweep.name, out=str(self.out), run_id=self.run_id,
                            threads=threads, metrics=self.options.metrics,
-                           trainer=shlex.join(self.supervisor.command))
+                           trainer=shlex.join(self.supervisor.command),
+                           **({"workers": workers, "launcher": LAUNCHER_MODULE}
+                              if workers > 1 else {}))
+            if note := nodes_note(self.sweep):
+                self._warn_once(note)
             server = self.metrics.start()
             if server is not None:
                 self.log_event("prometheus", **server)

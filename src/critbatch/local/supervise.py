@@ -22,6 +22,7 @@ from typing import Any
 from critbatch import planner, protocol
 from critbatch.errors import OutputError
 from critbatch.local import prometheus as prom
+from critbatch.local.launched import failed_worker, launched, workers
 from critbatch.local.options import RunError
 from critbatch.local.processes import ExitKind, Supervisor, TrialProcess, classify, log_tail
 from critbatch.local.progress import RateMeter, TrialView
@@ -143,13 +144,17 @@ class TrialSupervisor:
         self.source = source  # where metrics come from: a confirmed value's status source
         self.log = log
         self.warn = warn
+        self.workers = workers(sweep)  # > 1: each trial runs under the launcher
         self._procs: Supervisor | None = None
         self._ports: set[int] = set()
+        self._threads = 1
 
     def begin(self, threads: int) -> None:
-        """Ready to start trials, each with `threads` CPU threads."""
+        """Ready to start trials, each with `threads` CPU threads (a data-parallel trial's
+        workers share them: CRITBATCH_THREADS is the trial's, the trainer divides it)."""
         env = dict(os.environ, CRITBATCH_THREADS=str(threads), PATH=trial_path())
         self._procs = Supervisor(env=env, threads=threads)
+        self._threads = threads
 
     @property
     def processes(self) -> Mapping[str, TrialProcess]:
@@ -232,16 +237,19 @@ class TrialSupervisor:
                 raise OutputError(f"{checkpoint}: cannot create: {exc.strerror or exc}") from None
         else:
             argv, cwd = [*self.command, *self._builtin_args(st)], None
+        how = launched(argv, workers=self.workers, threads=self._threads)
         try:
-            proc = self._procs.start(st.key.name, argv, st.log_file, env=env, cwd=cwd)
+            proc = self._procs.start(st.key.name, how.argv, st.log_file, env={**env, **how.env},
+                                     cwd=cwd, death_signal=how.death_signal)
         except OSError as exc:  # check_trainer passed, yet it cannot run (a bad interpreter)
             what = "spec.trainer.command" if self.sweep.trainer.custom else "--trainer"
             raise RunError(f"{what}: cannot start {argv[0]}: {exc.strerror or exc}") from None
         if st.first_start is None:
             st.first_start = time.monotonic()
         st.started = True
+        more = {"workers": self.workers} if self.workers > 1 else {}
         self.log("restart" if st.restarts else "start", batch_size=st.key.batch_size,
-                 seed=st.key.seed, pid=proc.pid, port=st.port, restarts=st.restarts)
+                 seed=st.key.seed, pid=proc.pid, port=st.port, restarts=st.restarts, **more)
 
     def _builtin_args(self, st: TrialState) -> list[str]:
         """The built-in trainer's flags (they win over the protocol's variables)."""
@@ -302,7 +310,7 @@ class TrialSupervisor:
     def kill_all(self) -> None:
         """Kill every trial now: they lose the steps since their last checkpoint."""
         for proc in list(self.processes.values()):
-            proc.signal_group(signal.SIGKILL)
+            proc.kill()
 
     def reap_after_stop(self) -> None:
         """Trials that finished while being stopped still count; the rest resume later."""
@@ -339,8 +347,9 @@ class TrialSupervisor:
             return
         for proc, code in self._procs.reap():
             st = self.by_name[proc.name]
+            why_failed, last = self._exit(st)
             kind = classify(code)
-            if kind is ExitKind.BAD_CONFIG and _lost_its_port(log_tail(st.log_file)):
+            if kind is ExitKind.BAD_CONFIG and _lost_its_port(last):
                 kind = ExitKind.CRASHED  # someone took the port first: worth another try
             got = self._ended_result(st, kind)
             if got.result is not None:
@@ -372,12 +381,21 @@ class TrialSupervisor:
                 why = ("exited 0 without a result (in neither CRITBATCH_RESULT_FILE nor the "
                        "last line of stdout)") if kind is ExitKind.FINISHED else \
                     f"exit {code} ({kind.value})"
-                tail = log_tail(st.log_file)
+                tail = why_failed or log_tail(st.log_file)
                 st.final = self._failed(st, f"{why}: {tail}" if tail else why)
                 self.log("failed", batch_size=st.key.batch_size, seed=st.key.seed,
                          code=code, reason=st.final.reason)
             else:
                 st.restarts += 1
+                more = {"reason": why_failed} if why_failed else {}
                 self.log("trainer-exit", batch_size=st.key.batch_size, seed=st.key.seed,
-                         code=code, exit=kind.value)
+                         code=code, exit=kind.value, **more)
                 self.start(st)
+
+    def _exit(self, st: TrialState) -> tuple[str | None, str]:
+        """The failed worker a launcher's report names on this attempt (or None), and the
+        line that tells a lost metrics port (rank 0's, before the launcher's report)."""
+        if self.workers == 1:
+            return None, log_tail(st.log_file)
+        failure, report = failed_worker(st.log_file)
+        return failure, next((ln for ln in report.splitlines() if _lost_its_port(ln)), "")

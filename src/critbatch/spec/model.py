@@ -95,6 +95,10 @@ class Trainer:
     inception: Inception | None = None
     device: str = "auto"
     gpus: int = 1
+    # Data-parallel trials (docs/distributed.md): `nodes` pods of `processes_per_node` worker
+    # processes each share one trial's global batch. None: one process per GPU (at least 1).
+    nodes: int = 1
+    processes: int | None = None
     resources: Mapping[str, Mapping[str, str | int]] = field(default_factory=dict)
     checkpoint_every: int = 0
     checkpoints: Checkpoints | None = None  # None: checkpoints die with the pod (emptyDir)
@@ -110,6 +114,19 @@ class Trainer:
     def custom(self) -> bool:
         """Whether trials run the user's command rather than the built-in trainer."""
         return bool(self.command)
+
+    @property
+    def processes_per_node(self) -> int:
+        """Worker processes per node: spec.trainer.processes, else one per GPU; a custom
+        trainer is one process, which starts its own on its GPUs."""
+        if self.custom:
+            return 1
+        return self.processes if self.processes is not None else max(1, self.gpus)
+
+    @property
+    def world_size(self) -> int:
+        """Worker processes of one trial in all; each trains on batch_size / world_size."""
+        return self.nodes * self.processes_per_node
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,6 +47,7 @@ from critbatch.spec.model import (
     StrategyType,
     Sweep,
     Target,
+    Trainer,
 )
 from critbatch.spec.parse_trainer import parse_trainer
 from critbatch.vocabulary import (
@@ -85,14 +86,7 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
         optimizer = None
     target = _parse_target(spec.get("target"), custom=trainer.custom)
     batch_sizes = _parse_batch_sizes(spec)
-    size = trainer.dataset.known_size
-    if size is not None:
-        for i, b in enumerate(batch_sizes):
-            if b > size:
-                where = ("spec.batchSizeRange.max" if spec.get("batchSizes") is None
-                         else f"spec.batchSizes[{i}]")
-                raise field_error(where, f"batch size {b} exceeds the {dataset} dataset's "
-                                         f"{size} training examples")
+    _check_batch_sizes(spec, batch_sizes, trainer)
     pruning = mapping_field(spec.get("pruning"), "spec.pruning", default={})
     check_known(pruning, "spec.pruning", ("sfoBound",))
     sfo_bound = bool_field(pruning, "sfoBound", "spec.pruning", default=True)
@@ -100,6 +94,11 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
     if per_gpu > 1 and trainer.gpus > 1:
         raise field_error("spec.trialsPerGPU", f"must be 1 when spec.trainer.gpus is "
                                                f"{trainer.gpus} (trials share one GPU)")
+    for key, value in (("nodes", trainer.nodes), ("processes", trainer.processes or 1)):
+        if per_gpu > 1 and value > 1:
+            raise field_error("spec.trialsPerGPU", f"must be 1 when spec.trainer.{key} is "
+                                                   f"{value} (trials that share a GPU run as "
+                                                   "one process each)")
     if per_gpu > 1 and trainer.custom:
         raise field_error("spec.trialsPerGPU", "must be 1 with spec.trainer.command (a custom "
                                                "trainer runs one trial per pod)")
@@ -214,6 +213,24 @@ def _parse_batch_sizes(spec: Mapping[str, Any]) -> tuple[int, ...]:
     if len(out) > 64:
         raise field_error(path, f"at most 64 batch sizes, got {len(out)}")
     return tuple(out)
+
+
+def _check_batch_sizes(spec: Mapping[str, Any], batch_sizes: tuple[int, ...],
+                       trainer: Trainer) -> None:
+    """What the trainer makes of each batch size: at most a known dataset's size, and split
+    evenly over a data-parallel trial's worker processes, each of which trains on b / world."""
+    size, world = trainer.dataset.known_size, trainer.world_size
+    from_range = spec.get("batchSizes") is None
+    for i, b in enumerate(batch_sizes):
+        if size is not None and b > size:
+            raise field_error("spec.batchSizeRange.max" if from_range else f"spec.batchSizes[{i}]",
+                              f"batch size {b} exceeds the {trainer.dataset.name} dataset's "
+                              f"{size} training examples")
+    for i, b in enumerate(batch_sizes):
+        if b % world:
+            raise field_error("spec.batchSizeRange.min" if from_range else f"spec.batchSizes[{i}]",
+                              f"{b} is not divisible by {world} worker processes "
+                              "(spec.trainer.nodes x processes per node)")
 
 
 def _parse_target(raw: Any, *, custom: bool) -> Target:

@@ -1,5 +1,6 @@
 """Parsing `spec.trainer`: the model and its network, or the user's own command, the dataset,
-Inception weights, checkpoints, resources, environment and pod template of every trial.
+Inception weights, checkpoints, resources, environment and pod template of every trial, and the
+pods and worker processes of a data-parallel trial of the built-in trainer.
 
 The model rules are the vocabulary's, so the spec refuses exactly what the trainer would. A
 custom trainer (`command`) is told only the trial protocol's variables, so the built-in
@@ -40,8 +41,8 @@ from critbatch.vocabulary import (
 _PATH = "spec.trainer"
 _FIELDS = (
     "image", "imagePullPolicy", "command", "model", "imageSize", "channels", "dataset",
-    "inception", "width", "zDim", "emaStart",
-    "device", "gpus", "resources", "checkpointEvery", "checkpoints", "backoffLimit",
+    "inception", "width", "zDim", "emaStart", "device", "gpus", "nodes", "processes",
+    "resources", "checkpointEvery", "checkpoints", "backoffLimit",
     "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "bf16", "reproducibleCPU",
 )
 # Fields only the built-in trainer reads; with a command each is an error.
@@ -50,8 +51,13 @@ BUILTIN_ONLY = (
     "cudaGraph", "bf16", "reproducibleCPU", "checkpointEvery",
 )
 MAX_COMMAND_ARGS = 64
+MAX_NODES = 64
+MAX_PROCESSES = 64
 MAX_ENV_NAME = 256
 _WITH_COMMAND = "applies only to the built-in trainer (spec.trainer.command is set)"
+_DATA_PARALLEL_WITH_COMMAND = (
+    "data-parallel trials are for the built-in trainer (spec.trainer.command is set); a custom "
+    "trainer gets its spec.trainer.gpus and starts its own processes")
 
 
 def parse_trainer(raw: Any) -> Trainer:
@@ -78,7 +84,8 @@ def parse_trainer(raw: Any) -> Trainer:
     cuda_graph = bool_field(t, "cudaGraph", path)
     if cuda_graph and (problem := cuda_graph_problem(model)):
         raise field_error(f"{path}.cudaGraph", problem)
-    return Trainer(
+    pod = _pod_fields(t)
+    trainer = Trainer(
         model=model,
         image_size=image_size,
         channels=channels,
@@ -92,8 +99,14 @@ def parse_trainer(raw: Any) -> Trainer:
         cuda_graph=cuda_graph,
         bf16=bool_field(t, "bf16", path),
         reproducible_cpu=bool_field(t, "reproducibleCPU", path),
-        **_pod_fields(t),
+        **_parse_parallel(t, pod["gpus"]),
+        **pod,
     )
+    if trainer.cuda_graph and trainer.world_size > 1:
+        raise field_error(f"{path}.cudaGraph", "only for trials of one worker process, not "
+                                               f"{trainer.world_size} (spec.trainer.nodes x "
+                                               "processes per node)")
+    return trainer
 
 
 def _parse_command(raw: Any) -> tuple[str, ...]:
@@ -120,12 +133,29 @@ def _parse_custom(t: Mapping[str, Any], command: tuple[str, ...]) -> Trainer:
     for key in BUILTIN_ONLY:
         if t.get(key) is not None:
             raise field_error(f"{path}.{key}", _WITH_COMMAND)
+    if int_field(t, "nodes", path, default=1, lo=1, hi=MAX_NODES) != 1:
+        raise field_error(f"{path}.nodes", _DATA_PARALLEL_WITH_COMMAND)
+    if int_field(t, "processes", path, lo=1, hi=MAX_PROCESSES) is not None:
+        raise field_error(f"{path}.processes", _DATA_PARALLEL_WITH_COMMAND)
     return Trainer(
         command=command,
         model=CUSTOM,
         dataset=_parse_dataset(t.get("dataset"), custom=True),
         **_pod_fields(t),
     )
+
+
+def _parse_parallel(t: Mapping[str, Any], gpus: int) -> dict[str, Any]:
+    """A data-parallel trial's pods (`nodes`) and worker processes per pod: one per GPU, which
+    is what the launcher gives each process, so another count on GPUs is refused."""
+    path = _PATH
+    nodes = int_field(t, "nodes", path, default=1, lo=1, hi=MAX_NODES)
+    processes = int_field(t, "processes", path, lo=1, hi=MAX_PROCESSES)
+    if processes is not None and gpus >= 1 and processes != gpus:
+        raise field_error(f"{path}.processes", f"must equal spec.trainer.gpus ({gpus}) when "
+                                               "GPUs are asked for (one worker process per "
+                                               f"GPU), got {processes}")
+    return {"nodes": nodes, "processes": processes}
 
 
 def _pod_fields(t: Mapping[str, Any]) -> dict[str, Any]:

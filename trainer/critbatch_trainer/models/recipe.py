@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# (critic, real, fake, lambda, rng, labels) -> the penalty term of the critic's loss
+from critbatch_trainer.distributed import Shard
+
+# (critic, real, fake, lambda, rng, labels, shard) -> the penalty term of the critic's loss
 Penalty = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator | None,
-                    torch.Tensor | None], torch.Tensor]
+                    torch.Tensor | None, Shard | None], torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
