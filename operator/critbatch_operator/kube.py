@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -68,6 +68,18 @@ def foreign_reason(job: Mapping[str, Any]) -> str:
     return why
 
 
+def _unless(status: int, call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """True once `call` succeeds; False when the API answers `status` (the object already
+    exists, or is already gone); any other error raises."""
+    try:
+        call(*args, **kwargs, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == status:
+            return False
+        raise
+    return True
+
+
 class Kube:
     """Jobs, pods, Services and sweeps of one cluster (typed client calls, plain dicts back)."""
 
@@ -115,34 +127,16 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str) -> bool:
         """Delete a Job and (in the background) its pods; False when it was already gone."""
-        try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
-                                             _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return _unless(404, self.batch.delete_namespaced_job, name, namespace,
+                       propagation_policy="Background")
 
     def create_service(self, namespace: str, service: dict) -> bool:
         """Create; False when one of that name exists (the trial's, from before a restart)."""
-        try:
-            self.core.create_namespaced_service(namespace, service, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        return _unless(409, self.core.create_namespaced_service, namespace, service)
 
     def delete_service(self, namespace: str, name: str) -> bool:
         """Delete a Service; False when it was already gone."""
-        try:
-            self.core.delete_namespaced_service(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return _unless(404, self.core.delete_namespaced_service, name, namespace)
 
     def get_sweep(self, namespace: str, name: str) -> dict | None:
         try:

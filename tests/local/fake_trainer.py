@@ -29,7 +29,8 @@ def expected_steps(batch_size: int, eval_every: int, a: float, b: float) -> floa
     return math.ceil(a * batch_size / (batch_size - b) / eval_every) * eval_every
 
 
-def main() -> int:
+def parse_flags() -> argparse.Namespace:
+    """The trainer's flags the fake ones read; the others are ignored."""
     p = argparse.ArgumentParser()
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -43,8 +44,26 @@ def main() -> int:
     p.add_argument("--metrics-host", default="0.0.0.0")
     p.add_argument("--linger", type=float, default=0.0)
     p.add_argument("--termination-log")
-    args, _unknown = p.parse_known_args()
+    return p.parse_known_args()[0]
 
+
+def report(args: argparse.Namespace, *, reached: bool, step: int, fid: float) -> int:
+    """The result JSON to --termination-log and as the last stdout line, then the linger."""
+    line = json.dumps({
+        "sweep": args.sweep, "batch_size": args.batch_size, "seed": args.seed,
+        "reached": reached, "steps": step, "interpolated_steps": None,
+        "sfo": step * args.batch_size, "fid": fid, "threshold": args.fid_threshold,
+        "max_steps": args.max_steps, "wall_seconds": 0.0, "generator_params": 1000,
+        "dataset_size": 1797})
+    if args.termination_log:
+        Path(args.termination_log).write_text(line)
+    print(line, flush=True)
+    time.sleep(args.linger)
+    return 0
+
+
+def main() -> int:
+    args = parse_flags()
     a = float(os.environ.get("FAKE_A", "1000"))
     b = float(os.environ.get("FAKE_B", "8"))
     delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.002"))
@@ -98,17 +117,7 @@ def main() -> int:
         stt_g.set(step)
         reached_g.set(1)
     finished_g.set(1)
-    result = {"sweep": args.sweep, "batch_size": args.batch_size, "seed": args.seed,
-              "reached": reached, "steps": step, "interpolated_steps": None,
-              "sfo": step * args.batch_size, "fid": fid, "threshold": args.fid_threshold,
-              "max_steps": args.max_steps, "wall_seconds": 0.0, "generator_params": 1000,
-              "dataset_size": 1797}
-    line = json.dumps(result)
-    if args.termination_log:
-        Path(args.termination_log).write_text(line)
-    print(line, flush=True)
-    time.sleep(args.linger)
-    return 0
+    return report(args, reached=reached, step=step, fid=fid)
 
 
 if __name__ == "__main__":

@@ -27,24 +27,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fake_trainer import expected_steps
-
-
-def flags() -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sweep", default="local")
-    p.add_argument("--fid-threshold", type=float, required=True)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--max-steps", type=int, required=True)
-    p.add_argument("--checkpoint-dir", required=True)
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--metrics-port", type=int, default=0)
-    p.add_argument("--metrics-host", default="0.0.0.0")
-    p.add_argument("--linger", type=float, default=0.0)
-    p.add_argument("--termination-log")
-    return p.parse_known_args()[0]
+from fake_trainer import expected_steps, parse_flags, report
 
 
 class Rank0Metrics:
@@ -69,7 +52,9 @@ class Rank0Metrics:
 
 
 def main() -> int:
-    args = flags()
+    args = parse_flags()
+    if not args.checkpoint_dir:
+        raise SystemExit("--checkpoint-dir: required")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -136,17 +121,7 @@ def main() -> int:
         metrics.set("steps_to_threshold", step)
         metrics.set("reached", 1)
     metrics.set("finished", 1)
-    line = json.dumps({
-        "sweep": args.sweep, "batch_size": args.batch_size, "seed": args.seed,
-        "reached": reached, "steps": step, "interpolated_steps": None,
-        "sfo": step * args.batch_size, "fid": fid, "threshold": args.fid_threshold,
-        "max_steps": args.max_steps, "wall_seconds": 0.0, "generator_params": 1000,
-        "dataset_size": 1797})
-    if args.termination_log:
-        Path(args.termination_log).write_text(line)
-    print(line, flush=True)
-    time.sleep(args.linger)
-    return 0
+    return report(args, reached=reached, step=step, fid=fid)
 
 
 if __name__ == "__main__":
