@@ -64,10 +64,11 @@ def main() -> int:
     ckpt, kills = ckpt_dir / "fake.json", ckpt_dir / "kills"
     metrics = Rank0Metrics(args) if rank == 0 else None
 
-    def save(step: int) -> None:
+    def save(step: int, *, stopped: bool = False) -> None:
+        """Rank 0's checkpoint; `stopped` marks the one written on the way out."""
         if rank == 0:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.write_text(json.dumps({"step": step}))
+            ckpt.write_text(json.dumps({"step": step, "stopped": stopped}))
 
     kill_rank = int(os.environ.get("DP_KILL_RANK", "-1"))
     kill_at = int(os.environ.get("DP_KILL_AT", "-1"))
@@ -92,14 +93,14 @@ def main() -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             while not stopping:  # the launcher SIGTERMs the others once it sees the loss
                 time.sleep(0.02)
-            save(step)
+            save(step, stopped=True)
             return 143
         time.sleep(delay)
         agreed = torch.tensor([1.0, float(bool(stopping))])
         dist.all_reduce(agreed)
         assert agreed[0] == world
         if agreed[1]:
-            save(step)
+            save(step, stopped=True)
             return 143
         step += 1
         if metrics:
