@@ -1,19 +1,23 @@
-"""Steps/s of the trainer's DCGAN 64x64 step against the paper-style baseline, and FID time.
+"""Steps/s of the trainer's training step against a paper-style baseline, and FID time.
 
 One process, one run: for each batch size the variants are timed in interleaved rounds (the
 best round counts), so clock and thermal drift hit them alike. "ours" is the trainer's own
-`Trial.train_step`, not a copy. The FID part times one evaluation of the trainer's in-memory
-path (`fid.generated_stats` + the cached reference) against writing PNG files and reading
-them back. Inception-v3 has random weights: the timing does not depend on them.
+`Trial.train_step`, not a copy; `--model` picks DCGAN (default), WGAN-GP or BigGAN and with
+it the baseline (bench.specs). The FID part, the same whatever the model, times one
+evaluation of the trainer's in-memory path (`fid.generated_stats` + the cached reference)
+against writing PNG files and reading them back. Inception-v3 has random weights: the timing
+does not depend on them.
 
     python -m bench.run                       # a GPU when one is present, else the CPU
     python -m bench.run --device cpu --sizes 2,4 --fid-samples 200 --json out.json
+    python -m bench.run --model wgan-gp --device cpu --sizes 2,4 --no-fid
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -27,17 +31,15 @@ from typing import Any
 
 import torch
 
-from bench import baseline
+from bench import baseline, specs
+from bench.flops import count_flops, mfu_summary
+from bench.specs import Setup
 from critbatch_trainer.config import parse_args
 from critbatch_trainer.data import TrainingData
 from critbatch_trainer.extractors import Extractor
 from critbatch_trainer.fid import FrechetReference, eval_chunk, generated_stats
 from critbatch_trainer.inception import FidInceptionV3
 from critbatch_trainer.loop import Trial
-
-# Dense (no sparsity) tensor-core peaks of an H100/H200 SXM by the vendor's datasheet, in
-# FLOP/s. cuDNN runs "fp32" convolutions in TF32 by default, so TF32 is the fp32 peak here.
-PEAKS = {"tf32": 494.7e12, "bf16": 989.4e12}
 
 
 def sync(device: torch.device) -> None:
@@ -80,71 +82,108 @@ def stepper(trial: Trial) -> Callable[[], None]:
     return lambda: trial.train_step(batches)
 
 
-def variants(device: torch.device) -> dict[str, list[str]]:
-    """Trainer flags of each timed variant of "ours"."""
-    if device.type == "cuda":
+def variants(device: torch.device, model: str = "dcgan") -> dict[str, list[str]]:
+    """Trainer flags of each timed variant of "ours" (CUDA graphs: DCGAN only)."""
+    if device.type == "cuda" and model == "dcgan":
         return {"ours": [], "ours_graph": ["--cuda-graph"],
                 "ours_graph_bf16": ["--cuda-graph", "--bf16"]}
+    if device.type == "cuda":
+        return {"ours": [], "ours_bf16": ["--bf16"]}
     return {"ours": []}
 
 
 def bench_training(sizes: list[int], device: torch.device, *, rounds: int, budget: float,
                    min_steps: int, warmup: int, workers: int, cache: str,
-                   log: Callable[[str], None]) -> list[dict[str, Any]]:
-    images = TrainingData("digits", image_size=64, channels=3).embedded.images  # as trained
+                   log: Callable[[str], None], spec: Setup | None = None) -> list[dict[str, Any]]:
+    """One row per batch size: best steps/s of the baseline and each variant of "ours", their
+    ratios, and the FLOPs of one step of "ours". A variant that fails at a size (out of
+    memory, say) is reported in the row's `errors` and the run goes on."""
+    spec = spec or specs.setup("dcgan", device.type == "cuda")
+    data = TrainingData("digits", image_size=spec.image_size, channels=3).embedded  # as trained
     rows = []
     for b in sizes:
         n = max(2 * b, 1024)
-        base_images = images.repeat(math.ceil(n / len(images)), 1, 1, 1)[:n].contiguous()
+        reps = math.ceil(n / len(data.images))
+        base_images = data.images.repeat(reps, 1, 1, 1)[:n].contiguous()
+        base_labels = data.labels.repeat(reps)[:n].contiguous()
+        makers: dict[str, Callable[[], Callable[[], None]]] = {
+            "baseline": functools.partial(spec.baseline, base_images, base_labels, b, device,
+                                          workers)}
+        trials: dict[str, Trial] = {}
+        for name, flags in variants(device, spec.model).items():
+            makers[name] = functools.partial(_ours, trials, name, b, device, cache,
+                                             [*spec.trainer_flags(), *flags])
         runners: dict[str, Callable[[], None]] = {}
-        bl = baseline.BaselineTrainer(base_images, b, device, workers)
-        runners["baseline"] = bl.step
-        trials = {}
-        for name, flags in variants(device).items():
-            t = build_trial(b, device, cache, flags)
-            trials[name] = t
-            runners[name] = stepper(t)
         errors: dict[str, str] = {}
-        for name, run in list(runners.items()):
+        for name, make in makers.items():
             try:
+                runners[name] = make()
                 for _ in range(warmup):
-                    run()
+                    runners[name]()
                 sync(device)
             except Exception as e:  # one broken variant must not cost the others' figures
-                errors[name] = f"{type(e).__name__}: {e}"
-                log(f"b={b}: {name} failed: {errors[name]}")
-                del runners[name]
-        if "baseline" not in runners:
-            raise RuntimeError(f"the baseline failed at b={b}: {errors['baseline']}")
+                _failed(name, e, b, errors, runners, trials, log)
+            if name not in runners:
+                _free(device)  # after the except block, which kept the failed step's frames
         best = {name: 0.0 for name in runners}
         for _ in range(rounds):
-            for name, run in runners.items():
-                best[name] = max(best[name], _timed(run, device, min_steps, budget))
+            for name, run in list(runners.items()):
+                try:
+                    best[name] = max(best[name], _timed(run, device, min_steps, budget))
+                except Exception as e:
+                    _failed(name, e, b, errors, runners, trials, log)
+                    del best[name]
+                if name not in runners:
+                    _free(device)
         row: dict[str, Any] = {"batch_size": b, "steps_per_s": best}
         if errors:
             row["errors"] = errors
-        row["ratio"] = {k: v / best["baseline"] for k, v in best.items() if k != "baseline"}
+        if "baseline" in best:
+            row["ratio"] = {k: v / best["baseline"] for k, v in best.items() if k != "baseline"}
         log(f"b={b:5d} " + " ".join(f"{k}={v:9.2f}/s" for k, v in best.items())
-            + "  ratio " + " ".join(f"{k}={v:.2f}x" for k, v in row["ratio"].items()))
-        if b == sizes[-1] and "ours" in runners:
-            row["flops_per_step"] = _step_flops(trials["ours"])
+            + ("  ratio " + " ".join(f"{k}={v:.2f}x" for k, v in row["ratio"].items())
+               if "ratio" in row else ""))
+        # On a GPU at every size: the largest may not fit, and MFU is given at the largest
+        # that did.
+        if "ours" in runners and (b == sizes[-1] or device.type == "cuda"):
+            try:
+                row["flops_per_step"] = _step_flops(trials["ours"])
+                log(f"b={b}: {row['flops_per_step'] / 1e9:.1f} GFLOP per step of ours")
+            except Exception as e:
+                log(f"b={b}: FLOP count failed: {type(e).__name__}: {e}")
         rows.append(row)
-        del bl, runners, trials, base_images
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        del makers, runners, trials, base_images, base_labels
+        _free(device)
     return rows
 
 
-def _step_flops(trial: Trial) -> int:
-    """FLOPs of one training step (forward and backward of both networks) by op counting."""
-    from torch.utils.flop_counter import FlopCounterMode
+def _ours(trials: dict[str, Trial], name: str, b: int, device: torch.device, cache: str,
+          flags: list[str]) -> Callable[[], None]:
+    trials[name] = build_trial(b, device, cache, flags)
+    return stepper(trials[name])
 
+
+def _failed(name: str, e: Exception, b: int, errors: dict[str, str],
+            runners: dict[str, Callable[[], None]], trials: dict[str, Trial],
+            log: Callable[[str], None]) -> None:
+    """Record a variant's failure and drop what it holds, so the others can use the memory."""
+    errors[name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    log(f"b={b}: {name} failed: {errors[name]}")
+    runners.pop(name, None)
+    trials.pop(name, None)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _step_flops(trial: Trial) -> int:
+    """FLOPs of one training step (forward and backward of both networks, the penalty's double
+    backward included) by op counting."""
     batches = trial.data.batches(1, trial.cfg.batch_size, 0, trial.device)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        trial.train_step(batches)
-    return int(counter.get_total_flops())
+    return count_flops(lambda: trial.train_step(batches))
 
 
 def bench_fid(samples: int, baseline_samples: int, device: torch.device,
@@ -193,6 +232,14 @@ class _Flat(torch.nn.Module):
         return self.g(z.view(z.shape[0], -1, 1, 1))
 
 
+def _rate(entry: dict[str, float]) -> str:
+    tflops = entry["tflops"]
+    text = f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{1e3 * tflops:.2f} GFLOP/s"
+    if "mfu" in entry:
+        text += f" = {100 * entry['mfu']:.1f}% of {entry['peak_tflops']:.0f}"
+    return text
+
+
 def hardware(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"device": device.type, "torch": torch.__version__,
                             "python": platform.python_version(),
@@ -207,7 +254,14 @@ def hardware(device: torch.device) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--sizes", help="comma-separated batch sizes (GPU: 2..2048, CPU: 2..32)")
+    p.add_argument("--model", default="dcgan", choices=specs.MODELS,
+                   help="the GAN whose step is timed (default dcgan)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="wgan-gp, biggan: resolution (default: GPU 64 / 128, CPU 64 / 32)")
+    p.add_argument("--width", type=int, default=None,
+                   help="wgan-gp, biggan: network width (default: GPU 64 / 96, CPU 64 / 16)")
+    p.add_argument("--sizes", help="comma-separated batch sizes (default: GPU 2..2048; CPU "
+                                   "2..32, biggan 2..8)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
     p.add_argument("--budget", type=float, default=1.0, help="seconds per timed block")
     p.add_argument("--min-steps", type=int, default=3, help="steps per timed block, at least")
@@ -227,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if a.device == "auto" else a.device))
     gpu = device.type == "cuda"
-    sizes = ([int(s) for s in a.sizes.split(",")] if a.sizes
-             else [2 ** k for k in range(1, 12 if gpu else 6)])
+    if a.model == "dcgan" and (a.image_size or a.width):
+        p.error("--image-size/--width: the DCGAN baseline is the paper's 64x64 network")
+    spec = specs.setup(a.model, gpu, image_size=a.image_size, width=a.width)
+    sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else list(spec.sizes)
     workers = a.workers if a.workers is not None else (2 if gpu else 0)
     fid_n = a.fid_samples or (50000 if gpu else 500)
 
@@ -236,31 +292,18 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     out: dict[str, Any] = {"command": "python -m bench.run " + " ".join(
-        sys.argv[1:] if argv is None else argv), "hardware": hardware(device)}
+        sys.argv[1:] if argv is None else argv), "hardware": hardware(device),
+        "model": {"model": spec.model, "image_size": spec.image_size, "width": spec.width,
+                  "z_dim": spec.z_dim, "attention_res": spec.attention_res}}
     log(json.dumps(out["hardware"]))
     with tempfile.TemporaryDirectory() as cache:
         rows = bench_training(sizes, device, rounds=a.rounds, budget=a.budget,
                               min_steps=a.min_steps, warmup=a.warmup, workers=workers,
-                              cache=cache, log=log)
+                              cache=cache, log=log, spec=spec)
     out["training"] = rows
-    top = rows[-1]
-    flops = top.get("flops_per_step", 0)
-    mfu = {}
-    for name, sps in top["steps_per_s"].items():
-        if name == "baseline" or not flops:
-            continue
-        achieved = flops * sps
-        entry = {"tflops": achieved / 1e12}
-        if gpu:
-            peak = PEAKS["bf16" if name.endswith("bf16") else "tf32"]
-            entry["peak_tflops"] = peak / 1e12
-            entry["mfu"] = achieved / peak
-        mfu[name] = entry
-    out["mfu"] = {"batch_size": top["batch_size"], "flops_per_step": flops, **mfu}
-    log(f"b={top['batch_size']}: {flops / 1e9:.1f} GFLOP per step; " + "; ".join(
-        f"{k} {v['tflops']:.1f} TFLOP/s" + (f" = {100 * v['mfu']:.1f}% of "
-                                            f"{v['peak_tflops']:.0f}" if "mfu" in v else "")
-        for k, v in mfu.items()))
+    out["mfu"] = mfu = mfu_summary(rows, gpu)
+    log(f"b={mfu['batch_size']}: {mfu['flops_per_step'] / 1e9:.1f} GFLOP per step; "
+        + "; ".join(f"{k} {_rate(v)}" for k, v in mfu.items() if isinstance(v, dict)))
     if not a.no_fid:
         out["fid"] = bench_fid(fid_n, a.fid_baseline_samples or fid_n, device, log)
         log(f"FID ratio (baseline / ours): {out['fid']['ratio']:.1f}x")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_helpers import local_manifest, require_prometheus, wait_until
+from local_helpers import local_manifest, require_prometheus, run_events, wait_until
 
 from critbatch.local.prometheus import PrometheusServer
 from critbatch.metrics import PrometheusClient
@@ -145,6 +145,31 @@ def test_kill_9_of_a_trainer_restarts_it_from_its_checkpoint_with_n_unaffected(
     after_restart = log.split(" start: ")[2].splitlines()
     first_step = next(int(ln.split()[1]) for ln in after_restart if ln.startswith("step "))
     assert first_step > SPEC["target"]["evalEvery"]  # resumed from the checkpoint, not step 0
+
+
+def test_the_trials_are_forked_warm_and_start_cold_once_the_server_is_gone(
+        tmp_path, prometheus_run):
+    """The prometheus run above started its trials warm; here the server is killed as soon
+    as it is ready, and the sweep still ends with the same N(b), its trials started cold."""
+    assert "warm" in [e["event"] for e in run_events(prometheus_run[0])]
+    reference = results(prometheus_run[0])
+    killed = []
+
+    def kill_server(record):
+        if record["event"] == "warm" and not killed:
+            os.kill(record["pid"], signal.SIGKILL)
+            killed.append(record["pid"])
+
+    out = tmp_path / "run"
+    manifest = local_manifest("e2e-warm", batchSizes=[16, 32], **{**SPEC, "parallelism": 1})
+    critbatch_run(manifest, out, on_event=kill_server)
+    assert killed
+    status = yaml.safe_load((out / "status.yaml").read_text())
+    assert status["phase"] == "Succeeded"
+    assert any("warm starts: the server ended" in w for w in status.get("warnings", [])), status
+    for trial in status["trials"]:
+        assert trial["steps"] == reference[trial["batchSize"]]["steps"]
+        assert trial.get("restarts", 0) <= 1  # a trial asked of the dying server starts again
 
 
 def test_an_adaptive_sweep_runs_the_trials_it_chooses_within_its_cap(tmp_path):

@@ -39,3 +39,23 @@ def test_embedded_datasets_need_no_download_and_have_their_sizes() -> None:
     faces = TrainingData("faces", image_size=32, channels=1)
     assert faces.size == 100 and faces.embedded.images.shape == (100, 1, 32, 32)
     assert digits.key != TrainingData("digits", image_size=16, channels=3).key
+
+
+def test_digits_are_scikit_learns_read_without_importing_it() -> None:
+    """The file is read directly (importing scikit-learn costs seconds per trial), and the
+    images and labels are exactly those of scikit-learn's loader."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from critbatch_trainer.embedded import load_digits_images; "
+             "load_digits_images(8); print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+    from sklearn.datasets import load_digits
+
+    from critbatch_trainer.embedded import load_digits_images
+
+    ours, theirs = load_digits_images(8), load_digits()
+    assert torch.equal(ours.images[:, 0], torch.from_numpy(theirs.images / 16.0).float() * 2 - 1)
+    assert torch.equal(ours.labels, torch.from_numpy(theirs.target).long())

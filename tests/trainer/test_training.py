@@ -24,6 +24,7 @@ from trainer_helpers import QUICK, run_trainer, trainer_cmd
 from critbatch_trainer import checkpoint
 from critbatch_trainer.config import parse_args
 from critbatch_trainer.loop import Trial, interpolate_crossing
+from critbatch_trainer.settings import ConfigError
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -253,6 +254,29 @@ def test_other_models_train_on_digits(model, extra, tmp_path, stats_cache) -> No
     r = Trial.create(cfg, log=lambda _msg: None).run()
     assert r["steps"] == 4 and r["fid"] > 0 and not r["reached"]
     assert checkpoint.load(tmp_path)["step"] == 4
+
+
+def test_biggan_scores_real_and_fake_in_one_pass_and_keeps_older_checkpoints_apart(
+        tmp_path, stats_cache) -> None:
+    """BigGAN's D sees the real and the fake batch as one, as BigGAN-PyTorch's does (one
+    spectral-norm power iteration per D update); a checkpoint written while the two passes
+    were apart (no `joint_d` in its identity) is refused, not resumed with other numerics."""
+    cfg = parse_args(["--model", "biggan", "--image-size", "32", "--width", "4",
+                      "--batch-size", "8", "--fid-threshold", "0.001", "--max-steps", "2",
+                      "--eval-every", "2", "--eval-samples", "64", "--gns-every", "0",
+                      "--threads", "1", "--stats-cache", str(stats_cache),
+                      "--termination-log", "", "--checkpoint-dir", str(tmp_path)])
+    trial = Trial.create(cfg, log=lambda _msg: None)
+    batch_sizes = []
+    trial.gan.D.register_forward_hook(lambda _m, args, _out: batch_sizes.append(len(args[0])))
+    trial.run()
+    assert batch_sizes == [16, 8, 16, 8]  # per step: D's update on real + fake, then G's
+    state = checkpoint.load(tmp_path)
+    assert state["identity"]["joint_d"] is True
+    del state["identity"]["joint_d"]
+    checkpoint.save(tmp_path, state)
+    with pytest.raises(ConfigError, match="joint real and fake discriminator pass = False"):
+        Trial.create(cfg, log=lambda _msg: None).restore()
 
 
 def test_interpolated_crossing() -> None:

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         line = json.dumps(result, separators=(",", ":"))  # compact: 8 share 4 KiB
         write_termination_log(cfg.termination_log, line)
+        print(f"{PROG}: {trial.timings.line()}", file=sys.stderr, flush=True)
         print(line, flush=True)
         deadline = time.monotonic() + cfg.linger
         while cfg.metrics_port and state["signal"] is None and time.monotonic() < deadline:

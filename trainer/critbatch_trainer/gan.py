@@ -201,7 +201,7 @@ class Gan:
         """One discriminator update on real x and a fake batch; (loss, gradient norm)."""
         self.opt_d.zero_grad(set_to_none=True)
         with self._autocast():
-            loss_d = self.recipe.d_loss(self.D(x, y), self.D(fake, yf))
+            loss_d = self.recipe.d_loss(*self._d_scores(x, y, fake, yf))
             if self.recipe.penalty is not None:
                 loss_d = loss_d + self.recipe.penalty(self.D, x, fake, self.cfg.gp_lambda,
                                                       self.rng, y, self.shard)
@@ -210,6 +210,16 @@ class Gan:
         gd = grad_norm(self.D)
         self.opt_d.step()
         return loss_d.detach(), gd
+
+    def _d_scores(self, x: torch.Tensor, y: torch.Tensor | None, fake: torch.Tensor,
+                  yf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's scores of the real and the fake batch, in one pass where the recipe asks."""
+        if not self.recipe.joint_d:
+            return self.D(x, y), self.D(fake, yf)
+        labels = None if y is None or yf is None else torch.cat([y, yf])
+        scores = self.D(torch.cat([x, fake]), labels)
+        real, fake_scores = scores.split([x.shape[0], fake.shape[0]])
+        return real, fake_scores
 
     def _update_g(self, fake: torch.Tensor,
                   yf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

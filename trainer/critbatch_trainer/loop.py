@@ -33,6 +33,7 @@ from critbatch_trainer.gan import Batches, Gan
 from critbatch_trainer.metrics import NullMetrics, TrainerMetrics
 from critbatch_trainer.models import count_params
 from critbatch_trainer.settings import ConfigError, TrainerConfig, flag_name
+from critbatch_trainer.timings import Timings, process_age
 
 CHECKPOINT_VERSION = 1
 # On a GPU, losses and gradient norms reach the metrics every this many steps (and at each
@@ -122,6 +123,7 @@ class Trial:
         self.gns = GradientNoiseScale()
         self.generator_params = count_params(self.gan.G)
         self.progress = Progress(history=[])
+        self.timings = Timings()
         eval_rng = torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET)
         self.eval_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=eval_rng)
         self.eval_y = torch.randint(data.num_classes, (cfg.eval_samples,), generator=eval_rng)
@@ -132,6 +134,7 @@ class Trial:
         """A trial with its device, data, feature extractor and real statistics loaded (the
         statistics computed once per cache), joined to its data-parallel workers if any.
         ConfigError or ExtractorError names what cannot be used."""
+        started, t0 = process_age(), time.perf_counter()
         world = world or World()
         check_world(cfg, world)
         if cfg.checkpoint_dir and world.leader:
@@ -159,13 +162,19 @@ class Trial:
                 cfg.stats_cache, key,
                 lambda: feature_stats(extractor, data.real_images(cfg.real_samples), device)))
         world.init(device)
-        return cls(cfg, device=device, data=data, extractor=extractor, reference=reference,
-                   hardware=hardware, metrics=metrics, log=log, world=world)
+        trial = cls(cfg, device=device, data=data, extractor=extractor, reference=reference,
+                    hardware=hardware, metrics=metrics, log=log, world=world)
+        trial.timings.start = started or 0.0
+        trial.timings.setup = time.perf_counter() - t0
+        return trial
 
     # -- state ---------------------------------------------------------------------------------
 
     def identity(self) -> dict[str, Any]:
-        return {k: getattr(self.cfg, k) for k in IDENTITY}
+        """The settings a checkpoint must share with this run, and how its D scores a batch
+        (BigGAN's changed to one joint pass over real and fake)."""
+        return {**{k: getattr(self.cfg, k) for k in IDENTITY},
+                "joint_d": self.gan.recipe.joint_d}
 
     def state_dict(self) -> dict[str, Any]:
         p = self.progress
@@ -183,10 +192,13 @@ class Trial:
             raise ConfigError(f"checkpoint-dir: checkpoint version {s.get('version')!r} is not "
                               f"{CHECKPOINT_VERSION}")
         mine = self.identity()
-        # A checkpoint without the flag in its identity was written with unpinned numerics.
-        for k, v in {"reproducible_cpu": False, **s["identity"]}.items():
+        # A checkpoint without these in its identity was written with unpinned numerics, and
+        # with D's real and fake passes apart.
+        for k, v in {"reproducible_cpu": False, "joint_d": False, **s["identity"]}.items():
             if mine.get(k) != v:
-                raise ConfigError(f"checkpoint-dir: holds a run with {flag_name(k)} = "
+                what = ("a joint real and fake discriminator pass" if k == "joint_d"
+                        else flag_name(k))
+                raise ConfigError(f"checkpoint-dir: holds a run with {what} = "
                                   f"{v!r}, this run has {mine.get(k)!r}")
         self.gan.load_state_dict(s)
         self.gns.load_state_dict(s["gns"])
@@ -196,7 +208,8 @@ class Trial:
 
     def _save(self) -> None:
         if self.cfg.checkpoint_dir and self.world.leader:
-            checkpoint.save(self.cfg.checkpoint_dir, self.state_dict())
+            with self.timings.phase("checkpoint"):
+                checkpoint.save(self.cfg.checkpoint_dir, self.state_dict())
 
     def restore(self) -> bool:
         """Resume from the checkpoint directory when it holds a usable checkpoint; True if it did.
@@ -235,12 +248,14 @@ class Trial:
         measured by rank 0 and told to the other workers."""
         fid = None
         if self.world.leader:
+            t0 = time.perf_counter()
             assert self.extractor is not None and self.reference is not None
             labels = self.eval_y if self.gan.recipe.conditional else None
             with local_statistics(self.gan.evaluated):
                 mu, sigma = generated_stats(self.gan.evaluated, self.extractor, self.eval_z,
                                             labels, self.device)
             fid = self.reference.distance(mu, sigma)
+            self.timings.evaluate += time.perf_counter() - t0
         return self.world.broadcast_value(fid)
 
     def run(self) -> dict[str, Any]:
@@ -271,9 +286,11 @@ class Trial:
             t0 = time.perf_counter()
             self.train_step(batches)
             p.step += 1
-            if cfg.gns_every and p.step % cfg.gns_every == 0:
-                metrics.noise_scale(self.measure_noise_scale())
             dt = time.perf_counter() - t0
+            self.timings.train += dt
+            if cfg.gns_every and p.step % cfg.gns_every == 0:
+                with self.timings.phase("noise_scale"):
+                    metrics.noise_scale(self.measure_noise_scale())
             evaluating = p.step % cfg.eval_every == 0 or p.step >= cfg.max_steps
             metrics.step(p.step, cfg.batch_size, dt)
             if (self.device.type == "cpu" or evaluating or p.step % METRICS_EVERY == 0

@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "OUT/prometheus/targets/trials.json)")
     p.add_argument("--trainer", metavar="COMMAND",
                    help="the trainer command (default: this Python's -m critbatch_trainer)")
+    p.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="start each trial of the built-in trainer in a fresh Python (default: "
+                   "fork it from one process that imported torch once)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads per trial (default: CPU cores / parallelism)")
     ref = p.add_mutually_exclusive_group()
@@ -101,7 +104,7 @@ def _options(args: argparse.Namespace, out: Path, *, workdir: Path | None,
         raise RunError(f"--reference-noise-ratio: must be a positive number, got {ratio}")
     opts = RunOptions(out_dir=out, resume=args.resume, threads=args.threads,
                       reference_noise_ratio=ratio, reference_run=args.reference_run,
-                      retry_failed=args.retry_failed,
+                      retry_failed=args.retry_failed, warm=args.warm,
                       workdir=workdir)
     if args.prometheus:
         if not args.prometheus.startswith(("http://", "https://")):

@@ -26,12 +26,12 @@ from critbatch.campaign_report import MARKDOWN_NAME, write_campaign_report
 from critbatch.clock import utc_now
 from critbatch.errors import InputError
 from critbatch.files import check_values, load_yaml_all, read_text
-from critbatch.local.options import RunError, RunOptions
+from critbatch.local.options import RunError, RunOptions, check_trainer
 from critbatch.local.progress import Progress, failure_reason, headline
 from critbatch.local.results import read_status
 from critbatch.local.rundir import RunDir, check_same_sweep, load_manifest
 from critbatch.local.runner import LocalRun
-from critbatch.local.supervise import STOP_SIGNALS, check_trainer, install_signals
+from critbatch.local.supervise import STOP_SIGNALS, install_signals
 from critbatch.planning.trials import FINAL
 from critbatch.spec import KIND, parse_sweep
 

@@ -1,8 +1,11 @@
-"""What a local run is asked to do: its options, where it reads metrics, and its input error."""
+"""What a local run is asked to do: its options, its trainer command, where it reads metrics,
+and its input error."""
 
 from __future__ import annotations
 
 import enum
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +49,7 @@ class RunOptions:
     # runs/<spec.reference.sweep>/ beside this run's output directory.
     reference_run: Path | None = None
     retry_failed: bool = False  # with resume: start Failed trials again
+    warm: bool = True  # fork the built-in trainer's trials from a server (local/warm.py)
 
 
 BUILTIN_TRAINER = (sys.executable, "-m", "critbatch_trainer")
@@ -73,3 +77,28 @@ def metrics_mode(sweep: Sweep) -> tuple[MetricsMode, str | None]:
             return MetricsMode.PROMETHEUS, sweep.metrics.prometheus_url
         return MetricsMode.WITH_PROMETHEUS, None
     return MetricsMode.DIRECT, None
+
+
+def trial_path(env_path: str | None = None) -> str:
+    """The trials' PATH: this Python's directory first, so that a custom command's `python`
+    is the one critbatch runs in (with its packages), then the PATH it was given."""
+    here = os.path.dirname(sys.executable)
+    rest = os.environ.get("PATH", os.defpath) if env_path is None else env_path
+    return os.pathsep.join([here, rest]) if here else rest
+
+
+def check_trainer(command: Sequence[str], *, what: str = "--trainer",
+                  cwd: Path | None = None) -> None:
+    """The trainer command's program exists and may run, or a RunError naming `what` (the
+    option, or spec.trainer.command[0]); a relative path is taken from `cwd`."""
+    if not command or not command[0]:
+        raise RunError(f"{what}: must not be empty")
+    program = command[0]
+    if os.sep in program:
+        path = Path(cwd or ".") / program
+        if not path.exists():
+            raise RunError(f"{what}: no such file: {path}")
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise RunError(f"{what}: {path} is not an executable file")
+    elif shutil.which(program, path=trial_path()) is None:
+        raise RunError(f"{what}: no {program!r} on PATH")

@@ -30,6 +30,7 @@ from critbatch.local.options import (
     MetricsMode,
     RunError,
     RunOptions,
+    check_trainer,
     metrics_mode,
     trial_command,
 )
@@ -42,7 +43,6 @@ from critbatch.local.supervise import (
     STOP_SIGNALS,
     TrialState,
     TrialSupervisor,
-    check_trainer,
     install_signals,
 )
 from critbatch.local.trial_metrics import MetricsChannel
@@ -78,7 +78,8 @@ class LocalRun:
         self.supervisor = TrialSupervisor(
             self.sweep, self.trials, command=trial_command(self.sweep, self.options),
             linger=self.metrics.linger(), source=self.metrics.source, log=self.log_event,
-            warn=self._warn_once, workdir=self.options.workdir)
+            warn=self._warn_once, workdir=self.options.workdir,
+            warm_log=self.out / "warm.log" if self.options.warm else None)
         self.reference = ReferenceWatcher(self.sweep, self.options, self.dir.status_file)
         self.interrupted = False
         self.interrupt_cause: str | None = None  # Ctrl-C, SIGTERM, SIGHUP, output closed (...)

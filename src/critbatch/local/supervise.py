@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,10 +21,11 @@ from critbatch import planner, protocol
 from critbatch.errors import OutputError
 from critbatch.local import prometheus as prom
 from critbatch.local.launched import failed_worker, launched, workers
-from critbatch.local.options import RunError
+from critbatch.local.options import RunError, trial_path
 from critbatch.local.processes import ExitKind, Supervisor, TrialProcess, classify, log_tail
 from critbatch.local.progress import RateMeter, TrialView
 from critbatch.local.results import ResultRead, read_result, result_from_log
+from critbatch.local.warm import WarmServer, can_start_warm, start_server
 from critbatch.metrics import TrialMetrics
 from critbatch.planning.trials import row_value
 from critbatch.protocol import result_value
@@ -53,31 +52,6 @@ def install_signals(handler: Any) -> dict[int, Any]:
         except ValueError:  # not the main thread (a test calling run() from a worker)
             previous[sig] = signal.getsignal(sig)
     return previous
-
-
-def trial_path(env_path: str | None = None) -> str:
-    """The trials' PATH: this Python's directory first, so that a custom command's `python`
-    is the one critbatch runs in (with its packages), then the PATH it was given."""
-    here = os.path.dirname(sys.executable)
-    rest = os.environ.get("PATH", os.defpath) if env_path is None else env_path
-    return os.pathsep.join([here, rest]) if here else rest
-
-
-def check_trainer(command: Sequence[str], *, what: str = "--trainer",
-                  cwd: Path | None = None) -> None:
-    """The trainer command's program exists and may run, or a RunError naming `what` (the
-    option, or spec.trainer.command[0]); a relative path is taken from `cwd`."""
-    if not command or not command[0]:
-        raise RunError(f"{what}: must not be empty")
-    program = command[0]
-    if os.sep in program:
-        path = Path(cwd or ".") / program
-        if not path.exists():
-            raise RunError(f"{what}: no such file: {path}")
-        if not path.is_file() or not os.access(path, os.X_OK):
-            raise RunError(f"{what}: {path} is not an executable file")
-    elif shutil.which(program, path=trial_path()) is None:
-        raise RunError(f"{what}: no {program!r} on PATH")
 
 
 def _lost_its_port(last_line: str) -> bool:
@@ -134,7 +108,10 @@ class TrialSupervisor:
 
     def __init__(self, sweep: Sweep, trials: Mapping[TrialKey, TrialState], *,
                  command: Sequence[str], linger: float, source: str, log: EventLog,
-                 warn: Callable[[str], None], workdir: Path | None = None) -> None:
+                 warn: Callable[[str], None], workdir: Path | None = None,
+                 warm_log: Path | None = None) -> None:
+        """`warm_log`: fork the built-in trainer's trials from a warm server logging there
+        (critbatch.local.warm); None: every trial in a fresh interpreter."""
         self.sweep = sweep
         self.trials = trials
         self.by_name = {key.name: st for key, st in trials.items()}
@@ -148,6 +125,9 @@ class TrialSupervisor:
         self._procs: Supervisor | None = None
         self._ports: set[int] = set()
         self._threads = 1
+        self._warm_log = warm_log if can_start_warm(
+            command, custom=sweep.trainer.custom, workers=self.workers) else None
+        self._warm: WarmServer | None = None
 
     def begin(self, threads: int) -> None:
         """Ready to start trials, each with `threads` CPU threads (a data-parallel trial's
@@ -155,6 +135,20 @@ class TrialSupervisor:
         env = dict(os.environ, CRITBATCH_THREADS=str(threads), PATH=trial_path())
         self._procs = Supervisor(env=env, threads=threads)
         self._threads = threads
+        if self._warm_log is not None:
+            self._warm = start_server(self.command, self._warm_log, self._procs.env,
+                                      reproducible=self.sweep.trainer.reproducible_cpu)
+            if self._warm is not None:
+                self.log("warm", pid=self._warm.popen.pid)
+            else:
+                self._warm_gone()
+
+    def _warm_gone(self) -> None:
+        if self._warm is not None:
+            self._warm.stop()
+        self._warm = None
+        self.warn(f"warm starts: the server ended (see {self._warm_log}); trials start in "
+                  "fresh processes")
 
     @property
     def processes(self) -> Mapping[str, TrialProcess]:
@@ -237,6 +231,10 @@ class TrialSupervisor:
                 raise OutputError(f"{checkpoint}: cannot create: {exc.strerror or exc}") from None
         else:
             argv, cwd = [*self.command, *self._builtin_args(st)], None
+            if self._warm is not None and not self._warm.alive():
+                self._warm_gone()
+            if self._warm is not None:
+                argv = self._warm.trial_argv(argv[len(self.command):])
         how = launched(argv, workers=self.workers, threads=self._threads)
         try:
             proc = self._procs.start(st.key.name, how.argv, st.log_file, env={**env, **how.env},
@@ -305,12 +303,16 @@ class TrialSupervisor:
         """Stop every trial at its checkpoint; those that finished meanwhile still count."""
         if self._procs is not None:
             self._procs.stop_all()
+        if self._warm is not None:
+            self._warm.stop()
         self.reap_after_stop()
 
     def kill_all(self) -> None:
         """Kill every trial now: they lose the steps since their last checkpoint."""
         for proc in list(self.processes.values()):
             proc.kill()
+        if self._warm is not None:
+            self._warm.kill()
 
     def reap_after_stop(self) -> None:
         """Trials that finished while being stopped still count; the rest resume later."""

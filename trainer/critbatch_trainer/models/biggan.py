@@ -214,4 +214,4 @@ def networks(shape: NetworkShape) -> tuple[nn.Module, nn.Module]:
                           attention_res=shape.attention_res))
 
 
-RECIPE = Recipe(d_loss=d_loss, g_loss=g_loss, conditional=True, ema=True)
+RECIPE = Recipe(d_loss=d_loss, g_loss=g_loss, conditional=True, ema=True, joint_d=True)

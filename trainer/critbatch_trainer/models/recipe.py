@@ -43,3 +43,7 @@ class Recipe:
     shared_fake: bool = False
     conditional: bool = False  # class labels go into both networks
     ema: bool = False  # FID is measured on an exponential moving average of the generator
+    # D scores the real and the fake batch in one pass (BigGAN-PyTorch's G_D): one spectral
+    # norm power iteration per update and fewer kernel launches. Only for a D without batch
+    # statistics, which would mix the two batches.
+    joint_d: bool = False

@@ -1,0 +1,36 @@
+"""Which trials start warm, and a warm server that does not come up leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from critbatch.local.warm import can_start_warm, start_server
+
+BUILTIN = [sys.executable, "-m", "critbatch_trainer"]
+
+
+@pytest.mark.parametrize(("command", "custom", "workers", "warm"), [
+    (BUILTIN, False, 1, True),
+    (BUILTIN, False, 2, False),  # PyTorch's launcher starts the workers
+    (BUILTIN, True, 1, False),  # spec.trainer.command
+    (["python", "my_trainer.py"], False, 1, False),  # --trainer
+    (["-m", "critbatch_trainer"], False, 1, False),  # no interpreter to serve with
+])
+def test_only_one_process_trials_of_the_built_in_trainer_start_warm(command, custom, workers,
+                                                                    warm) -> None:
+    assert can_start_warm(command, custom=custom, workers=workers) is warm
+
+
+def test_a_server_that_cannot_start_is_none_and_leaves_no_socket_directory(
+        tmp_path: Path) -> None:
+    before = set(os.listdir(tempfile.gettempdir()))
+    server = start_server(["false", "-m", "critbatch_trainer"], tmp_path / "warm.log",
+                          {"PATH": os.environ["PATH"]}, reproducible=False)
+    assert server is None
+    after = set(os.listdir(tempfile.gettempdir()))
+    assert not {d for d in after - before if d.startswith("critbatch-warm-")}

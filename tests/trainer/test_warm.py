@@ -1,0 +1,116 @@
+"""Warm starts: a trial forked from the warm server is the trial a fresh process runs, its
+stand-in passes signals on and takes the trial down with it, and requests are checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from critbatch.local.processes import descendants
+from critbatch_trainer.warm import MAX_REQUEST, Request, RequestError, read_request
+
+TRIAL = ["--batch-size", "8", "--fid-threshold", "1000", "--max-steps", "40", "--eval-every",
+         "20", "--eval-samples", "100", "--device", "cpu", "--threads", "1",
+         "--termination-log="]
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b"{", "not JSON"),
+    (b"[]", "an object of argv, env and cwd"),
+    (b'{"argv": [], "env": {}}', "an object of argv, env and cwd"),
+    (b'{"argv": "x", "env": {}, "cwd": "/"}', "argv"),
+    (b'{"argv": ["a\\u0000"], "env": {}, "cwd": "/"}', "argv"),
+    (b'{"argv": [], "env": {"A=B": "c"}, "cwd": "/"}', "env"),
+    (b'{"argv": [], "env": {"A": 1}, "cwd": "/"}', "env"),
+    (b'{"argv": [], "env": {}, "cwd": "relative"}', "cwd"),
+])
+def test_a_malformed_request_is_refused_with_its_reason(body: bytes, problem: str) -> None:
+    with pytest.raises(RequestError, match=problem):
+        Request.decode(body)
+
+
+def test_a_request_round_trips_and_an_oversized_one_is_refused_unread() -> None:
+    ok = Request(["--batch-size", "8"], {"A": "b"}, "/")
+    for size, expect in ((None, ok), (MAX_REQUEST + 1, None)):
+        a, b = socket.socketpair()
+        with a, b, open(os.devnull) as null:
+            payload = ok.encode() if size is None else size.to_bytes(4, "big")
+            socket.send_fds(a, [payload], [null.fileno()] * 3)
+            if expect is None:
+                with pytest.raises(RequestError, match="more than"):
+                    read_request(b)
+            else:
+                got, fds = read_request(b)
+                assert got == expect and len(fds) == 3
+                for fd in fds:
+                    os.close(fd)
+
+
+def _trainer(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    path = tmp_path_factory.mktemp("warm") / "s"
+    proc = _trainer("critbatch_trainer.warm", "serve", str(path), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), proc.communicate()
+    yield proc, str(path)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    assert not path.exists()
+
+
+def test_a_warm_trial_reports_exactly_what_a_fresh_process_does(server, tmp_path) -> None:
+    _, path = server
+    cold = _trainer("critbatch_trainer", *TRIAL, "--stats-cache", str(tmp_path))
+    out, err = cold.communicate(timeout=120)
+    assert cold.returncode == 0, err
+    warm = _trainer("critbatch_trainer.warm", "run", path, "--", *TRIAL, "--stats-cache",
+                    str(tmp_path), cwd=tmp_path)
+    wout, werr = warm.communicate(timeout=120)
+    assert warm.returncode == 0, werr
+
+    def result(text: str) -> dict:
+        data = json.loads(text.strip().splitlines()[-1])
+        del data["wall_seconds"]
+        return data
+
+    assert result(wout) == result(out)
+    assert "timings: start=" in werr and "step 40 fid" in werr
+
+
+def test_signals_reach_the_trial_and_a_killed_stand_in_takes_it_down(server, tmp_path) -> None:
+    proc, path = server
+    long = [*TRIAL[:2], "--fid-threshold", "1", "--max-steps", "100000", *TRIAL[6:]]
+    stopped = _trainer("critbatch_trainer.warm", "run", path, "--", *long, "--checkpoint-dir",
+                       str(tmp_path / "ck"), "--stats-cache", str(tmp_path))
+    time.sleep(4)
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by signal" in err and (tmp_path / "ck" / "checkpoint.pt").exists()
+
+    victim = _trainer("critbatch_trainer.warm", "run", path, "--", *long, "--stats-cache",
+                      str(tmp_path))
+    deadline = time.monotonic() + 30
+    while not descendants(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert descendants(proc.pid), "the server forked no trial"
+    victim.kill()
+    victim.communicate(timeout=10)
+    deadline = time.monotonic() + 10
+    while descendants(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert descendants(proc.pid) == []
