@@ -16,7 +16,8 @@ OPERATOR = ROOT / "operator" / "critbatch_operator"
 
 # What the trainer, which runs in its own image, may use of the core.
 TRAINER_MAY_IMPORT = {"critbatch.vocabulary", "critbatch.science", "critbatch.provenance",
-                      "critbatch.errors", "critbatch.files", "critbatch.protocol"}
+                      "critbatch.errors", "critbatch.files", "critbatch.protocol",
+                      "critbatch.orphans"}
 # Names of the vocabulary that no other module may define again.
 VOCABULARY_NAMES = {"MODELS", "DATASETS", "EMBEDDED", "EMBEDDED_DATASETS", "BUILTIN_DATASETS",
                     "KNOWN_DATASET_SIZES", "DEVICES", "MAX_TRIALS", "MAX_TRIALS_PER_GPU",

@@ -161,7 +161,7 @@ def test_the_trials_are_forked_warm_and_start_cold_once_the_server_is_gone(
             killed.append(record["pid"])
 
     out = tmp_path / "run"
-    manifest = local_manifest("e2e-warm", batchSizes=[16, 32], **{**SPEC, "parallelism": 1})
+    manifest = local_manifest("e2e-warm", batchSizes=[32], **{**SPEC, "parallelism": 1})
     critbatch_run(manifest, out, on_event=kill_server)
     assert killed
     status = yaml.safe_load((out / "status.yaml").read_text())

@@ -16,11 +16,9 @@ whose parameters need no gradient, none of which DDP's reducer supports.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +27,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from critbatch.orphans import end_with_parent
+
 # A rank waits this long for the others (rank 0's FID evaluation, a checkpoint) before the
 # trial fails: longer than any evaluation, short enough that a lost peer ends the trial.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class PeerLost(RuntimeError):
@@ -58,15 +57,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value) if value else default
     except ValueError:
         raise ValueError(f"{name}: must be an integer, got {value!r}") from None
-
-
-def stop_with_parent() -> None:
-    """SIGTERM this worker when its launcher dies (Linux): the launcher starts each worker in
-    a session of its own, so nothing else would stop a worker whose launcher was killed."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -120,7 +110,9 @@ class World:
         """Join the trial's process group: gloo for host tensors, NCCL for CUDA ones."""
         if not self.parallel or dist.is_initialized():
             return
-        stop_with_parent()
+        # The launcher starts each worker in a session of its own: nothing else would stop a
+        # worker whose launcher was killed.
+        end_with_parent(signal.SIGTERM)
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT,
                                 device_id=device if device.type == "cuda" else None)

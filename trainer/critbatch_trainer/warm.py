@@ -12,14 +12,13 @@ arguments, environment and working directory, passes SIGTERM and SIGINT on to th
 exits as the trial did (its code, or killed by its signal). If `run` dies, the server kills
 the trial; if the server dies, its trials die too. Only the server's user may connect (the
 socket's directory is private and the peer's uid is checked), and a request is bounded and
-validated before anything is forked. This module imports only the standard library until
-`serve` loads the trainer, so `run` starts in milliseconds.
+validated before anything is forked. Until `serve` loads the trainer this module imports only
+the standard library and critbatch's torch-free `orphans`, so `run` starts in milliseconds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import selectors
@@ -31,10 +30,11 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from critbatch.orphans import end_with_parent
+
 MAX_REQUEST = 1 << 20  # bytes: arguments and environment of one trial
 _HEADER = struct.Struct("!I")
 _PASSED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_PR_SET_PDEATHSIG = 1
 
 
 class RequestError(ValueError):
@@ -128,8 +128,7 @@ def _child(main: Any, request: Request, fds: list[int]) -> None:  # pragma: no c
     code = 1
     try:
         os.setsid()
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        end_with_parent(signal.SIGKILL)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 4096)

@@ -8,18 +8,19 @@ signal, so even a `kill -9` of the runner leaves no trainer behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
+import functools
 import os
 import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from critbatch.orphans import end_with_parent
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _START_LINE = re.compile(r"^# \S+ start: ", re.MULTILINE)  # Supervisor.start's line in a log
@@ -55,17 +56,6 @@ def thread_limit(parallelism: int, cpus: int | None = None) -> int:
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
     return max(1, cpus // max(1, parallelism))
-
-
-def _death_signal(sig: int) -> Callable[[], None]:
-    """What the child runs between fork and exec: ask the kernel to send it `sig` when the
-    runner dies (Linux PR_SET_PDEATHSIG)."""
-
-    def arm() -> None:  # pragma: no cover - runs in the child
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, sig)
-
-    return arm
 
 
 def descendants(pid: int) -> list[int]:
@@ -159,8 +149,7 @@ class Supervisor:
                 env={**self.env, **(env or {})},
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_death_signal(death_signal) if sys.platform.startswith("linux")
-                else None,
+                preexec_fn=functools.partial(end_with_parent, death_signal),
             )
         proc = TrialProcess(name, list(argv), log_path, popen)
         self.processes[name] = proc

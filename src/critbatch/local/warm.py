@@ -10,17 +10,17 @@ does every trial once the server has gone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from critbatch.local.processes import _death_signal
+from critbatch.orphans import end_with_parent
 
 MODULE = "critbatch_trainer.warm"
 _BUILTIN = ["-m", "critbatch_trainer"]
@@ -52,8 +52,7 @@ class WarmServer:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=dict(env), start_new_session=True,
-                preexec_fn=_death_signal(signal.SIGKILL) if sys.platform.startswith("linux")
-                else None)
+                preexec_fn=functools.partial(end_with_parent, signal.SIGKILL))
 
     def alive(self) -> bool:
         return self.popen.poll() is None
