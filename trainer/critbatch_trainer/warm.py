@@ -119,7 +119,8 @@ def _preload(reproducible: bool) -> Any:
     from critbatch_trainer import __main__ as trainer_main
     from critbatch_trainer import checkpoint, config, loop, metrics  # noqa: F401
 
-    assert not torch.cuda.is_initialized(), "a forked trial could not use CUDA"
+    if torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised before forking: a forked trial could not use it")
     return trainer_main.main
 
 
@@ -157,15 +158,17 @@ def _peer_uid(conn: socket.socket) -> int:
 
 
 def serve(path: str, *, reproducible: bool = False) -> int:
-    """Fork a trial for each request on the Unix socket at `path` until SIGTERM or SIGINT."""
+    """Fork a trial for each request on the Unix socket at `path` until SIGTERM (Ctrl-C is
+    the runner's to handle). `path` appears once the server listens."""
     main = _preload(reproducible)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_mask = os.umask(0o177)
     try:
-        listener.bind(path)
+        listener.bind(path + ".binding")
     finally:
         os.umask(old_mask)
     listener.listen(64)
+    os.rename(path + ".binding", path)
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, None)
     trials: dict[int, tuple[socket.socket, int]] = {}  # pid -> (connection, pidfd)
