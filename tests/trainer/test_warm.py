@@ -58,18 +58,28 @@ def _trainer(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    path = tmp_path_factory.mktemp("warm") / "s"
-    proc = _trainer("critbatch_trainer.warm", "serve", str(path), start_new_session=True)
+def _serve(path, *flags: str) -> subprocess.Popen:
+    proc = _trainer("critbatch_trainer.warm", "serve", str(path), *flags,
+                    start_new_session=True)
     deadline = time.monotonic() + 120
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert path.exists(), proc.communicate()
-    yield proc, str(path)
+    return proc
+
+
+def _stop(proc: subprocess.Popen, path) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
     assert not path.exists()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    path = tmp_path_factory.mktemp("warm") / "s"
+    proc = _serve(path)
+    yield proc, str(path)
+    _stop(proc, path)
 
 
 def test_a_warm_trial_reports_exactly_what_a_fresh_process_does(server, tmp_path) -> None:
@@ -89,6 +99,30 @@ def test_a_warm_trial_reports_exactly_what_a_fresh_process_does(server, tmp_path
 
     assert result(wout) == result(out)
     assert "timings: start=" in werr and "step 40 fid" in werr
+
+
+def test_a_server_with_pinned_numerics_runs_pinned_trials_as_fresh_processes_do(
+        tmp_path) -> None:
+    """The pinning variables take effect when torch loads, in the server: its trials keep
+    them whatever environment they are handed, and report what a fresh pinned process does."""
+    pinned = [*TRIAL[:4], "--max-steps", "20", *TRIAL[6:], "--reproducible-cpu",
+              "--stats-cache", str(tmp_path)]
+    cold = _trainer("critbatch_trainer", *pinned)
+    out, err = cold.communicate(timeout=120)
+    assert cold.returncode == 0, err
+    path = tmp_path / "s"
+    proc = _serve(path, "--reproducible-cpu")
+    try:
+        warm = _trainer("critbatch_trainer.warm", "run", str(path), "--", *pinned)
+        wout, werr = warm.communicate(timeout=120)
+    finally:
+        _stop(proc, path)
+    assert warm.returncode == 0, werr
+    results = [json.loads(text.strip().splitlines()[-1]) for text in (out, wout)]
+    for r in results:
+        del r["wall_seconds"]
+        assert r["hardware"]["reproducible"] is True and r["hardware"]["isa"] == "DEFAULT"
+    assert results[0] == results[1]
 
 
 def test_signals_reach_the_trial_and_a_killed_stand_in_takes_it_down(server, tmp_path) -> None:

@@ -19,6 +19,7 @@ the standard library and critbatch's torch-free `orphans`, so `run` starts in mi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import selectors
@@ -107,12 +108,16 @@ def read_request(conn: socket.socket) -> tuple[Request, list[int]]:
 # -- the server -------------------------------------------------------------------------------
 
 
-def _preload(reproducible: bool) -> Any:
-    """Import what every trial imports, without starting any device: the trainer's main."""
+def _preload(reproducible: bool) -> tuple[Any, dict[str, str]]:
+    """Import what every trial imports, without starting any device: the trainer's main, and
+    the variables the libraries were loaded under that each trial's environment must keep
+    (the pinned CPU numerics' ones: a forked trial runs under them whatever it is given)."""
+    kept: dict[str, str] = {}
     if reproducible:
         from critbatch_trainer import numerics
 
         numerics.pin_environment()
+        kept = dict(numerics.REPRODUCIBLE_ENV)
     import torch
     import torch._dynamo  # the first optimizer imports it: seconds
 
@@ -121,10 +126,11 @@ def _preload(reproducible: bool) -> Any:
 
     if torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialised before forking: a forked trial could not use it")
-    return trainer_main.main
+    return trainer_main.main, kept
 
 
-def _child(main: Any, request: Request, fds: list[int]) -> None:  # pragma: no cover - forked
+def _child(main: Any, kept: dict[str, str], request: Request,
+           fds: list[int]) -> None:  # pragma: no cover - forked
     """The trial, in the forked process: it never returns."""
     code = 1
     try:
@@ -138,7 +144,7 @@ def _child(main: Any, request: Request, fds: list[int]) -> None:  # pragma: no c
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.chdir(request.cwd)
         os.environ.clear()
-        os.environ.update(request.env)
+        os.environ.update({**request.env, **kept})
         sys.argv = ["critbatch_trainer", *request.argv]
         code = main(request.argv)
     except SystemExit as e:
@@ -160,7 +166,7 @@ def _peer_uid(conn: socket.socket) -> int:
 def serve(path: str, *, reproducible: bool = False) -> int:
     """Fork a trial for each request on the Unix socket at `path` until SIGTERM (Ctrl-C is
     the runner's to handle). `path` appears once the server listens."""
-    main = _preload(reproducible)
+    main, kept = _preload(reproducible)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_mask = os.umask(0o177)
     try:
@@ -180,7 +186,7 @@ def serve(path: str, *, reproducible: bool = False) -> int:
         while not stopping:
             for key, _ in sel.select(timeout=0.5):
                 if key.data is None:
-                    _accept(listener, sel, main, trials)
+                    _accept(listener, sel, functools.partial(_child, main, kept), trials)
                 else:
                     kind, pid = key.data
                     if kind == "exit":
@@ -198,7 +204,7 @@ def serve(path: str, *, reproducible: bool = False) -> int:
     return 0
 
 
-def _accept(listener: socket.socket, sel: selectors.BaseSelector, main: Any,
+def _accept(listener: socket.socket, sel: selectors.BaseSelector, child: Any,
             trials: dict[int, tuple[socket.socket, int]]) -> None:
     conn, _ = listener.accept()
     try:
@@ -214,7 +220,7 @@ def _accept(listener: socket.socket, sel: selectors.BaseSelector, main: Any,
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        _child(main, request, fds)
+        child(request, fds)
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
