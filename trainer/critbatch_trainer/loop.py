@@ -248,14 +248,12 @@ class Trial:
         measured by rank 0 and told to the other workers."""
         fid = None
         if self.world.leader:
-            t0 = time.perf_counter()
             assert self.extractor is not None and self.reference is not None
             labels = self.eval_y if self.gan.recipe.conditional else None
-            with local_statistics(self.gan.evaluated):
+            with self.timings.phase("evaluate"), local_statistics(self.gan.evaluated):
                 mu, sigma = generated_stats(self.gan.evaluated, self.extractor, self.eval_z,
                                             labels, self.device)
-            fid = self.reference.distance(mu, sigma)
-            self.timings.evaluate += time.perf_counter() - t0
+                fid = self.reference.distance(mu, sigma)
         return self.world.broadcast_value(fid)
 
     def run(self) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def _child(main: Any, kept: dict[str, str], request: Request,
         end_with_parent(signal.SIGKILL)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 4096)
+        os.closerange(3, max(os.sysconf("SC_OPEN_MAX"), 4096))
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -20,10 +20,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from critbatch.local.options import BUILTIN_TRAINER
 from critbatch.orphans import end_with_parent
 
 MODULE = "critbatch_trainer.warm"
-_BUILTIN = ["-m", "critbatch_trainer"]
+_BUILTIN = list(BUILTIN_TRAINER[1:])  # after the interpreter: -m critbatch_trainer
 
 
 def can_start_warm(command: Sequence[str], *, custom: bool, workers: int) -> bool:
