@@ -22,7 +22,8 @@ from critbatch.cli import main
 from critbatch.local import rundir
 from critbatch.local.options import RunError, RunOptions
 from critbatch.local.runner import LocalRun
-from critbatch.local.supervise import TrialSupervisor, install_signals
+from critbatch.local.signals import install_signals
+from critbatch.local.supervise import TrialSupervisor
 
 TRAINER = " ".join(FAKE_TRAINER)
 

@@ -39,6 +39,17 @@ def trials_by_batch(status: dict) -> dict[int, dict]:
     return {t["batchSize"]: t for t in status["trials"]}
 
 
+def test_a_trainer_that_wrote_its_result_is_scraped_and_stopped_at_once(tmp_path):
+    """A finished trainer lingers until its final metrics are read: the runner reads them as
+    soon as the result file appears, not at its next scrape (an hour away here), so the
+    lingering trainer is stopped at once and its N(b) is confirmed by the metrics."""
+    out = tmp_path / "run"
+    run_sweep(local_manifest(batchSizes=[16, 32]), out, scrape_interval=3600.0, linger=3600.0)
+    status = yaml.safe_load((out / "status.yaml").read_text())
+    for t in status["trials"]:
+        assert t["phase"] == "Reached" and t["source"] == "direct", t
+
+
 def test_a_sweep_runs_to_the_end_with_the_trainers_own_results(tmp_path):
     out = tmp_path / "run"
     manifest = local_manifest(batchSizes=[8, 16, 32, 64])

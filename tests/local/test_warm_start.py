@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from critbatch.local.warm import can_start_warm, start_server
+from critbatch.local.warm import WarmStarts, can_start_warm
 
 BUILTIN = [sys.executable, "-m", "critbatch_trainer"]
 
@@ -26,11 +26,15 @@ def test_only_one_process_trials_of_the_built_in_trainer_start_warm(command, cus
     assert can_start_warm(command, custom=custom, workers=workers) is warm
 
 
-def test_a_server_that_cannot_start_is_none_and_leaves_no_socket_directory(
+def test_a_server_that_cannot_start_means_cold_trials_one_warning_and_no_socket_directory(
         tmp_path: Path) -> None:
     before = set(os.listdir(tempfile.gettempdir()))
-    server = start_server(["false", "-m", "critbatch_trainer"], tmp_path / "warm.log",
-                          {"PATH": os.environ["PATH"]}, reproducible=False)
-    assert server is None
+    events, warnings = [], []
+    warm = WarmStarts(["false", "-m", "critbatch_trainer"], tmp_path / "warm.log",
+                      {"PATH": os.environ["PATH"]}, reproducible=False,
+                      log=lambda kind, **f: events.append(kind), warn=warnings.append)
+    assert warm.trial_argv(["--batch-size", "8"]) is None
+    assert warm.trial_argv(["--batch-size", "16"]) is None
+    assert events == [] and len(warnings) == 1 and "warm starts: the server ended" in warnings[0]
     after = set(os.listdir(tempfile.gettempdir()))
     assert not {d for d in after - before if d.startswith("critbatch-warm-")}

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         deadline = time.monotonic() + cfg.linger
         while cfg.metrics_port and state["signal"] is None and time.monotonic() < deadline:
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         return 0
     finally:
         world.close()

@@ -130,16 +130,17 @@ def _result(child: _Child) -> str | None:
 
 
 def _serve(directory: Path, port: int, host: str) -> Any:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
+
+    from critbatch_trainer.metrics import serve_registry
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
     try:
-        server, _thread = start_http_server(port, host, registry=registry)
+        return serve_registry(registry, port, host)
     except OSError as e:
         raise ConfigError(f"metrics-port: cannot listen on {host}:{port}: {e.strerror}") from None
-    return server
 
 
 def run(trials: str, rest: list[str]) -> int:
@@ -193,7 +194,7 @@ def run(trials: str, rest: list[str]) -> int:
             return 128 + int(state["signal"])
         deadline = time.monotonic() + cfg.linger
         while server is not None and state["signal"] is None and time.monotonic() < deadline:
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         codes = [c.proc.returncode for c in children]
         if all(code == 0 for code in codes):
             return 0

@@ -8,18 +8,43 @@ trial the mode changes nothing.
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client import Gauge as _Gauge
+from prometheus_client.exposition import ThreadingWSGIServer
 
 LABELS = ("sweep", "batch_size", "seed")
 HARDWARE_LABELS = ("device", "cpu", "isa", "gpu", "torch", "threads", "reproducible")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 30.0)
 Gauge = partial(_Gauge, multiprocess_mode="mostrecent")
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """A scrape is not news for the trial's log."""
+
+
+def serve_registry(registry: CollectorRegistry, port: int, host: str) -> WSGIServer:
+    """Serve `registry` on host:port from a daemon thread that `shutdown()` ends within 50 ms.
+
+    prometheus_client's start_http_server polls for shutdown every 0.5 s: half a second at the
+    end of every trial, between its result and the next trial's start.
+    """
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    server_class = type("MetricsServer", (ThreadingWSGIServer,),
+                        {"address_family": family[0][0]})
+    server = make_server(host, port, make_wsgi_app(registry), server_class,
+                         handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    return server
 
 
 class TrainerMetrics:
@@ -62,8 +87,7 @@ class TrainerMetrics:
         self._server: Any = None
 
     def serve(self, port: int, host: str) -> None:
-        server, _thread = start_http_server(port, host, registry=self.registry)
-        self._server = server
+        self._server = serve_registry(self.registry, port, host)
 
     def close(self) -> None:
         if self._server is not None:

@@ -31,7 +31,7 @@ from critbatch.local.progress import Progress, failure_reason, headline
 from critbatch.local.results import read_status
 from critbatch.local.rundir import RunDir, check_same_sweep, load_manifest
 from critbatch.local.runner import LocalRun
-from critbatch.local.supervise import STOP_SIGNALS, install_signals
+from critbatch.local.signals import STOP_SIGNALS, install_signals
 from critbatch.planning.trials import FINAL
 from critbatch.spec import KIND, parse_sweep
 

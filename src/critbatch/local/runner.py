@@ -39,12 +39,8 @@ from critbatch.local.progress import GuardedProgress, Progress, TrialView
 from critbatch.local.reference import ReferenceRun, ReferenceWatcher
 from critbatch.local.results import read_status
 from critbatch.local.rundir import RunDir, check_same_sweep, load_manifest
-from critbatch.local.supervise import (
-    STOP_SIGNALS,
-    TrialState,
-    TrialSupervisor,
-    install_signals,
-)
+from critbatch.local.signals import STOP_SIGNALS, install_signals
+from critbatch.local.supervise import TrialState, TrialSupervisor
 from critbatch.local.trial_metrics import MetricsChannel
 from critbatch.planning.trials import row_value
 from critbatch.spec import Sweep, parse_sweep
@@ -202,7 +198,7 @@ class LocalRun:
         self.supervisor.enforce_deadline()
         self.supervisor.reap()
         now = self.clock()
-        if now - self._last_metrics >= self.options.scrape_interval:
+        if now - self._last_metrics >= self.options.scrape_interval or self.supervisor.ending():
             self._last_metrics = now
             self.read_metrics()
         self.supervisor.stop_confirmed()
@@ -318,7 +314,7 @@ class LocalRun:
                 if self.output_closed:
                     self.interrupt_cause = self.output_closed
                     raise KeyboardInterrupt
-                time.sleep(self.options.poll_interval)
+                self.supervisor.wait(self.options.poll_interval)
         except KeyboardInterrupt:
             install_signals(self._hurry)
             self.interrupted = True

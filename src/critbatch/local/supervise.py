@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,7 @@ from critbatch.local.options import RunError, trial_path
 from critbatch.local.processes import ExitKind, Supervisor, TrialProcess, classify, log_tail
 from critbatch.local.progress import RateMeter, TrialView
 from critbatch.local.results import ResultRead, read_result, result_from_log
-from critbatch.local.warm import WarmServer, can_start_warm, start_server
+from critbatch.local.warm import WarmStarts, can_start_warm
 from critbatch.metrics import TrialMetrics
 from critbatch.planning.trials import row_value
 from critbatch.protocol import result_value
@@ -33,25 +32,7 @@ from critbatch.spec import Sweep, resume_checkpoint_every
 from critbatch.trainer_args import trainer_args, trial_env
 from critbatch.vocabulary import TrialKey
 
-# The signals that stop a run like Ctrl-C: a `kill`, a closed terminal.
-STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
-
 EventLog = Callable[..., None]  # log(kind, **fields): the run's events.jsonl and its view
-
-
-def install_signals(handler: Any) -> dict[int, Any]:
-    """Set `handler` (a callable, or the dict this returns) for STOP_SIGNALS; returns the
-    handlers it replaced. A signal ignored (`nohup`, a background job) stays ignored."""
-    previous = {}
-    for sig in STOP_SIGNALS:
-        new = handler.get(sig) if isinstance(handler, dict) else handler
-        if new is None or (callable(handler) and signal.getsignal(sig) == signal.SIG_IGN):
-            continue
-        try:
-            previous[sig] = signal.signal(sig, new)
-        except ValueError:  # not the main thread (a test calling run() from a worker)
-            previous[sig] = signal.getsignal(sig)
-    return previous
 
 
 def _lost_its_port(last_line: str) -> bool:
@@ -127,7 +108,7 @@ class TrialSupervisor:
         self._threads = 1
         self._warm_log = warm_log if can_start_warm(
             command, custom=sweep.trainer.custom, workers=self.workers) else None
-        self._warm: WarmServer | None = None
+        self._warm: WarmStarts | None = None
 
     def begin(self, threads: int) -> None:
         """Ready to start trials, each with `threads` CPU threads (a data-parallel trial's
@@ -136,19 +117,9 @@ class TrialSupervisor:
         self._procs = Supervisor(env=env, threads=threads)
         self._threads = threads
         if self._warm_log is not None:
-            self._warm = start_server(self.command, self._warm_log, self._procs.env,
-                                      reproducible=self.sweep.trainer.reproducible_cpu)
-            if self._warm is not None:
-                self.log("warm", pid=self._warm.popen.pid)
-            else:
-                self._warm_gone()
-
-    def _warm_gone(self) -> None:
-        if self._warm is not None:
-            self._warm.stop()
-        self._warm = None
-        self.warn(f"warm starts: the server ended (see {self._warm_log}); trials start in "
-                  "fresh processes")
+            self._warm = WarmStarts(self.command, self._warm_log, self._procs.env,
+                                    reproducible=self.sweep.trainer.reproducible_cpu,
+                                    log=self.log, warn=self.warn)
 
     @property
     def processes(self) -> Mapping[str, TrialProcess]:
@@ -157,6 +128,27 @@ class TrialSupervisor:
 
     def running(self) -> list[TrialState]:
         return [self.by_name[name] for name in self.processes]
+
+    def ending(self) -> bool:
+        """Whether a running trial has written its result while this run has not yet read its
+        final metrics: it lingers for them, so they are worth reading now."""
+        for name, proc in self.processes.items():
+            st = self.by_name[name]
+            if not proc.stop_requested and not (st.metrics and st.metrics.finished) and \
+                    st.result_file.exists():
+                return True
+        return False
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to `timeout` s; less once a trial's process ends or a running trial writes
+        its result, so the runner reaps it, or reads its final metrics, at once."""
+        deadline = time.monotonic() + timeout
+        writing = [st for st in self.running() if not st.result_file.exists()]
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+            if any(p.poll() is not None for p in self.processes.values()) or \
+                    any(st.result_file.exists() for st in writing):
+                return
 
     def read_result(self, st: TrialState) -> ResultRead:
         return read_result(st.result_file, st.key, sweep=self.sweep.name,
@@ -230,11 +222,9 @@ class TrialSupervisor:
             except OSError as exc:
                 raise OutputError(f"{checkpoint}: cannot create: {exc.strerror or exc}") from None
         else:
-            argv, cwd = [*self.command, *self._builtin_args(st)], None
-            if self._warm is not None and not self._warm.alive():
-                self._warm_gone()
-            if self._warm is not None:
-                argv = self._warm.trial_argv(argv[len(self.command):])
+            args, cwd = self._builtin_args(st), None
+            warm = self._warm.trial_argv(args) if self._warm is not None else None
+            argv = warm or [*self.command, *args]
         how = launched(argv, workers=self.workers, threads=self._threads)
         try:
             proc = self._procs.start(st.key.name, how.argv, st.log_file, env={**env, **how.env},
@@ -312,7 +302,7 @@ class TrialSupervisor:
         for proc in list(self.processes.values()):
             proc.kill()
         if self._warm is not None:
-            self._warm.kill()
+            self._warm.stop()
 
     def reap_after_stop(self) -> None:
         """Trials that finished while being stopped still count; the rest resume later."""

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from critbatch.local.options import BUILTIN_TRAINER
@@ -71,16 +71,9 @@ class WarmServer:
         """The stand-in process for one trial of the built-in trainer with `args`."""
         return [*self.python, "-m", MODULE, "run", self.socket, "--", *args]
 
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM (after the trials have ended), SIGKILL after `grace` s; remove the socket."""
-        self._signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(grace)
-        self.kill()
-
     def kill(self) -> None:
-        """Kill the server now (its trials die with it: their parent-death signal) and remove
-        the socket's directory."""
+        """Kill the server now and remove the socket's directory. Its trials die with it
+        (their parent-death signal); it holds nothing else worth a graceful end."""
         self._signal(signal.SIGKILL)
         self.popen.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -91,17 +84,42 @@ class WarmServer:
                 os.killpg(self.popen.pid, sig)
 
 
-def start_server(command: Sequence[str], log_path: Path, env: Mapping[str, str], *,
-                 reproducible: bool) -> WarmServer | None:
-    """A warm server ready for trials, or None (and nothing left running) if it did not
-    come up."""
-    server = WarmServer(command, log_path, env, reproducible=reproducible)
-    try:
-        ready = server.wait_ready()
-    except BaseException:  # Ctrl-C while it starts
-        server.kill()
-        raise
-    if not ready:
-        server.kill()
-        return None
-    return server
+class WarmStarts:
+    """A run's warm starts: the server starts with the run and is waited for at the first
+    trial (a resumed run with nothing left to do never waits for it); once it has gone, every
+    trial starts cold, and the run says so once."""
+
+    def __init__(self, command: Sequence[str], log_path: Path, env: Mapping[str, str], *,
+                 reproducible: bool, log: Callable[..., None],
+                 warn: Callable[[str], None]) -> None:
+        self.log_path = log_path
+        self._log, self._warn = log, warn
+        self._ready = False
+        self._server: WarmServer | None = WarmServer(command, log_path, env,
+                                                     reproducible=reproducible)
+
+    def trial_argv(self, args: Sequence[str]) -> list[str] | None:
+        """The stand-in's command for a trial of the built-in trainer with `args`, or None:
+        start it cold."""
+        server = self._server
+        if server is not None and not self._ready:
+            self._ready = server.wait_ready()
+            if self._ready:
+                self._log("warm", pid=server.popen.pid)
+        if server is None or not (self._ready and server.alive()):
+            self._gone()
+            return None
+        return server.trial_argv(args)
+
+    def _gone(self) -> None:
+        if self._server is None:
+            return
+        self._server.kill()
+        self._server = None
+        self._warn(f"warm starts: the server ended (see {self.log_path}); trials start in "
+                   "fresh processes")
+
+    def stop(self) -> None:
+        """End the server (its trials have ended, or are to die with it)."""
+        if self._server is not None:
+            self._server.kill()
