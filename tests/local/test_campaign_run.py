@@ -331,3 +331,5 @@ def test_three_tiny_sweeps_of_the_real_trainer_as_one_campaign(tmp_path):
         assert (row["predicted"] is not None) == (ref["noiseRatio"] is not None)
     assert (proc.returncode == 0) == all(r["phase"] == "Succeeded" for r in rows)
     assert (out / "campaign.md").is_file() and (out / "campaign.png").is_file()
+    warm = [r["pid"] for r in records if r["event"] == "warm"]
+    assert len(warm) == 3 and len(set(warm)) == 1  # one warm server for the three sweeps

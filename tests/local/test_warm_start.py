@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from critbatch.local.warm import WarmStarts, can_start_warm
+from critbatch.local.warm import WarmServers, WarmStarts, can_start_warm
 
 BUILTIN = [sys.executable, "-m", "critbatch_trainer"]
 
@@ -38,3 +38,23 @@ def test_a_server_that_cannot_start_means_cold_trials_one_warning_and_no_socket_
     assert events == [] and len(warnings) == 1 and "warm starts: the server ended" in warnings[0]
     after = set(os.listdir(tempfile.gettempdir()))
     assert not {d for d in after - before if d.startswith("critbatch-warm-")}
+
+
+def test_a_campaigns_sweeps_share_a_server_per_settings_until_the_campaign_ends(
+        tmp_path: Path) -> None:
+    """Same interpreter, environment and pinning: one server; any difference: another; a dead
+    one is replaced; close() ends them all and removes their sockets' directories."""
+    idle = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "critbatch_trainer"]
+    env = {"PATH": os.environ["PATH"], "CRITBATCH_THREADS": "1"}
+    servers = WarmServers(tmp_path / "warm.log")
+    first = servers.get(idle, env, reproducible=False)
+    assert servers.get(idle, dict(env), reproducible=False) is first
+    others = [servers.get(idle, {**env, "CRITBATCH_THREADS": "2"}, reproducible=False),
+              servers.get(idle, env, reproducible=True)]
+    assert len({id(s) for s in [first, *others]}) == 3
+    first.popen.kill()
+    first.popen.wait()
+    again = servers.get(idle, env, reproducible=False)
+    assert again is not first and again.alive() and not first.dir.exists()
+    servers.close()
+    assert not any(s.alive() or s.dir.exists() for s in [again, *others])

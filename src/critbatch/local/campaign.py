@@ -32,6 +32,7 @@ from critbatch.local.results import read_status
 from critbatch.local.rundir import RunDir, check_same_sweep, load_manifest
 from critbatch.local.runner import LocalRun
 from critbatch.local.signals import STOP_SIGNALS, install_signals
+from critbatch.local.warm import WarmServers
 from critbatch.planning.trials import FINAL
 from critbatch.spec import KIND, parse_sweep
 
@@ -244,6 +245,7 @@ class CampaignRun:
         self.interrupted_sweep: str | None = None
         self.interrupted_warning: str | None = None
         self.output_closed: str | None = None
+        self.warm_servers = WarmServers(self.out / "warm.log")
 
     def sweep_options(self, sweep: SweepFile) -> RunOptions:
         return replace(self.options, out_dir=self.out / sweep.name,
@@ -298,6 +300,7 @@ class CampaignRun:
                 self._run_all()
             finally:
                 install_signals(previous)
+                self.warm_servers.close()
             self._write_report()
         finally:
             self.dir.unlock()
@@ -329,7 +332,8 @@ class CampaignRun:
         self._event("sweep-start", **at)
         if self.output_closed:
             return
-        runner = LocalRun(sweep.manifest, opts, self.progress(sweep.name))
+        runner = LocalRun(sweep.manifest, opts, self.progress(sweep.name),
+                          warm_servers=self.warm_servers)
         try:
             runner.run()
         except KeyboardInterrupt:  # while preparing or reporting, outside the sweep's loop

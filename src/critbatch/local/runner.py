@@ -42,6 +42,7 @@ from critbatch.local.rundir import RunDir, check_same_sweep, load_manifest
 from critbatch.local.signals import STOP_SIGNALS, install_signals
 from critbatch.local.supervise import TrialState, TrialSupervisor
 from critbatch.local.trial_metrics import MetricsChannel
+from critbatch.local.warm import WarmServers
 from critbatch.planning.trials import row_value
 from critbatch.spec import Sweep, parse_sweep
 
@@ -55,7 +56,9 @@ class LocalRun:
         options: RunOptions,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.monotonic,
+        warm_servers: WarmServers | None = None,
     ) -> None:
+        """`warm_servers`: a campaign's, shared by its sweeps; None: the run starts its own."""
         self.manifest = dict(manifest)
         self.sweep: Sweep = parse_sweep(manifest)
         self.options = replace(options, metrics=MetricsMode(options.metrics))
@@ -75,7 +78,8 @@ class LocalRun:
             self.sweep, self.trials, command=trial_command(self.sweep, self.options),
             linger=self.metrics.linger(), source=self.metrics.source, log=self.log_event,
             warn=self._warn_once, workdir=self.options.workdir,
-            warm_log=self.out / "warm.log" if self.options.warm else None)
+            warm_log=self.out / "warm.log" if self.options.warm else None,
+            warm_servers=warm_servers)
         self.reference = ReferenceWatcher(self.sweep, self.options, self.dir.status_file)
         self.interrupted = False
         self.interrupt_cause: str | None = None  # Ctrl-C, SIGTERM, SIGHUP, output closed (...)

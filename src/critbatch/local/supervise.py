@@ -24,7 +24,7 @@ from critbatch.local.options import RunError, trial_path
 from critbatch.local.processes import ExitKind, Supervisor, TrialProcess, classify, log_tail
 from critbatch.local.progress import RateMeter, TrialView
 from critbatch.local.results import ResultRead, read_result, result_from_log
-from critbatch.local.warm import WarmStarts, can_start_warm
+from critbatch.local.warm import WarmServers, WarmStarts, can_start_warm
 from critbatch.metrics import TrialMetrics
 from critbatch.planning.trials import row_value
 from critbatch.protocol import result_value
@@ -90,9 +90,11 @@ class TrialSupervisor:
     def __init__(self, sweep: Sweep, trials: Mapping[TrialKey, TrialState], *,
                  command: Sequence[str], linger: float, source: str, log: EventLog,
                  warn: Callable[[str], None], workdir: Path | None = None,
-                 warm_log: Path | None = None) -> None:
+                 warm_log: Path | None = None, warm_servers: WarmServers | None = None
+                 ) -> None:
         """`warm_log`: fork the built-in trainer's trials from a warm server logging there
-        (critbatch.local.warm); None: every trial in a fresh interpreter."""
+        (critbatch.local.warm), or from one of `warm_servers` (a campaign's); None: every
+        trial in a fresh interpreter."""
         self.sweep = sweep
         self.trials = trials
         self.by_name = {key.name: st for key, st in trials.items()}
@@ -108,6 +110,7 @@ class TrialSupervisor:
         self._threads = 1
         self._warm_log = warm_log if can_start_warm(
             command, custom=sweep.trainer.custom, workers=self.workers) else None
+        self._warm_servers = warm_servers
         self._warm: WarmStarts | None = None
 
     def begin(self, threads: int) -> None:
@@ -119,7 +122,7 @@ class TrialSupervisor:
         if self._warm_log is not None:
             self._warm = WarmStarts(self.command, self._warm_log, self._procs.env,
                                     reproducible=self.sweep.trainer.reproducible_cpu,
-                                    log=self.log, warn=self.warn)
+                                    log=self.log, warn=self.warn, shared=self._warm_servers)
 
     @property
     def processes(self) -> Mapping[str, TrialProcess]:

@@ -42,6 +42,7 @@ class WarmServer:
         environment without a trial's own variables; `reproducible`: pin the CPU numerics
         before torch loads, as each trial would."""
         self.python = list(command[:-2])
+        self.log_path = log_path
         # A private directory: only this user may reach the socket (and a path short
         # enough for a Unix socket, unlike a deep output directory).
         self.dir = Path(tempfile.mkdtemp(prefix="critbatch-warm-"))
@@ -84,19 +85,47 @@ class WarmServer:
                 os.killpg(self.popen.pid, sig)
 
 
+class WarmServers:
+    """Warm servers that a campaign's sweeps share: one per interpreter, environment and
+    numerics pinning, started for the first sweep that asks, ended with the campaign."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self._servers: dict[tuple, WarmServer] = {}
+
+    def get(self, command: Sequence[str], env: Mapping[str, str], *,
+            reproducible: bool) -> WarmServer:
+        """The live server for these settings, started if there is none (or it died)."""
+        key = (tuple(command), reproducible, tuple(sorted(env.items())))
+        server = self._servers.get(key)
+        if server is None or not server.alive():
+            if server is not None:
+                server.kill()
+            server = self._servers[key] = WarmServer(command, self.log_path, env,
+                                                     reproducible=reproducible)
+        return server
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.kill()
+        self._servers.clear()
+
+
 class WarmStarts:
-    """A run's warm starts: the server starts with the run and is waited for at the first
-    trial (a resumed run with nothing left to do never waits for it); once it has gone, every
-    trial starts cold, and the run says so once."""
+    """A run's warm starts: the server starts with the run (or is the campaign's, shared) and
+    is waited for at the first trial, so a resumed run with nothing left to do never waits for
+    it; once it has gone, every trial starts cold, and the run says so once."""
 
     def __init__(self, command: Sequence[str], log_path: Path, env: Mapping[str, str], *,
-                 reproducible: bool, log: Callable[..., None],
-                 warn: Callable[[str], None]) -> None:
-        self.log_path = log_path
+                 reproducible: bool, log: Callable[..., None], warn: Callable[[str], None],
+                 shared: WarmServers | None = None) -> None:
         self._log, self._warn = log, warn
         self._ready = False
-        self._server: WarmServer | None = WarmServer(command, log_path, env,
-                                                     reproducible=reproducible)
+        self._owned = shared is None
+        self._server: WarmServer | None = (
+            WarmServer(command, log_path, env, reproducible=reproducible) if shared is None
+            else shared.get(command, env, reproducible=reproducible))
+        self.log_path = self._server.log_path
 
     def trial_argv(self, args: Sequence[str]) -> list[str] | None:
         """The stand-in's command for a trial of the built-in trainer with `args`, or None:
@@ -120,6 +149,7 @@ class WarmStarts:
                    "fresh processes")
 
     def stop(self) -> None:
-        """End the server (its trials have ended, or are to die with it)."""
-        if self._server is not None:
+        """End the server, unless a campaign shares it (its trials have ended, or are to die
+        with their stand-ins)."""
+        if self._server is not None and self._owned:
             self._server.kill()
