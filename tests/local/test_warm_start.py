@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from critbatch.local.warm import WarmServers, WarmStarts, can_start_warm
+from critbatch.local.warm import (
+    WarmServers,
+    WarmStarts,
+    can_start_warm,
+    remove_stale_directories,
+)
 
 BUILTIN = [sys.executable, "-m", "critbatch_trainer"]
 
@@ -58,3 +64,19 @@ def test_a_campaigns_sweeps_share_a_server_per_settings_until_the_campaign_ends(
     assert again is not first and again.alive() and not first.dir.exists()
     servers.close()
     assert not any(s.alive() or s.dir.exists() for s in [again, *others])
+
+
+def test_socket_directories_of_runners_that_died_are_removed_and_no_other(tmp_path: Path) -> None:
+    """A runner killed with SIGKILL leaves its socket directory; the next run removes it, and
+    nothing of a live runner's, another name, or a file."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process (until reused)
+    stale = tmp_path / f"critbatch-warm-{gone.pid}-abc"
+    live = tmp_path / f"critbatch-warm-{os.getpid()}-def"
+    for d in (stale, live, tmp_path / "critbatch-warm-old", tmp_path / "other-1-x"):
+        d.mkdir()
+        (d / "s").touch()
+    (tmp_path / f"critbatch-warm-{gone.pid}-file").touch()
+    remove_stale_directories(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, "critbatch-warm-old", "other-1-x", f"critbatch-warm-{gone.pid}-file"])

@@ -14,6 +14,7 @@ import functools
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -33,6 +34,26 @@ def can_start_warm(command: Sequence[str], *, custom: bool, workers: int) -> boo
     return not custom and workers == 1 and list(command[-2:]) == _BUILTIN and len(command) > 2
 
 
+_DIR_PREFIX = "critbatch-warm-"
+
+
+def remove_stale_directories(tmp: Path) -> None:
+    """Remove this user's socket directories (`critbatch-warm-PID-*`) whose runner, PID, has
+    gone: a runner killed with SIGKILL could not remove its own. A reused PID only keeps one."""
+    for entry in tmp.glob(f"{_DIR_PREFIX}*-*"):
+        pid = entry.name[len(_DIR_PREFIX):].split("-", 1)[0]
+        try:
+            info = entry.lstat()
+            if not pid.isdigit() or info.st_uid != os.getuid() or \
+                    not stat.S_ISDIR(info.st_mode):
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:  # gone meanwhile, or a process of another user: leave it
+            continue
+
+
 class WarmServer:
     """The run's warm server: started once, asked for each trial, stopped at the end."""
 
@@ -45,7 +66,8 @@ class WarmServer:
         self.log_path = log_path
         # A private directory: only this user may reach the socket (and a path short
         # enough for a Unix socket, unlike a deep output directory).
-        self.dir = Path(tempfile.mkdtemp(prefix="critbatch-warm-"))
+        remove_stale_directories(Path(tempfile.gettempdir()))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
         self.socket = str(self.dir / "s")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [*self.python, "-m", MODULE, "serve", self.socket,
