@@ -55,7 +55,7 @@ def remove_stale_directories(tmp: Path) -> None:
 
 
 class WarmServer:
-    """The run's warm server: started once, asked for each trial, stopped at the end."""
+    """A warm server: started once, asked for each trial, killed at the end."""
 
     def __init__(self, command: Sequence[str], log_path: Path, env: Mapping[str, str], *,
                  reproducible: bool) -> None:
@@ -97,14 +97,11 @@ class WarmServer:
     def kill(self) -> None:
         """Kill the server now and remove the socket's directory. Its trials die with it
         (their parent-death signal); it holds nothing else worth a graceful end."""
-        self._signal(signal.SIGKILL)
-        self.popen.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _signal(self, sig: int) -> None:
         if self.popen.poll() is None:  # a reaped server's group id may be another's
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, sig)
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class WarmServers:
