@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one go: the GPU tests, the benchmarks (DCGAN, WGAN-GP, BigGAN), packing,
 # the digits GPU sweep's overhead cold and warm, and the effect of --bf16 on N(b). The timeouts
-# add up to 840 s (the *_TIMEOUT variables): split it with PARTS where a call is limited.
+# add up to 870 s (the *_TIMEOUT variables): split it with PARTS where a call is limited.
 # Usage: bash bench/gpu.sh [OUTDIR]   (from the repository root, on a machine with CUDA)
 #        PARTS="wgan-gp biggan" bash bench/gpu.sh OUTDIR   (only those parts)
 set -u
@@ -15,8 +15,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 $py -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
 nproc | tee -a "$out/gpu.txt"
 if want tests; then
-  timeout ${TESTS_TIMEOUT:-80} $py -m pytest -q -p no:cacheprovider tests/benchmark/test_gpu.py \
-    "tests/trainer/test_training.py::test_models_train_on_cuda" 2>&1 | tail -n 15 \
+  timeout ${TESTS_TIMEOUT:-110} $py -m pytest -q -p no:cacheprovider tests/benchmark/test_gpu.py \
+    "tests/trainer/test_training.py::test_models_train_on_cuda" \
+    "tests/trainer/test_warm.py::test_a_forked_trial_initialises_cuda_itself_and_trains_on_it" \
+    2>&1 | tail -n 15 \
     | tee "$out/gpu-tests.txt"
 fi
 if want dcgan; then

@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from critbatch.local.processes import descendants
 from critbatch_trainer.warm import MAX_REQUEST, Request, RequestError, read_request
@@ -148,3 +149,17 @@ def test_signals_reach_the_trial_and_a_killed_stand_in_takes_it_down(server, tmp
     while descendants(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert descendants(proc.pid) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_forked_trial_initialises_cuda_itself_and_trains_on_it(server, tmp_path) -> None:
+    """The server never touches the GPU, so a trial forked from it can: it trains on CUDA."""
+    _, path = server
+    flags = [*TRIAL[:TRIAL.index("--device")], "--device", "cuda", "--termination-log=",
+             "--stats-cache", str(tmp_path)]
+    warm = _trainer("critbatch_trainer.warm", "run", path, "--", *flags, cwd=tmp_path)
+    out, err = warm.communicate(timeout=180)
+    assert warm.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["hardware"]["device"] == "cuda" and result["steps"] in (20, 40), result
