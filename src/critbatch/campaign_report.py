@@ -13,7 +13,7 @@ from typing import Any
 from critbatch.campaign import campaign_rows
 from critbatch.errors import OutputError
 from critbatch.files import atomic_write
-from critbatch.report import fmt
+from critbatch.report import figure_class, fmt
 
 MARKDOWN_NAME = "campaign.md"
 PNG_NAME = "campaign.png"
@@ -148,10 +148,7 @@ def campaign_plot(name: str, resources: Sequence[Mapping[str, Any]]):  # -> Figu
     """Per sweep (x), on a log2 batch-size axis: the plausible set as a range (blue when
     resolved, orange when not) with its members ticked, the most probable b* as a dot, the
     Proposition 3.4 prediction as a diamond (green held, red missed, purple unchecked)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    Figure = figure_class()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 

@@ -411,7 +411,7 @@ def test_a_full_disk_is_one_line_and_the_trials_are_stopped(tmp_path, capsys, mo
     assert not list(out.glob(".status.yaml*"))
     # The directory is unlocked again: the run can be resumed once there is room.
     monkeypatch.undo()
-    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.001")
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0")
     assert main(["run", "--resume", "-o", str(out), "--trainer", TRAINER, "--quiet"]) == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 from local_helpers import local_manifest
@@ -78,6 +79,16 @@ def test_render_writes_png_svg_and_a_summary_with_every_trial(tmp_path):
     assert "| rms | rmsprop |" in md and "| 41.3 | 32 |" in md
     assert "batch size 4 censored" in md
     assert "![N(b) and SFO(b)](critbatch.png)" in md
+
+
+def test_a_report_drawn_while_matplotlib_warms_up_waits_for_it_and_is_whole(tmp_path):
+    """A run starts the warm-up and may end at once (a resumed finished run): the report
+    waits for the warm-up thread instead of drawing beside it."""
+    report.warm_up()
+    files = report.render(_resource(_model_trials()), tmp_path)
+    assert not [t for t in threading.enumerate() if t.name == "critbatch-report-warm-up"]
+    assert files.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert files.svg.read_text().rstrip().endswith("</svg>")
 
 
 def test_a_fit_that_is_not_identifiable_is_said_not_drawn(tmp_path):

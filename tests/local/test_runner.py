@@ -89,7 +89,8 @@ def test_parallelism_is_respected(tmp_path, monkeypatch):
     assert max(seen) == 2
 
 
-def test_sfo_pruning_stops_trials_that_cannot_win(tmp_path):
+def test_sfo_pruning_stops_trials_that_cannot_win(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.001")  # still running when the bound stops them
     out = tmp_path / "run"
     manifest = local_manifest(batchSizes=[16, 32, 64], parallelism=1,
                               pruning={"sfoBound": True})

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import os
@@ -19,10 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
-
 from critbatch.errors import InputError, OutputError
-from critbatch.files import atomic_write, check_values, load_yaml, read_text
+from critbatch.files import atomic_write, check_values, dump_yaml, load_yaml, read_text
 from critbatch.local.options import RunError
 from critbatch.spec import Sweep, parse_sweep
 from critbatch.vocabulary import TrialKey
@@ -100,6 +99,7 @@ class RunDir:
         self.manifest_file = self.path / "sweep.yaml"
         self.status_file = self.path / "status.yaml"
         self._lock_file: IO[str] | None = None
+        self._written: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def trial_dir(self, key: TrialKey) -> Path:
         return self.path / "trials" / key.name
@@ -161,12 +161,18 @@ class RunDir:
         doc = {k: v for k, v in manifest.items() if k != "status"}
         if status:
             doc["status"] = dict(status)
-        _replace(self.manifest_file, yaml.safe_dump(doc, sort_keys=False))
+        _replace(self.manifest_file, dump_yaml(doc))
 
     def write_status(self, manifest: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-        """status.yaml, then sweep.yaml with the same status."""
-        _replace(self.status_file, yaml.safe_dump(dict(status), sort_keys=False))
+        """status.yaml, then sweep.yaml with the same status; nothing when both are as this
+        object last wrote them (the runner writes after every round, most of which change
+        nothing)."""
+        now = (dict(manifest), dict(status))
+        if now == self._written:
+            return
+        _replace(self.status_file, dump_yaml(now[1]))
         self.write_manifest(manifest, status)
+        self._written = copy.deepcopy(now)
 
     def append_event(self, record: Mapping[str, Any]) -> None:
         """One JSON line in events.jsonl, or an OutputError naming the file."""

@@ -288,6 +288,7 @@ class LocalRun:
     def _run(self) -> None:
         threads = self.options.threads or thread_limit(self.sweep.parallelism)
         self.supervisor.begin(threads)
+        report.warm_up()
         previous = install_signals(self._interrupt)
         try:
             self._loop(threads)
