@@ -165,8 +165,8 @@ class RunDir:
 
     def write_status(self, manifest: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """status.yaml, then sweep.yaml with the same status; nothing when both are as this
-        object last wrote them (the runner writes after every round, most of which change
-        nothing)."""
+        object last wrote them (the runner calls this after every round, twice a second,
+        and a round between two scrapes changes nothing)."""
         now = (dict(manifest), dict(status))
         if now == self._written:
             return
