@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import pytest
 from local_helpers import local_manifest
@@ -81,9 +82,18 @@ def test_render_writes_png_svg_and_a_summary_with_every_trial(tmp_path):
     assert "![N(b) and SFO(b)](critbatch.png)" in md
 
 
-def test_a_report_drawn_while_matplotlib_warms_up_waits_for_it_and_is_whole(tmp_path):
+def test_a_report_drawn_while_matplotlib_warms_up_waits_for_it_and_is_whole(tmp_path,
+                                                                          monkeypatch):
     """A run starts the warm-up and may end at once (a resumed finished run): the report
     waits for the warm-up thread instead of drawing beside it."""
+    warm = report._draw_nothing
+
+    def slow_warm_up() -> None:  # still running when the report starts
+        time.sleep(2)
+        warm()
+
+    monkeypatch.setattr(report, "_warming", None)
+    monkeypatch.setattr(report, "_draw_nothing", slow_warm_up)
     report.warm_up()
     files = report.render(_resource(_model_trials()), tmp_path)
     assert not [t for t in threading.enumerate() if t.name == "critbatch-report-warm-up"]

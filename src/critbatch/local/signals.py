@@ -8,6 +8,7 @@ from typing import Any
 # The signals that stop a run like Ctrl-C: a `kill`, a closed terminal.
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
+
 def install_signals(handler: Any) -> dict[int, Any]:
     """Set `handler` (a callable, or the dict this returns) for STOP_SIGNALS; returns the
     handlers it replaced. A signal ignored (`nohup`, a background job) stays ignored."""
