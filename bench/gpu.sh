@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one go: the GPU tests, the benchmarks (DCGAN, WGAN-GP, BigGAN), packing,
 # the digits GPU sweep's overhead cold and warm, and the effect of --bf16 on N(b). The timeouts
-# add up to 870 s (the *_TIMEOUT variables): split it with PARTS where a call is limited.
+# add up to 1110 s (the *_TIMEOUT variables): split it with PARTS where a call is limited,
+# e.g. PARTS="tests wgan-gp", then PARTS=biggan, then the rest.
 # Usage: bash bench/gpu.sh [OUTDIR]   (from the repository root, on a machine with CUDA)
 #        PARTS="wgan-gp biggan" bash bench/gpu.sh OUTDIR   (only those parts)
 set -u
@@ -15,7 +16,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 $py -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
 nproc | tee -a "$out/gpu.txt"
 if want tests; then
-  timeout ${TESTS_TIMEOUT:-110} $py -m pytest -q -p no:cacheprovider tests/benchmark/test_gpu.py \
+  timeout ${TESTS_TIMEOUT:-200} $py -m pytest -q -p no:cacheprovider tests/benchmark/test_gpu.py \
     "tests/trainer/test_training.py::test_models_train_on_cuda" \
     "tests/trainer/test_warm.py::test_a_forked_trial_initialises_cuda_itself_and_trains_on_it" \
     2>&1 | tail -n 15 \
@@ -25,14 +26,15 @@ if want dcgan; then
   timeout ${BENCH_TIMEOUT:-170} $py -m bench.run --device cuda --budget 0.5 \
     --fid-baseline-samples 5000 --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
 fi
-# WGAN-GP 64x64 and BigGAN 128x128 at the paper's settings; eager fp32 and --bf16 against
-# their baselines. BigGAN on fewer sizes and steps: a step at b = 2048 takes seconds.
+# WGAN-GP 64x64 and BigGAN 128x128 at the paper's settings; eager and CUDA-graph steps, fp32
+# and --bf16, against their baselines. BigGAN on fewer sizes and steps: a step at b = 2048
+# takes seconds.
 if want wgan-gp; then
-  timeout ${WGAN_TIMEOUT:-100} $py -m bench.run --model wgan-gp --device cuda --budget 0.3 \
+  timeout ${WGAN_TIMEOUT:-150} $py -m bench.run --model wgan-gp --device cuda --budget 0.3 \
     --no-fid --json "$out/bench-wgan-gp.json" 2>&1 | tee "$out/bench-wgan-gp.txt"
 fi
 if want biggan; then
-  timeout ${BIGGAN_TIMEOUT:-200} $py -m bench.run --model biggan --device cuda \
+  timeout ${BIGGAN_TIMEOUT:-300} $py -m bench.run --model biggan --device cuda \
     --sizes ${BIGGAN_SIZES:-4,32,256,1024,2048} --warmup 2 --rounds 1 --min-steps 2 \
     --budget 0.5 --no-fid --json "$out/bench-biggan.json" 2>&1 | tee "$out/bench-biggan.txt"
 fi

@@ -16,7 +16,7 @@ from critbatch.errors import InputError
 from critbatch.science import OPTIMIZERS, PAPER_LEARNING_RATES
 
 __all__ = [
-    "CUDA_GRAPH_MODELS", "DATASETS", "DEVICES", "EMA_MODELS", "EMBEDDED_DATASETS",
+    "DATASETS", "DEVICES", "EMA_MODELS", "EMBEDDED_DATASETS",
     "KNOWN_DATASET_SIZES", "MAX_TRIALS_PER_GROUP", "MODELS", "OPTIMIZERS", "Goal", "OptimizerSide",
     "TrialKey", "TrialsError", "cuda_graph_problem", "default_attention_res", "default_channels",
     "default_eval_every", "default_eval_samples", "default_image_size", "default_width",
@@ -29,7 +29,6 @@ DATASETS = ("digits", "faces", "imagefolder", "lsun", "celeba")
 EMBEDDED_DATASETS = ("digits", "faces")  # shipped with the package: no path, no Inception
 KNOWN_DATASET_SIZES = {"digits": 1797}  # training examples of scikit-learn's 8x8 digits
 DEVICES = ("auto", "cpu", "cuda")
-CUDA_GRAPH_MODELS = ("dcgan",)  # models whose training step can be captured as a CUDA graph
 EMA_MODELS = ("biggan",)  # models that keep an exponential moving average of the generator
 # Trials sharing one process group (and one GPU): their result lines must fit one Kubernetes
 # termination message of 4 KiB.
@@ -202,7 +201,9 @@ def z_dim_problem(model: str, image_size: int, z_dim: int) -> str | None:
     return None
 
 
-def cuda_graph_problem(model: str) -> str | None:
-    if model in CUDA_GRAPH_MODELS:
-        return None
-    return f"only {' and '.join(CUDA_GRAPH_MODELS)} captures its step as a CUDA graph, not {model}"
+def cuda_graph_problem(optimizer: str) -> str | None:
+    """Why a training step with this optimizer cannot be replayed as a CUDA graph."""
+    if optimizer == "adabelief":
+        return ("not with adabelief, which counts its steps on the host: every replay would "
+                "repeat the captured step's bias correction and step size; use adam or rmsprop")
+    return None

@@ -1,4 +1,5 @@
-"""On a GPU, the captured CUDA-graph step trains exactly as the eager step does."""
+"""On a GPU, the captured CUDA-graph step trains exactly as the eager step does, for each
+model, and a graph trial resumed from its checkpoint trains as an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
+MODELS = {  # small networks: the test is about the step, not the model's size
+    "dcgan": [],
+    "wgan-gp": ["--model", "wgan-gp"],
+    "biggan": ["--model", "biggan", "--image-size", "32", "--width", "8", "--ema-start", "4"],
+}
+
 
 def _trial(tmp_path, *extra: str):
     from critbatch_trainer.config import parse_args
@@ -16,29 +23,66 @@ def _trial(tmp_path, *extra: str):
 
     cfg = parse_args(["--device", "cuda", "--batch-size", "8", "--fid-threshold", "1",
                       "--max-steps", "1", "--eval-samples", "50", "--gns-every", "0",
-                      "--stats-cache", str(tmp_path), "--termination-log", "", *extra])
+                      "--stats-cache", str(tmp_path / "stats"), "--termination-log", "",
+                      *extra])
     return Trial.create(cfg, log=lambda _m: None)
 
 
-@pytest.mark.parametrize("extra", [[], ["--bf16"]])
-def test_cuda_graph_steps_match_eager_steps(tmp_path, extra) -> None:
+@pytest.fixture
+def deterministic():
     torch.backends.cudnn.deterministic = True  # same kernels on both sides
     try:
-        eager, graph = _trial(tmp_path, *extra), _trial(tmp_path, "--cuda-graph", *extra)
-        torch.backends.cudnn.benchmark = False  # the trials turn it on; it may pick unlike
-        assert graph.gan.use_graph and not eager.gan.use_graph
-        it_e, it_g = (t.data.batches(0, 8, 0, t.device) for t in (eager, graph))
-        for step in range(8):  # warm-up steps, the capture, then replays
-            eager.train_step(it_e)
-            graph.train_step(it_g)
-            le, lg = eager.gan.loss_values(), graph.gan.loss_values()
-            for k in le:
-                assert lg[k] == pytest.approx(le[k], rel=2e-2, abs=1e-4), (step, k)
-        assert graph.gan._graph is not None
-        # A replay on stale inputs would move most weights by ~lr (1e-3) per step.
-        diff = [(pe - pg).detach().abs().mean() for pe, pg in
-                zip(eager.gan.G.parameters(), graph.gan.G.parameters(), strict=True)]
-        assert float(torch.stack(diff).max()) < 1e-5
+        yield
     finally:
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = False
+
+
+def _max_weight_difference(a, b) -> float:
+    """The largest mean absolute difference of one of G's weights (and its EMA's)."""
+    pairs = [(a.gan.G, b.gan.G)] + ([(a.gan.G_ema, b.gan.G_ema)] if a.gan.G_ema else [])
+    diff = [(pa - pb).detach().abs().mean() for ga, gb in pairs
+            for pa, pb in zip(ga.parameters(), gb.parameters(), strict=True)]
+    return float(torch.stack(diff).max())
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("extra", [[], ["--bf16"]])
+def test_cuda_graph_steps_match_eager_steps(tmp_path, deterministic, model, extra) -> None:
+    args = [*MODELS[model], *extra]
+    eager, graph = _trial(tmp_path, *args), _trial(tmp_path, "--cuda-graph", *args)
+    torch.backends.cudnn.benchmark = False  # the trials turn it on; it may pick unlike
+    assert graph.gan.use_graph and not eager.gan.use_graph
+    it_e, it_g = (t.data.batches(0, 8, 0, t.device) for t in (eager, graph))
+    for step in range(8):  # warm-up steps, the capture, then replays
+        eager.gan.train_step(it_e, step)
+        graph.gan.train_step(it_g, step)
+        le, lg = eager.gan.loss_values(), graph.gan.loss_values()
+        for k in le:
+            assert lg[k] == pytest.approx(le[k], rel=2e-2, abs=1e-4), (step, k)
+    assert graph.gan._graph is not None
+    # A replay on stale inputs would move most weights by ~lr (1e-4 to 1e-3) per step.
+    assert _max_weight_difference(eager, graph) < 1e-5
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_graph_trial_resumed_from_its_checkpoint_trains_as_an_uninterrupted_one(
+        tmp_path, deterministic, model) -> None:
+    def run(steps: int, *extra: str):
+        t = _trial(tmp_path, "--cuda-graph", *MODELS[model], "--max-steps", str(steps),
+                   "--eval-every", "5", *extra)
+        torch.backends.cudnn.benchmark = False
+        resumed = t.restore()
+        t.run()
+        return t, resumed
+
+    whole, _ = run(10)
+    ckpt = str(tmp_path / "ckpt")
+    _, resumed = run(5, "--checkpoint-dir", ckpt)
+    assert not resumed
+    second, resumed = run(10, "--checkpoint-dir", ckpt)  # warms up and captures anew
+    assert resumed and second.progress.step == whole.progress.step == 10
+    assert second.gan._graph is not None
+    assert _max_weight_difference(whole, second) < 1e-5
+    assert second.progress.history[-1][1] == pytest.approx(whole.progress.history[-1][1],
+                                                           rel=1e-3)

@@ -72,7 +72,7 @@ def test_gradient_penalty_weight_is_applied_once() -> None:
         return (x * w).flatten(1).sum(1)
 
     real, fake = torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)
-    gp = wgan.gradient_penalty(critic, real, fake, 10.0)
+    gp = wgan.gradient_penalty(critic, real, fake, 10.0, torch.rand(5, 1, 1, 1))
     assert gp.item() == pytest.approx(10.0 * (w.norm().item() - 1.0) ** 2, rel=1e-5)
 
 
@@ -100,11 +100,9 @@ def test_optimizers_use_the_named_implementations_and_settings() -> None:
 
 @pytest.mark.parametrize("model", vocabulary.MODELS)
 def test_each_models_recipe_agrees_with_the_vocabulary(model) -> None:
-    """The spec accepts a CUDA graph and expects an EMA by the vocabulary; the training step
-    follows the model's recipe: the two must say the same."""
+    """The spec expects an EMA by the vocabulary; the training step follows the model's
+    recipe: the two must say the same."""
     with torch.device("meta"):
         recipe = build(model, image_size=32, channels=1, width=4, z_dim=16).recipe
     assert recipe.ema == (model in vocabulary.EMA_MODELS)
-    if model in vocabulary.CUDA_GRAPH_MODELS:
-        assert recipe.shared_fake and recipe.penalty is None
     assert (recipe.penalty is not None) == (model == "wgan-gp")

@@ -279,6 +279,33 @@ def test_biggan_scores_real_and_fake_in_one_pass_and_keeps_older_checkpoints_apa
         Trial.create(cfg, log=lambda _msg: None).restore()
 
 
+@pytest.mark.parametrize("model,extra", [
+    ("dcgan", []),
+    ("wgan-gp", ["--n-critic", "2"]),
+    ("biggan", ["--image-size", "32", "--width", "4", "--ema-start", "0"]),
+])
+def test_a_steps_arithmetic_draws_nothing_so_a_cuda_graph_can_replay_it(
+        model, extra, stats_cache) -> None:
+    """A CUDA graph replays device work only: every batch and random number of a step is drawn
+    before its arithmetic (`Gan._draw`), none inside it (`Gan._train`), for every model."""
+    cfg = parse_args(["--model", model, "--batch-size", "8", "--fid-threshold", "0.001",
+                      "--max-steps", "2", "--eval-samples", "64", "--gns-every", "0",
+                      "--threads", "1", "--stats-cache", str(stats_cache),
+                      "--termination-log", "", *extra])
+    trial = Trial.create(cfg, log=lambda _msg: None)
+    gan = trial.gan
+    draw = gan._draw(trial.data.batches(cfg.seed, 8, 0, trial.device))
+    assert len(draw.critic) == gan.batches_per_step == (2 if model == "wgan-gp" else 1)
+    assert all((c.eps is not None) == (model == "wgan-gp") for c in draw.critic)
+    assert (draw.generator is None) == (model == "dcgan")
+    def states():
+        return [gan.rng.get_state(), gan.device_rng.get_state(), torch.get_rng_state()]
+
+    before = states()
+    gan._train(draw)
+    assert all(torch.equal(a, b) for a, b in zip(states(), before, strict=True))
+
+
 def test_interpolated_crossing() -> None:
     assert interpolate_crossing((100, 80.0), (200, 60.0), 70.0) == 150.0
     assert interpolate_crossing((100, 80.0), (200, 75.0), 70.0) is None

@@ -158,7 +158,7 @@ HELP: dict[str, str] = {
     "workers": "data-loader processes for real datasets (default 2)",
     "resident": "auto | on | off: decode a real dataset once and keep it as uint8 on the "
                 "device (auto: on cuda when it fits a quarter of the free memory)",
-    "cuda_graph": "replay each DCGAN step as one CUDA graph (cuda only; default off)",
+    "cuda_graph": "replay each step as one CUDA graph (cuda only; default off)",
     "bf16": "bfloat16 autocast in training steps; changes numerics, so N(b) (default off)",
     "reproducible_cpu": "pin the CPU numerics so a seed reaches the same N(b) on any x86-64 "
                         "CPU family; slower (default off)",

@@ -4,18 +4,18 @@ What differs between the models (losses, gradient penalty, discriminator steps p
 step, class labels, EMA) comes from the model's Recipe, chosen once here. Nothing in a step
 reads a value back to the host: losses and gradient norms stay tensors until asked for.
 
-Everything random in training comes from one seeded CPU generator (`rng`: noise, fake labels,
-penalty interpolation; on a GPU the noise comes from `device_rng` there) plus the stateless
-data order, and all of it is checkpointed, so a resumed run follows the uninterrupted one
-step for step.
+Everything random in training (noise, fake labels, penalty interpolation) comes from one
+seeded generator, `device_rng` (on the CPU the CPU generator `rng`), plus the stateless data
+order, and all of it is checkpointed, so a resumed run follows the uninterrupted one step for
+step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -28,6 +28,41 @@ from critbatch_trainer.settings import TrainerConfig
 GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuDNN autotuning, lazy init)
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 StepOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # loss/grad g, d
+
+
+class CriticInputs(NamedTuple):
+    """What one discriminator update consumes: real images and labels, G's noise and fake
+    labels, the penalty's interpolation weights (None where unused)."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    z: torch.Tensor
+    yf: torch.Tensor | None
+    eps: torch.Tensor | None
+
+
+class Noise(NamedTuple):
+    z: torch.Tensor
+    yf: torch.Tensor | None
+
+
+class Draw(NamedTuple):
+    """Everything random one step consumes, drawn before its arithmetic: a CUDA graph replays
+    device work only, so draws from the host's generators must happen outside it."""
+
+    critic: tuple[CriticInputs, ...]
+    generator: Noise | None  # G's update's own noise; None: it reuses the critic's fake batch
+
+    def tensors(self) -> list[torch.Tensor]:
+        parts = [*self.critic, *([self.generator] if self.generator is not None else [])]
+        return [t for part in parts for t in part if t is not None]
+
+    def empty_like(self) -> Draw:
+        """Buffers of the same shapes, to copy each step's draw into."""
+        def like(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else torch.empty_like(t)
+        return Draw(tuple(CriticInputs._make(map(like, c)) for c in self.critic),
+                    None if self.generator is None else Noise._make(map(like, self.generator)))
 
 
 def grad_norm(module: nn.Module) -> torch.Tensor:
@@ -76,22 +111,15 @@ class Gan:
                                     beta1=cfg.beta1_d, beta2=cfg.beta2_d, eps=cfg.eps_d,
                                     device=device, capturable=self.use_graph)
         self.rng = torch.Generator().manual_seed(cfg.seed)
-        # On a GPU the training noise is drawn there (a CPU draw costs a blocking copy per
-        # step); on the CPU it is the CPU generator.
+        # On a GPU a step's random numbers are drawn there (a CPU draw costs a blocking copy
+        # per step); on the CPU it is the CPU generator.
         self.device_rng = (torch.Generator(device=device).manual_seed(cfg.seed) if cuda
                            else self.rng)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_out: StepOut | None = None
-        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._static: Draw | None = None
         self._eager_graph_steps = 0
         self.losses: dict[str, float | torch.Tensor] = {}
-        self._step: Callable[[Batches], StepOut]
-        if self.use_graph:
-            self._step = self._graph_step
-        elif self.recipe.shared_fake:
-            self._step = self._eager_shared_fake_step
-        else:
-            self._step = self._alternating_step
 
     @property
     def batches_per_step(self) -> int:
@@ -141,7 +169,10 @@ class Gan:
     def train_step(self, batches: Batches, steps_done: int) -> None:
         """One TTUR update of D (n_critic of them where the recipe alternates) and of G;
         `steps_done` (before this one) decides whether the EMA averages yet."""
-        loss_g, loss_d, gg, gd = self._step(batches)
+        if self.use_graph:
+            loss_g, loss_d, gg, gd = self._graph_step(batches)
+        else:
+            loss_g, loss_d, gg, gd = self._train(self._draw(batches))
         loss_g, loss_d = self.world.mean([loss_g, loss_d])
         if self.G_ema is not None:
             self._update_ema(steps_done)
@@ -155,56 +186,54 @@ class Gan:
 
     def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This worker's rows of the noise (and fake labels) of a global batch of n."""
-        if self.device_rng is self.rng:
-            z = torch.randn(n, self.cfg.z_dim, generator=self.rng).to(self.device)
-        else:
-            z = torch.empty(n, self.cfg.z_dim, device=self.device).normal_(
-                generator=self.device_rng)
+        z = torch.randn(n, self.cfg.z_dim, generator=self.device_rng, device=self.device)
         y = None
         if self.recipe.conditional:
-            y = self.shard.take(torch.randint(self.num_classes, (n,), generator=self.rng)
-                                ).to(self.device)
+            y = self.shard.take(torch.randint(self.num_classes, (n,), generator=self.device_rng,
+                                              device=self.device))
         return self.shard.take(z), y
 
-    def _alternating_step(self, batches: Batches) -> StepOut:
-        """n_critic discriminator updates on fresh batches and noise, then one of G."""
-        self.D.requires_grad_(True)
-        for _ in range(self.cfg.n_critic):
+    def _draw(self, batches: Batches) -> Draw:
+        """This step's data and random numbers, drawn from each generator in the step's order
+        (a resumed run draws the same)."""
+        critic = []
+        for _ in range(self.batches_per_step):
             x, y = next(batches)
             z, yf = self._noise(self.cfg.batch_size)
-            with torch.no_grad(), self._autocast():
-                fake = self.G(z, yf)
-            loss_d, gd = self._update_d(x, y, fake, yf)
-        z, yf = self._noise(self.cfg.batch_size)
-        with self._autocast():
-            fake = self.G(z, yf)
-        loss_g, gg = self._update_g(fake, yf)
-        return loss_g, loss_d, gg, gd
+            eps = None
+            if self.recipe.penalty is not None:
+                eps = self.shard.take(torch.rand(self.cfg.batch_size, 1, 1, 1, device=self.device,
+                                                 generator=self.device_rng))
+            critic.append(CriticInputs(x, y if self.recipe.conditional else None, z, yf, eps))
+        noise = None if self.recipe.shared_fake else Noise(*self._noise(self.cfg.batch_size))
+        return Draw(tuple(critic), noise)
 
-    def _eager_shared_fake_step(self, batches: Batches) -> StepOut:
-        x, y = next(batches)
-        z, yf = self._noise(self.cfg.batch_size)
-        return self._shared_fake_step(x, y, z, yf)
-
-    def _shared_fake_step(self, x: torch.Tensor, y: torch.Tensor | None, z: torch.Tensor,
-                          yf: torch.Tensor | None) -> StepOut:
-        """The paper's DCGAN step on given data and noise; also the body a CUDA graph captures."""
+    def _train(self, d: Draw) -> StepOut:
+        """The step's arithmetic on drawn inputs, run eagerly or captured as a CUDA graph: one
+        D update per critic input (on fresh fakes, or the paper's DCGAN step's one fake batch
+        that G's update reuses), then one G update."""
         self.D.requires_grad_(True)
-        with self._autocast():
-            fake = self.G(z, yf)
-        loss_d, gd = self._update_d(x, y, fake.detach(), yf)
+        for c in d.critic:
+            with torch.set_grad_enabled(d.generator is None), self._autocast():
+                fake = self.G(c.z, c.yf)
+            loss_d, gd = self._update_d(c, fake.detach())
+        yf = c.yf
+        if d.generator is not None:
+            with self._autocast():
+                fake = self.G(*d.generator)
+            yf = d.generator.yf
         loss_g, gg = self._update_g(fake, yf)
         return loss_g, loss_d, gg, gd
 
-    def _update_d(self, x: torch.Tensor, y: torch.Tensor | None, fake: torch.Tensor,
-                  yf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One discriminator update on real x and a fake batch; (loss, gradient norm)."""
+    def _update_d(self, c: CriticInputs, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One discriminator update on real c.x and a fake batch; (loss, gradient norm)."""
         self.opt_d.zero_grad(set_to_none=True)
         with self._autocast():
-            loss_d = self.recipe.d_loss(*self._d_scores(x, y, fake, yf))
+            loss_d = self.recipe.d_loss(*self._d_scores(c.x, c.y, fake, c.yf))
             if self.recipe.penalty is not None:
-                loss_d = loss_d + self.recipe.penalty(self.D, x, fake, self.cfg.gp_lambda,
-                                                      self.rng, y, self.shard)
+                assert c.eps is not None
+                loss_d = loss_d + self.recipe.penalty(self.D, c.x, fake, self.cfg.gp_lambda,
+                                                      c.eps, c.y)
         loss_d.backward()
         self.world.average_gradients(self.D)
         gd = grad_norm(self.D)
@@ -235,26 +264,25 @@ class Gan:
         return loss_g.detach(), gg
 
     def _graph_step(self, batches: Batches) -> StepOut:
-        """The shared-fake step replayed as one CUDA graph: one launch instead of hundreds.
+        """The step replayed as one CUDA graph: one launch instead of hundreds.
 
-        Data and noise go into static buffers outside the graph. The first GRAPH_WARMUP steps
-        run eagerly on a side stream (real steps, as the capture recipe asks); the next one
-        is captured and then replayed, so every step trains exactly once.
+        The step's data and random numbers are drawn as for the eager step and copied into
+        static buffers outside the graph. The first GRAPH_WARMUP steps run eagerly on a side
+        stream (real steps, as the capture recipe asks); the next one is captured and then
+        replayed, so every step trains exactly once.
         """
-        x, _ = next(batches)
+        draw = self._draw(batches)
         if self._static is None:
-            self._static = (torch.empty_like(x), torch.empty(
-                self.cfg.batch_size, self.cfg.z_dim, device=self.device))
-        sx, sz = self._static
-        sx.copy_(x)
-        sz.normal_(generator=self.device_rng)
+            self._static = draw.empty_like()
+        for static, value in zip(self._static.tensors(), draw.tensors(), strict=True):
+            static.copy_(value)
         if self._graph is None:
             main = torch.cuda.current_stream()
             if self._eager_graph_steps < GRAPH_WARMUP:
                 side = torch.cuda.Stream()
                 side.wait_stream(main)
                 with torch.cuda.stream(side):
-                    out = self._shared_fake_step(sx, None, sz, None)
+                    out = self._train(self._static)
                 main.wait_stream(side)
                 self._eager_graph_steps += 1
                 return out
@@ -262,7 +290,7 @@ class Gan:
             self.opt_g.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._graph_out = self._shared_fake_step(sx, None, sz, None)
+                self._graph_out = self._train(self._static)
             self._graph = graph
         self._graph.replay()
         assert self._graph_out is not None
@@ -272,10 +300,9 @@ class Gan:
     def _update_ema(self, steps_done: int) -> None:
         assert self.G_ema is not None
         decay = 0.0 if steps_done < self.cfg.ema_start else self.cfg.ema_decay
-        for pe, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
-            pe.lerp_(p, 1.0 - decay)
-        for be, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            be.copy_(b)
+        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()),
+                             1.0 - decay)
+        torch._foreach_copy_(list(self.G_ema.buffers()), list(self.G.buffers()))
 
     def noise_scale_norms(self, step: int) -> tuple[float, float, int] | None:
         """(|g_small|^2, |g_big|^2, b_small) of the generator's gradients on the two halves of

@@ -136,7 +136,7 @@ def _validate(c: TrainerConfig) -> None:
     need(bool(c.sweep) and len(c.sweep) <= 253, "sweep", "must be a non-empty name")
     need(c.threads is None or c.threads >= 1, "threads", "must be an integer >= 1")
     need(c.workers >= 0, "workers", "must be an integer >= 0")
-    if c.cuda_graph and (problem := cuda_graph_problem(c.model)):
+    if c.cuda_graph and (problem := cuda_graph_problem(c.optimizer)):
         raise ConfigError(f"cuda-graph: {problem}")
     _validate_extractor(c.extractor, c.dataset)
 

@@ -55,6 +55,7 @@ from critbatch.vocabulary import (
     OPTIMIZERS,
     Goal,
     OptimizerSide,
+    cuda_graph_problem,
     optimizer_defaults,
 )
 
@@ -79,6 +80,8 @@ def parse_sweep(manifest: Mapping[str, Any]) -> Sweep:
     dataset = trainer.dataset.name
     if not trainer.custom:
         optimizer = _parse_optimizer(spec.get("optimizer"), trainer.model, dataset)
+        if trainer.cuda_graph and (problem := cuda_graph_problem(optimizer.name)):
+            raise field_error("spec.trainer.cudaGraph", problem)
     elif spec.get("optimizer") is not None:
         raise field_error("spec.optimizer", "applies only to the built-in trainer "
                                             "(spec.trainer.command is set)")

@@ -32,7 +32,6 @@ from critbatch.vocabulary import (
     EMA_MODELS,
     EMBEDDED_DATASETS,
     MODELS,
-    cuda_graph_problem,
     default_image_size,
     image_size_problem,
     z_dim_problem,
@@ -81,9 +80,6 @@ def parse_trainer(raw: Any) -> Trainer:
         raise field_error(f"{path}.inception",
                           f"required for the {dataset.name} dataset: FID on real images needs "
                           "Inception weights (pvc and file)")
-    cuda_graph = bool_field(t, "cudaGraph", path)
-    if cuda_graph and (problem := cuda_graph_problem(model)):
-        raise field_error(f"{path}.cudaGraph", problem)
     pod = _pod_fields(t)
     trainer = Trainer(
         model=model,
@@ -96,7 +92,7 @@ def parse_trainer(raw: Any) -> Trainer:
         inception=inception,
         device=str_field(t, "device", path, default="auto", choices=DEVICES),
         checkpoint_every=int_field(t, "checkpointEvery", path, default=0, lo=0),
-        cuda_graph=cuda_graph,
+        cuda_graph=bool_field(t, "cudaGraph", path),
         bf16=bool_field(t, "bf16", path),
         reproducible_cpu=bool_field(t, "reproducibleCPU", path),
         **_parse_parallel(t, pod["gpus"]),

@@ -6,6 +6,10 @@ resolution, a projection discriminator, hinge loss, orthogonal init. The generat
 kept by the training step (the recipe asks for it). `width` is the channel multiplier (the
 paper's ImageNet-128 run: 96, z 120, shared embedding 128, attention at 64); the default 32
 fits small GPUs.
+
+Class embeddings are looked up with `index_select`: its backward never reads back to the host,
+so the step can be captured as a CUDA graph at any batch size (`nn.Embedding`'s CUDA backward
+sorts and synchronises above a few thousand labels); on the CPU both give the same numbers.
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         zs = torch.split(z, self.chunk, dim=1)
-        shared = self.shared(y)
+        shared = self.shared.weight.index_select(0, y)
         h = self.linear(zs[0]).view(z.shape[0], self.first_ch, self.bottom, self.bottom)
         for i, block in enumerate(self.blocks):
             h = block(h, torch.cat([shared, zs[i + 1]], dim=1))
@@ -180,7 +184,7 @@ class Discriminator(nn.Module):
             if str(i) in self.attn:
                 h = self.attn[str(i)](h)
         h = F.relu(h).sum(dim=(2, 3))
-        return self.linear(h).view(-1) + (self.embed(y) * h).sum(dim=1)
+        return self.linear(h).view(-1) + (self.embed.weight.index_select(0, y) * h).sum(dim=1)
 
 
 def orthogonal_init(module: nn.Module) -> None:

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from critbatch_trainer.distributed import Shard
-
-# (critic, real, fake, lambda, rng, labels, shard) -> the penalty term of the critic's loss
-Penalty = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator | None,
-                    torch.Tensor | None, Shard | None], torch.Tensor]
+# (critic, real, fake, lambda, eps, labels) -> the penalty term of the critic's loss; eps: one
+# uniform interpolation weight per sample, drawn by the step before its arithmetic
+Penalty = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, torch.Tensor,
+                    torch.Tensor | None], torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,9 +31,8 @@ class Recipe:
     """How one model trains, so the training loop never names a model.
 
     `shared_fake`: the paper's DCGAN step, one data batch per step and one fake batch that
-    both updates use (`--n-critic` does not apply; the step can be captured as a CUDA graph).
-    Otherwise `--n-critic` discriminator updates, each on a fresh batch and fresh noise, then a
-    generator update on fresh noise.
+    both updates use (`--n-critic` does not apply). Otherwise `--n-critic` discriminator
+    updates, each on a fresh batch and fresh noise, then a generator update on fresh noise.
     """
 
     d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (real, fake scores)

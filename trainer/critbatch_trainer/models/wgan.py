@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from critbatch_trainer.distributed import Shard
 from critbatch_trainer.models import dcgan
 from critbatch_trainer.models.recipe import NetworkShape, Recipe
 
@@ -24,14 +23,9 @@ def generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, lam: float,
-                     rng: torch.Generator | None = None,
-                     labels: torch.Tensor | None = None,
-                     shard: Shard | None = None) -> torch.Tensor:
-    """lam * E[(|grad_x D(x_hat)|_2 - 1)^2] on random interpolates of real and fake samples;
-    a data-parallel worker's interpolation weights are its `shard` of the global batch's."""
-    n = shard.total if shard is not None else real.shape[0]
-    eps = torch.rand(n, 1, 1, 1, generator=rng)
-    eps = (shard.take(eps) if shard is not None else eps).to(real.device)
+                     eps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """lam * E[(|grad_x D(x_hat)|_2 - 1)^2] on the interpolates eps * real + (1 - eps) * fake,
+    eps of shape (n, 1, 1, 1) in [0, 1)."""
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     scores = critic(x_hat, labels)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
