@@ -68,7 +68,6 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-
 class RunningStats:
     """Sum and sum of outer products of feature vectors, in float64, on the features' device.
 
