@@ -80,6 +80,8 @@ def trainer_args(
         args += ["--termination-log", termination_log]
     args += ["--device", t.device]
     args += ["--cuda-graph"] * t.cuda_graph + ["--bf16"] * t.bf16
+    if t.micro_batch:
+        args += ["--micro-batch", str(t.micro_batch)]
     args += ["--reproducible-cpu"] * t.reproducible_cpu
     return args
 

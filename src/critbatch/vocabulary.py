@@ -20,8 +20,8 @@ __all__ = [
     "KNOWN_DATASET_SIZES", "MAX_TRIALS_PER_GROUP", "MODELS", "OPTIMIZERS", "Goal", "OptimizerSide",
     "TrialKey", "TrialsError", "cuda_graph_problem", "default_attention_res", "default_channels",
     "default_eval_every", "default_eval_samples", "default_image_size", "default_width",
-    "default_z_dim", "image_size_problem", "optimizer_defaults", "parse_trials", "reached",
-    "trials_text", "z_dim_problem",
+    "default_z_dim", "image_size_problem", "micro_batch_problem", "optimizer_defaults",
+    "parse_trials", "reached", "trials_text", "z_dim_problem",
 ]
 
 MODELS = ("dcgan", "wgan-gp", "biggan")
@@ -198,6 +198,14 @@ def z_dim_problem(model: str, image_size: int, z_dim: int) -> str | None:
     chunks = _BIGGAN_Z_CHUNKS.get(image_size) if model == "biggan" else None
     if chunks and z_dim % chunks:
         return f"biggan at {image_size}x{image_size} splits z into {chunks} equal chunks"
+    return None
+
+
+def micro_batch_problem(model: str) -> str | None:
+    """Why this model's step cannot accumulate its gradients over micro-batches."""
+    if model == "dcgan":
+        return ("not with dcgan, whose step uses one fake batch for both updates and would "
+                "have to keep it whole")
     return None
 
 

@@ -157,6 +157,9 @@ INVALID = [
     ("a CUDA graph on CPU processes",
      sweep_manifest(trainer={"gpus": 0, "processes": 2, "cudaGraph": True}),
      "spec.trainer.cudaGraph", "spec.trainer.cudaGraph", "not 2"),
+    ("micro-batches on two nodes",
+     sweep_manifest(trainer={"model": "biggan", "nodes": 2, "microBatch": 8}),
+     "spec.trainer.microBatch", "spec.trainer.microBatch", "not 2"),
 ]
 
 

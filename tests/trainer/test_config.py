@@ -141,6 +141,9 @@ def test_every_default_is_the_vocabularys(model, dataset, optimizer) -> None:
     (["--image-size", "48"], "image-size: dcgan needs a power of two from 8 to 256, got 48"),
     (["--optimizer", "adabelief", "--cuda-graph"],
      "cuda-graph: not with adabelief, which counts its steps on the host"),
+    (["--micro-batch", "4"], "micro-batch: not with dcgan, whose step uses one fake batch"),
+    (["--model", "wgan-gp", "--micro-batch", "-1"],
+     "micro-batch: must be an integer >= 0 (0 = the whole batch), got -1"),
 ])
 def test_the_vocabularys_rules_name_the_flag(args, message) -> None:
     with pytest.raises(ConfigError) as e:

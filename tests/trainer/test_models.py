@@ -105,4 +105,5 @@ def test_each_models_recipe_agrees_with_the_vocabulary(model) -> None:
     with torch.device("meta"):
         recipe = build(model, image_size=32, channels=1, width=4, z_dim=16).recipe
     assert recipe.ema == (model in vocabulary.EMA_MODELS)
+    assert (vocabulary.micro_batch_problem(model) is None) == (not recipe.shared_fake)
     assert (recipe.penalty is not None) == (model == "wgan-gp")

@@ -35,7 +35,7 @@ __all__ = ["FIELDS", "HELP", "PROTOCOL_FIELDS", "ConfigError", "TrainerConfig", 
 
 FIELDS = tuple(f.name for f in fields(TrainerConfig))
 _INT = {"batch_size", "max_steps", "image_size", "channels", "seed", "eval_every",
-        "eval_samples", "real_samples", "width", "z_dim", "n_critic", "ema_start",
+        "eval_samples", "real_samples", "width", "z_dim", "n_critic", "micro_batch", "ema_start",
         "attention_res", "gns_every", "checkpoint_every", "metrics_port", "threads", "workers"}
 _FLOAT = {"fid_threshold", "lr_g", "lr_d", "beta1_g", "beta2_g", "eps_g", "beta1_d", "beta2_d",
           "eps_d", "gp_lambda", "ema_decay", "linger"}
@@ -141,6 +141,9 @@ HELP: dict[str, str] = {
     "width": "network width (default: digits 16, dcgan 64, biggan 32)",
     "z_dim": "latent size (default: digits 32, dcgan 100, biggan 120)",
     "n_critic": "discriminator steps per generator step (default 1)",
+    "micro_batch": "at most this many samples per forward and backward pass: a larger batch "
+                   "accumulates its gradients over micro-batches (wgan-gp, biggan; default 0, "
+                   "the whole batch at once)",
     "gp_lambda": "WGAN-GP penalty weight (default 10)",
     "ema_decay": "BigGAN generator EMA decay (default 0.9999)",
     "ema_start": "step where the EMA starts averaging (default 1000)",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from critbatch_trainer.settings import TrainerConfig
 
 GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured (cuDNN autotuning, lazy init)
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+T = TypeVar("T", "CriticInputs", "Noise")
 StepOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # loss/grad g, d
 
 
@@ -210,35 +211,67 @@ class Gan:
 
     def _train(self, d: Draw) -> StepOut:
         """The step's arithmetic on drawn inputs, run eagerly or captured as a CUDA graph: one
-        D update per critic input (on fresh fakes, or the paper's DCGAN step's one fake batch
-        that G's update reuses), then one G update."""
+        D update per critic input, on fresh fakes, then one G update on fresh noise; or the
+        paper's DCGAN step, whose one fake batch serves both updates."""
         self.D.requires_grad_(True)
-        for c in d.critic:
-            with torch.set_grad_enabled(d.generator is None), self._autocast():
-                fake = self.G(c.z, c.yf)
-            loss_d, gd = self._update_d(c, fake.detach())
-        yf = c.yf
-        if d.generator is not None:
+        if d.generator is None:
+            (c,) = d.critic
             with self._autocast():
-                fake = self.G(*d.generator)
-            yf = d.generator.yf
-        loss_g, gg = self._update_g(fake, yf)
+                fake = self.G(c.z, c.yf)
+            loss_d, gd = self._update_d([(c, fake.detach())])
+            loss_g, gg = self._update_g([Noise(c.z, c.yf)], fake)
+            return loss_g, loss_d, gg, gd
+        for c in d.critic:
+            parts = self._micro_batches(c)
+            with torch.no_grad(), self._autocast():
+                fakes = [self.G(p.z, p.yf) for p in parts]
+            loss_d, gd = self._update_d(list(zip(parts, fakes, strict=True)))
+        loss_g, gg = self._update_g(self._micro_batches(d.generator))
         return loss_g, loss_d, gg, gd
 
-    def _update_d(self, c: CriticInputs, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One discriminator update on real c.x and a fake batch; (loss, gradient norm)."""
+    def _micro_batches(self, inputs: T) -> list[T]:
+        """`inputs` (a CriticInputs or Noise) cut into micro-batches of at most --micro-batch
+        rows: one pass each, so only one micro-batch's activations are held at a time."""
+        return [type(inputs)._make(None if t is None else t[s] for t in inputs)
+                for s in self._slices(len(inputs[0]))]
+
+    def _slices(self, n: int) -> list[slice]:
+        m = self.cfg.micro_batch or n
+        return [slice(i, min(i + m, n)) for i in range(0, n, m)]
+
+    @staticmethod
+    def _backward(passes: Iterator[tuple[torch.Tensor, int]], n: int) -> torch.Tensor:
+        """Backpropagate each pass's loss, weighted by its share of the batch's n rows, one pass
+        at a time (the generator computes the next one only then); the batch's loss."""
+        total = None
+        for loss, rows in passes:
+            if rows != n:
+                loss = loss * (rows / n)
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        assert total is not None
+        return total
+
+    def _update_d(self, parts: list[tuple[CriticInputs, torch.Tensor]]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One discriminator update on real and fake batches, the micro-batches of one batch;
+        (loss, gradient norm)."""
         self.opt_d.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss_d = self.recipe.d_loss(*self._d_scores(c.x, c.y, fake, c.yf))
-            if self.recipe.penalty is not None:
-                assert c.eps is not None
-                loss_d = loss_d + self.recipe.penalty(self.D, c.x, fake, self.cfg.gp_lambda,
-                                                      c.eps, c.y)
-        loss_d.backward()
+        loss_d = self._backward(((self._d_loss(c, fake), len(c.x)) for c, fake in parts),
+                                sum(len(c.x) for c, _ in parts))
         self.world.average_gradients(self.D)
         gd = grad_norm(self.D)
         self.opt_d.step()
-        return loss_d.detach(), gd
+        return loss_d, gd
+
+    def _d_loss(self, c: CriticInputs, fake: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            loss = self.recipe.d_loss(*self._d_scores(c.x, c.y, fake, c.yf))
+            if self.recipe.penalty is not None:
+                assert c.eps is not None
+                loss = loss + self.recipe.penalty(self.D, c.x, fake, self.cfg.gp_lambda, c.eps,
+                                                  c.y)
+        return loss
 
     def _d_scores(self, x: torch.Tensor, y: torch.Tensor | None, fake: torch.Tensor,
                   yf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,18 +283,22 @@ class Gan:
         real, fake_scores = scores.split([x.shape[0], fake.shape[0]])
         return real, fake_scores
 
-    def _update_g(self, fake: torch.Tensor,
-                  yf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One generator update through D's scores of `fake`; (loss, gradient norm)."""
+    def _update_g(self, parts: list[Noise], fake: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One generator update through D's scores of G's samples of each part's noise (the
+        micro-batches of one batch), or of the given `fake`; (loss, gradient norm)."""
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss_g = self.recipe.g_loss(self.D(fake, yf))
-        loss_g.backward()
+        loss_g = self._backward(((self._g_loss(p, fake), len(p.z)) for p in parts),
+                                sum(len(p.z) for p in parts))
         self.world.average_gradients(self.G)
         gg = grad_norm(self.G)
         self.opt_g.step()
-        return loss_g.detach(), gg
+        return loss_g, gg
+
+    def _g_loss(self, p: Noise, fake: torch.Tensor | None) -> torch.Tensor:
+        with self._autocast():
+            return self.recipe.g_loss(self.D(self.G(p.z, p.yf) if fake is None else fake, p.yf))
 
     def _graph_step(self, batches: Batches) -> StepOut:
         """The step replayed as one CUDA graph: one launch instead of hundreds.
@@ -323,12 +360,20 @@ class Gan:
         self.D.requires_grad_(False)
         halves = []
         with local_statistics(self.G), local_statistics(self.D):
-            for part in (slice(0, half), slice(half, 2 * half)):
-                part_labels = None if labels is None else labels[part]
-                loss = self.recipe.g_loss(self.D(self.G(z[part], part_labels), part_labels))
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                halves.append([torch.zeros_like(p) if gr is None else gr
-                               for gr, p in zip(grads, params, strict=True)])
+            for start in (0, half):
+                grads = [torch.zeros_like(p) for p in params]
+                parts = self._slices(half)
+                for s in parts:
+                    rows = slice(start + s.start, start + s.stop)
+                    part_labels = None if labels is None else labels[rows]
+                    loss = self.recipe.g_loss(self.D(self.G(z[rows], part_labels), part_labels))
+                    if len(parts) > 1:
+                        loss = loss * ((s.stop - s.start) / half)
+                    for acc, gr in zip(grads, torch.autograd.grad(loss, params, allow_unused=True),
+                                       strict=True):
+                        if gr is not None:
+                            acc += gr
+                halves.append(grads)
         sq = [float(sum((gr.double() ** 2).sum() for gr in h)) for h in halves]
         big = float(sum(((a.double() + b.double()) / 2).pow(2).sum()
                         for a, b in zip(*halves, strict=True)))

@@ -86,8 +86,10 @@ def check_world(cfg: TrainerConfig, world: World) -> None:
     if cfg.batch_size % world.size:
         raise ConfigError(f"batch-size: {cfg.batch_size} is not divisible by the "
                           f"{world.size} worker processes (WORLD_SIZE) that share it")
-    if cfg.cuda_graph:
-        raise ConfigError(f"cuda-graph: not with {world.size} worker processes (WORLD_SIZE)")
+    for field in ("cuda_graph", "micro_batch"):
+        if getattr(cfg, field):
+            raise ConfigError(f"{flag_name(field)}: not with {world.size} worker processes "
+                              "(WORLD_SIZE)")
 
 
 def _stderr(message: str) -> None:
@@ -171,10 +173,12 @@ class Trial:
     # -- state ---------------------------------------------------------------------------------
 
     def identity(self) -> dict[str, Any]:
-        """The settings a checkpoint must share with this run, and how its D scores a batch
-        (BigGAN's changed to one joint pass over real and fake)."""
+        """The settings a checkpoint must share with this run, how its D scores a batch
+        (BigGAN's changed to one joint pass over real and fake), and the micro-batch size
+        where micro-batches split the batch (0 where they do not: the same step)."""
+        micro = self.cfg.micro_batch if self.cfg.micro_batch < self.cfg.batch_size else 0
         return {**{k: getattr(self.cfg, k) for k in IDENTITY},
-                "joint_d": self.gan.recipe.joint_d}
+                "joint_d": self.gan.recipe.joint_d, "micro_batch": micro}
 
     def state_dict(self) -> dict[str, Any]:
         p = self.progress
@@ -192,9 +196,10 @@ class Trial:
             raise ConfigError(f"checkpoint-dir: checkpoint version {s.get('version')!r} is not "
                               f"{CHECKPOINT_VERSION}")
         mine = self.identity()
-        # A checkpoint without these in its identity was written with unpinned numerics, and
-        # with D's real and fake passes apart.
-        for k, v in {"reproducible_cpu": False, "joint_d": False, **s["identity"]}.items():
+        # A checkpoint without these in its identity was written with unpinned numerics, with
+        # D's real and fake passes apart, and without micro-batches.
+        for k, v in {"reproducible_cpu": False, "joint_d": False, "micro_batch": 0,
+                     **s["identity"]}.items():
             if mine.get(k) != v:
                 what = ("a joint real and fake discriminator pass" if k == "joint_d"
                         else flag_name(k))

@@ -26,6 +26,7 @@ from critbatch.vocabulary import (
     default_width,
     default_z_dim,
     image_size_problem,
+    micro_batch_problem,
     optimizer_defaults,
     z_dim_problem,
 )
@@ -127,6 +128,9 @@ def _validate(c: TrainerConfig) -> None:
     need(c.z_dim >= 1, "z_dim", "must be an integer >= 1")
     rule("z_dim", z_dim_problem(c.model, c.image_size, c.z_dim))
     need(c.n_critic >= 1, "n_critic", "must be an integer >= 1")
+    need(c.micro_batch >= 0, "micro_batch", "must be an integer >= 0 (0 = the whole batch)")
+    if c.micro_batch:
+        rule("micro_batch", micro_batch_problem(c.model))
     need(0 <= c.ema_decay < 1, "ema_decay", "must be in [0, 1)")
     need(c.ema_start >= 0, "ema_start", "must be an integer >= 0")
     need(c.gns_every >= 0, "gns_every", "must be an integer >= 0 (0 = off)")

@@ -64,6 +64,7 @@ class TrainerConfig:
     width: int | None = None
     z_dim: int | None = None
     n_critic: int = 1
+    micro_batch: int = 0
     gp_lambda: float = 10.0
     ema_decay: float = 0.9999
     ema_start: int = 1000

@@ -33,7 +33,8 @@ LOCK_NAME = "run.lock"  # held (flock) by the one run writing the directory; hol
 SAME_FIELDS = (("model", "model"), ("image_size", "imageSize"), ("channels", "channels"),
                ("width", "width"), ("z_dim", "zDim"), ("ema_start", "emaStart"),
                ("dataset", "dataset"), ("inception", "inception"), ("device", "device"),
-               ("bf16", "bf16"), ("reproducible_cpu", "reproducibleCPU"))
+               ("micro_batch", "microBatch"), ("bf16", "bf16"),
+               ("reproducible_cpu", "reproducibleCPU"))
 
 
 def load_manifest(path: Path) -> dict[str, Any]:

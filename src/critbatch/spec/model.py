@@ -107,6 +107,7 @@ class Trainer:
     env: tuple[tuple[str, str], ...] = ()
     pod_template: PodTemplate = field(default_factory=PodTemplate)
     cuda_graph: bool = False
+    micro_batch: int | None = None  # samples per forward and backward pass; None: the batch
     bf16: bool = False
     reproducible_cpu: bool = False
 

@@ -34,6 +34,7 @@ from critbatch.vocabulary import (
     MODELS,
     default_image_size,
     image_size_problem,
+    micro_batch_problem,
     z_dim_problem,
 )
 
@@ -42,14 +43,16 @@ _FIELDS = (
     "image", "imagePullPolicy", "command", "model", "imageSize", "channels", "dataset",
     "inception", "width", "zDim", "emaStart", "device", "gpus", "nodes", "processes",
     "resources", "checkpointEvery", "checkpoints", "backoffLimit",
-    "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "bf16", "reproducibleCPU",
+    "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "microBatch", "bf16",
+    "reproducibleCPU",
 )
 # Fields only the built-in trainer reads; with a command each is an error.
 BUILTIN_ONLY = (
     "model", "imageSize", "channels", "width", "zDim", "emaStart", "inception", "device",
-    "cudaGraph", "bf16", "reproducibleCPU", "checkpointEvery",
+    "cudaGraph", "microBatch", "bf16", "reproducibleCPU", "checkpointEvery",
 )
 MAX_COMMAND_ARGS = 64
+MAX_MICRO_BATCH = 1 << 20
 MAX_NODES = 64
 MAX_PROCESSES = 64
 MAX_ENV_NAME = 256
@@ -80,6 +83,9 @@ def parse_trainer(raw: Any) -> Trainer:
         raise field_error(f"{path}.inception",
                           f"required for the {dataset.name} dataset: FID on real images needs "
                           "Inception weights (pvc and file)")
+    micro_batch = int_field(t, "microBatch", path, lo=1, hi=MAX_MICRO_BATCH)
+    if micro_batch is not None and (problem := micro_batch_problem(model)):
+        raise field_error(f"{path}.microBatch", problem)
     pod = _pod_fields(t)
     trainer = Trainer(
         model=model,
@@ -93,13 +99,15 @@ def parse_trainer(raw: Any) -> Trainer:
         device=str_field(t, "device", path, default="auto", choices=DEVICES),
         checkpoint_every=int_field(t, "checkpointEvery", path, default=0, lo=0),
         cuda_graph=bool_field(t, "cudaGraph", path),
+        micro_batch=micro_batch,
         bf16=bool_field(t, "bf16", path),
         reproducible_cpu=bool_field(t, "reproducibleCPU", path),
         **_parse_parallel(t, pod["gpus"]),
         **pod,
     )
-    if trainer.cuda_graph and trainer.world_size > 1:
-        raise field_error(f"{path}.cudaGraph", "only for trials of one worker process, not "
+    for key, value in (("cudaGraph", trainer.cuda_graph), ("microBatch", trainer.micro_batch)):
+        if value and trainer.world_size > 1:
+            raise field_error(f"{path}.{key}", "only for trials of one worker process, not "
                                                f"{trainer.world_size} (spec.trainer.nodes x "
                                                "processes per node)")
     return trainer
