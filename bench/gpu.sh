@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one go: the GPU tests, the benchmarks (DCGAN, WGAN-GP, BigGAN), BigGAN's
 # memory at large batch sizes, packing, the digits GPU sweep's overhead cold and warm, and the
-# effect of --bf16 on N(b). The timeouts add up to 1310 s (the *_TIMEOUT variables): split it
+# effect of --bf16 on N(b). The timeouts add up to 1410 s (the *_TIMEOUT variables): split it
 # with PARTS where a call is limited, e.g. PARTS="tests wgan-gp", then PARTS="biggan memory",
 # then the rest.
 # Usage: bash bench/gpu.sh [OUTDIR]   (from the repository root, on a machine with CUDA)
@@ -40,10 +40,11 @@ if want biggan; then
     --budget 0.5 --no-fid --json "$out/bench-biggan.json" 2>&1 | tee "$out/bench-biggan.txt"
 fi
 # BigGAN 128x128 width 96 at the paper's large batch sizes: does a batch fit one device whole,
-# and in micro-batches of 256?
+# in micro-batches of 256, with recomputed activations, and what do they cost?
 if want memory; then
-  timeout ${MEMORY_TIMEOUT:-200} $py -m bench.memory --model biggan --device cuda \
-    --sizes 256,512,1024,2048 --micro-batches 0,256 --json "$out/memory.json" 2>&1 \
+  timeout ${MEMORY_TIMEOUT:-300} $py -m bench.memory --model biggan --device cuda \
+    --sizes 256,512,1024,2048 --micro-batches 0,256 --recompute 0,1 \
+    --json "$out/memory.json" 2>&1 \
     | tee "$out/memory.txt"
 fi
 # Several trials per device against one at a time, eager and with CUDA graphs.

@@ -1,88 +1,119 @@
-"""Peak memory of training steps per batch size, whole and in micro-batches (`--micro-batch`).
+"""Peak memory of training steps per batch size, whole, in micro-batches (`--micro-batch`) and
+with recomputed activations (`--recompute-activations`).
 
-Each (batch size, micro-batch) runs in a fresh process: two steps of the trainer's
-`Trial.train_step`, built as in bench.run with the model's benchmark settings. On a GPU the
-peak is the allocator's (`torch.cuda.max_memory_allocated`: tensors only); on the CPU it is
-the process's resident high-water mark (tensors, the allocator's slack and the libraries), so
-compare CPU rows with each other, not with a device's size. A setting that fails (out of
-memory) is reported with its error, and the others go on.
+Each setting runs in a fresh process: the trainer's `Trial`, built as in bench.run with the
+model's benchmark settings, and three of its `train_step`s. The peak is that of the tensors
+alive during the first two steps (the first one also allocates the optimizers' moments): on a
+GPU the allocator's (`torch.cuda.max_memory_allocated`), on the CPU the sum of live tensors
+that PyTorch's profiler follows through the allocator from before the trial is built: tensors
+only, on both, without the allocator's slack or the libraries. The third step is timed,
+without the profiler. A setting that fails (out of memory) is reported with its error, and the
+others go on.
 
-    python -m bench.memory --model biggan --sizes 2,4,8 --micro-batches 0,2    # CPU, small
+    python -m bench.memory --model biggan --sizes 2,4,8 --micro-batches 0,2 --recompute 0,1
     python -m bench.memory --model biggan --device cuda --sizes 256,512,1024,2048 \\
-        --micro-batches 0,256 --json memory.json
+        --micro-batches 0,256 --recompute 0,1 --json memory.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 MIB = 1 << 20
+STEP = "bench.memory.step"  # the profiler's name of a measured step
 
 
-def _one(model: str, device_name: str, b: int, micro: int, image_size: int | None,
-         width: int | None) -> dict[str, Any]:
-    """Two steps at batch size b in this process; the peak and the second step's time."""
-    import resource
+@contextlib.contextmanager
+def _cpu_tensor_bytes(out: dict[str, float]) -> Iterator[None]:
+    """Follows the CPU allocator's live bytes with the profiler; on exit `out` holds the bytes
+    live when the first `STEP` range starts (the built trial) and the most live within one."""
+    from torch.profiler import ProfilerActivity, profile
 
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    steps = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == STEP]
+    memory = sorted((e["ts"], e["args"]["Total Allocated"]) for e in events
+                    if e.get("name") == "[memory]")
+    first = min(start for start, _ in steps)
+    out["built"] = ([total for ts, total in memory if ts < first] or [0])[-1]
+    out["peak"] = max(total for ts, total in memory
+                      if any(start <= ts <= end for start, end in steps))
+
+
+def _one(model: str, device_name: str, b: int, micro: int, recompute: bool,
+         image_size: int | None, width: int | None) -> dict[str, Any]:
+    """The built trial's and its steps' peak tensor bytes, and one step's time, at b."""
     import torch
+    from torch.profiler import record_function
 
     from bench import specs
     from bench.run import build_trial, stepper, sync
 
     device = torch.device(device_name)
-    spec = specs.setup(model, device.type == "cuda", image_size=image_size, width=width)
-    trial = build_trial(b, device, tempfile.mkdtemp(), [*spec.trainer_flags(),
-                                                        "--micro-batch", str(micro)])
-    step = stepper(trial)
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    spec = specs.setup(model, cuda, image_size=image_size, width=width)
+    flags = [*spec.trainer_flags(), "--micro-batch", str(micro),
+             "--recompute-activations", str(recompute)]
+    tensors: dict[str, float] = {}
+    with contextlib.nullcontext() if cuda else _cpu_tensor_bytes(tensors):
+        step = stepper(build_trial(b, device, tempfile.mkdtemp(), flags))
+        if cuda:
+            sync(device)
+            tensors["built"] = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):
+            with record_function(STEP):
+                step()
         sync(device)
-        built = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    step()
-    sync(device)
+    if cuda:
+        tensors["peak"] = torch.cuda.max_memory_allocated()
     t0 = time.perf_counter()
     step()
     sync(device)
-    seconds = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"built_mib": built / MIB, "peak_mib": peak / MIB, "step_s": seconds}
+    return {"built_mib": tensors["built"] / MIB, "peak_mib": tensors["peak"] / MIB,
+            "step_s": time.perf_counter() - t0}
 
 
 def measure(model: str, device: str, sizes: list[int], micro_batches: list[int],
-            image_size: int | None = None, width: int | None = None) -> list[dict[str, Any]]:
-    """One row per batch size and micro-batch (a micro-batch not below b is the whole batch,
-    already measured, and is skipped)."""
+            recompute: list[bool] | None = None, image_size: int | None = None,
+            width: int | None = None) -> list[dict[str, Any]]:
+    """One row per batch size, micro-batch and recomputation setting (a micro-batch not below b
+    is the whole batch, already measured, and is skipped)."""
     rows = []
-    for b in sizes:
-        for m in micro_batches:
-            if m >= b:
-                continue
-            cmd = [sys.executable, "-m", "bench.memory", "--one", "--model", model,
-                   "--device", device, "--sizes", str(b), "--micro-batches", str(m)]
-            cmd += ["--image-size", str(image_size)] * (image_size is not None)
-            cmd += ["--width", str(width)] * (width is not None)
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            row: dict[str, Any] = {"batch_size": b, "micro_batch": m}
-            lines = proc.stdout.strip().splitlines()
-            if proc.returncode == 0 and lines:
-                row.update(json.loads(lines[-1]))
-            else:
-                row["error"] = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-            print(f"b={b:5d} micro-batch={m or 'whole':>5} "
-                  + (f"peak {row['peak_mib']:9.0f} MiB (built {row['built_mib']:.0f}), "
-                     f"step {row['step_s']:.2f} s" if "error" not in row
-                     else f"failed: {row['error']}"), flush=True)
-            rows.append(row)
+    for b, m, r in itertools.product(sizes, micro_batches, recompute or [False]):
+        if m >= b:
+            continue
+        cmd = [sys.executable, "-m", "bench.memory", "--one", "--model", model,
+               "--device", device, "--sizes", str(b), "--micro-batches", str(m),
+               "--recompute", str(int(r))]
+        cmd += ["--image-size", str(image_size)] * (image_size is not None)
+        cmd += ["--width", str(width)] * (width is not None)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        row: dict[str, Any] = {"batch_size": b, "micro_batch": m, "recompute": r}
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode == 0 and lines:
+            row.update(json.loads(lines[-1]))
+        else:
+            row["error"] = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        print(f"b={b:5d} micro-batch={m or 'whole':>5} recompute={'yes' if r else 'no':>3} "
+              + (f"peak {row['peak_mib']:9.0f} MiB (built {row['built_mib']:.0f}), "
+                 f"step {row['step_s']:.2f} s" if "error" not in row
+                 else f"failed: {row['error']}"), flush=True)
+        rows.append(row)
     return rows
 
 
@@ -94,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="2,4,8", help="batch sizes, comma-separated")
     p.add_argument("--micro-batches", default="0,2",
                    help="micro-batch sizes, comma-separated; 0 = the whole batch")
+    p.add_argument("--recompute", default="0",
+                   help="recompute activations: 0, 1 or 0,1 (both; biggan only)")
     p.add_argument("--image-size", type=int, help="override the model's benchmark resolution")
     p.add_argument("--width", type=int, help="override the model's benchmark width")
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -101,13 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",")]
     micro = [int(m) for m in a.micro_batches.split(",")]
+    recompute = [bool(int(r)) for r in a.recompute.split(",")]
     if a.one:
-        print(json.dumps(_one(a.model, a.device, sizes[0], micro[0], a.image_size, a.width)))
+        print(json.dumps(_one(a.model, a.device, sizes[0], micro[0], recompute[0],
+                              a.image_size, a.width)))
         return 0
-    rows = measure(a.model, a.device, sizes, micro, a.image_size, a.width)
+    rows = measure(a.model, a.device, sizes, micro, recompute, a.image_size, a.width)
     if a.json:
-        a.json.write_text(json.dumps({"model": a.model, "device": a.device, "rows": rows},
-                                     indent=2) + "\n")
+        import torch
+
+        from bench.run import hardware
+
+        # after the measurements: a CUDA context of this process would take device memory
+        a.json.write_text(json.dumps({"model": a.model, "device": a.device,
+                                      "hardware": hardware(torch.device(a.device)),
+                                      "rows": rows}, indent=2) + "\n")
     return 0
 
 

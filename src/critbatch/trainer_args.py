@@ -82,6 +82,7 @@ def trainer_args(
     args += ["--cuda-graph"] * t.cuda_graph + ["--bf16"] * t.bf16
     if t.micro_batch:
         args += ["--micro-batch", str(t.micro_batch)]
+    args += ["--recompute-activations"] * t.recompute_activations
     args += ["--reproducible-cpu"] * t.reproducible_cpu
     return args
 

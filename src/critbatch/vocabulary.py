@@ -21,7 +21,7 @@ __all__ = [
     "TrialKey", "TrialsError", "cuda_graph_problem", "default_attention_res", "default_channels",
     "default_eval_every", "default_eval_samples", "default_image_size", "default_width",
     "default_z_dim", "image_size_problem", "micro_batch_problem", "optimizer_defaults",
-    "parse_trials", "reached", "trials_text", "z_dim_problem",
+    "parse_trials", "reached", "recompute_problem", "trials_text", "z_dim_problem",
 ]
 
 MODELS = ("dcgan", "wgan-gp", "biggan")
@@ -206,6 +206,14 @@ def micro_batch_problem(model: str) -> str | None:
     if model == "dcgan":
         return ("not with dcgan, whose step uses one fake batch for both updates and would "
                 "have to keep it whole")
+    return None
+
+
+def recompute_problem(model: str) -> str | None:
+    """Why this model's blocks cannot be recomputed in the backward pass."""
+    if model != "biggan":
+        return ("only biggan, whose blocks are recomputed; the other models' networks are "
+                "small enough to keep their activations")
     return None
 
 

@@ -18,7 +18,7 @@ def test_memory_benchmark_reports_a_peak_per_batch_and_micro_batch(tmp_path: Pat
                      "0,2", "--image-size", "16", "--width", "4", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
-    assert (data["model"], data["device"]) == ("wgan-gp", "cpu")
+    assert (data["model"], data["device"], data["hardware"]["device"]) == ("wgan-gp", "cpu", "cpu")
     # b = 2 with micro-batches of 2 is the whole batch: measured once
     assert [(r["batch_size"], r["micro_batch"]) for r in data["rows"]] == [(2, 0), (4, 0), (4, 2)]
     for row in data["rows"]:
@@ -35,3 +35,15 @@ def test_a_setting_that_cannot_run_is_reported_and_the_others_go_on(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     whole, micro = json.loads(out.read_text())["rows"]
     assert "error" not in whole and "micro-batch: not with dcgan" in micro["error"]
+
+
+def test_recomputed_activations_are_measured_beside_the_stored_ones(tmp_path: Path,
+                                                                    run_bench) -> None:
+    out = tmp_path / "memory.json"
+    proc = run_bench("memory", "--model", "biggan", "--sizes", "4", "--micro-batches", "0",
+                     "--recompute", "0,1", "--image-size", "32", "--width", "4", "--json",
+                     str(out))
+    assert proc.returncode == 0, proc.stderr
+    stored, recomputed = json.loads(out.read_text())["rows"]
+    assert (stored["recompute"], recomputed["recompute"]) == (False, True)
+    assert "error" not in stored and "error" not in recomputed

@@ -85,6 +85,9 @@ def test_the_fast_paths_are_asked_for_by_name():
     micro = parse_sweep(sweep_manifest(trainer={"model": "biggan", "microBatch": 64}))
     args = trainer_args(micro, TrialKey(2, 0), metrics_port=0, checkpoint_dir=None)
     assert args[-2:] == ["--micro-batch", "64"] and "--micro-batch" not in plain
+    lean = parse_sweep(sweep_manifest(trainer={"model": "biggan", "recomputeActivations": True}))
+    args = trainer_args(lean, TrialKey(2, 0), metrics_port=0, checkpoint_dir=None)
+    assert args[-1] == "--recompute-activations" and "--recompute-activations" not in plain
 
 
 def test_reproducible_cpu_numerics_are_asked_for_by_name():
@@ -281,6 +284,9 @@ INVALID = [
      sweep_manifest(trainer={"cudaGraph": True}, optimizer={"name": "adabelief"})),
     ("spec.trainer.microBatch", sweep_manifest(trainer={"microBatch": 8})),
     ("spec.trainer.microBatch", sweep_manifest(trainer={"model": "wgan-gp", "microBatch": 0})),
+    ("spec.trainer.recomputeActivations", sweep_manifest(trainer={"recomputeActivations": True})),
+    ("spec.trainer.recomputeActivations",
+     sweep_manifest(trainer={"model": "biggan", "recomputeActivations": 1})),
     ("spec.trainer.bf16", sweep_manifest(trainer={"bf16": "yes"})),
     ("spec.trainer.reproducibleCPU", sweep_manifest(trainer={"reproducibleCPU": "yes"})),
     ("spec.trainer.width", sweep_manifest(trainer={"width": 0})),

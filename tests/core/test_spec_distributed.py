@@ -160,6 +160,9 @@ INVALID = [
     ("micro-batches on two nodes",
      sweep_manifest(trainer={"model": "biggan", "nodes": 2, "microBatch": 8}),
      "spec.trainer.microBatch", "spec.trainer.microBatch", "not 2"),
+    ("recomputation on two GPUs",
+     sweep_manifest(trainer={"model": "biggan", "gpus": 2, "recomputeActivations": True}),
+     "spec.trainer.recomputeActivations", "spec.trainer.recomputeActivations", "not 2"),
 ]
 
 

@@ -262,11 +262,18 @@ def test_resume_refuses_a_change_that_changes_n_of_b(tmp_path, field, value):
                                      trainer_command=FAKE_TRAINER)).prepare()
 
 
-def test_resume_takes_a_cuda_graph_change_which_trains_the_same(tmp_path):
+BIGGAN = {"model": "biggan", "imageSize": 32}
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({}, {"cudaGraph": True}),
+    (BIGGAN, {**BIGGAN, "recomputeActivations": True}),
+], ids=["cudaGraph", "recomputeActivations"])
+def test_resume_takes_a_change_which_trains_the_same(tmp_path, before, after):
     out = tmp_path / "o"
-    LocalRun(local_manifest(batchSizes=[16]),
+    LocalRun(local_manifest(batchSizes=[16], trainer=before),
              RunOptions(out_dir=out, trainer_command=FAKE_TRAINER, poll_interval=0.05)).run()
-    changed = local_manifest(batchSizes=[16], trainer={"cudaGraph": True})
+    changed = local_manifest(batchSizes=[16], trainer=after)
     run = LocalRun(changed, RunOptions(out_dir=out, resume=True, trainer_command=FAKE_TRAINER))
     run.prepare()
     run.unlock()

@@ -142,6 +142,8 @@ def test_every_default_is_the_vocabularys(model, dataset, optimizer) -> None:
     (["--optimizer", "adabelief", "--cuda-graph"],
      "cuda-graph: not with adabelief, which counts its steps on the host"),
     (["--micro-batch", "4"], "micro-batch: not with dcgan, whose step uses one fake batch"),
+    (["--model", "wgan-gp", "--recompute-activations"],
+     "recompute-activations: only biggan, whose blocks are recomputed"),
     (["--model", "wgan-gp", "--micro-batch", "-1"],
      "micro-batch: must be an integer >= 0 (0 = the whole batch), got -1"),
 ])

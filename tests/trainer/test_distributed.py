@@ -92,6 +92,8 @@ def test_a_shard_of_the_whole_batch_is_the_batch() -> None:
      "cuda-graph: not with 4 worker processes"),
     (TrainerConfig(batch_size=8, fid_threshold=1, max_steps=1, micro_batch=2),
      "micro-batch: not with 4 worker processes"),
+    (TrainerConfig(batch_size=8, fid_threshold=1, max_steps=1, recompute_activations=True),
+     "recompute-activations: not with 4 worker processes"),
 ])
 def test_settings_a_worker_cannot_split_are_refused(cfg: TrainerConfig, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

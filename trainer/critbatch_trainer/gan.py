@@ -92,6 +92,8 @@ class Gan:
                      attention_res=cfg.attention_res)
         self.recipe = nets.recipe
         G, D = nets.generator, nets.discriminator
+        if cfg.recompute_activations:
+            G.recompute = D.recompute = True
         if self.world.parallel:
             G, D = global_batch_norm(G), global_batch_norm(D)
         self.G = G.to(device)

@@ -86,7 +86,7 @@ def check_world(cfg: TrainerConfig, world: World) -> None:
     if cfg.batch_size % world.size:
         raise ConfigError(f"batch-size: {cfg.batch_size} is not divisible by the "
                           f"{world.size} worker processes (WORLD_SIZE) that share it")
-    for field in ("cuda_graph", "micro_batch"):
+    for field in ("cuda_graph", "micro_batch", "recompute_activations"):
         if getattr(cfg, field):
             raise ConfigError(f"{flag_name(field)}: not with {world.size} worker processes "
                               "(WORLD_SIZE)")

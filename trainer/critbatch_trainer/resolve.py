@@ -28,6 +28,7 @@ from critbatch.vocabulary import (
     image_size_problem,
     micro_batch_problem,
     optimizer_defaults,
+    recompute_problem,
     z_dim_problem,
 )
 from critbatch_trainer.settings import ConfigError, Resident, TrainerConfig, flag_name
@@ -131,6 +132,8 @@ def _validate(c: TrainerConfig) -> None:
     need(c.micro_batch >= 0, "micro_batch", "must be an integer >= 0 (0 = the whole batch)")
     if c.micro_batch:
         rule("micro_batch", micro_batch_problem(c.model))
+    if c.recompute_activations:
+        rule("recompute_activations", recompute_problem(c.model))
     need(0 <= c.ema_decay < 1, "ema_decay", "must be in [0, 1)")
     need(c.ema_start >= 0, "ema_start", "must be an integer >= 0")
     need(c.gns_every >= 0, "gns_every", "must be an integer >= 0 (0 = off)")

@@ -82,5 +82,6 @@ class TrainerConfig:
     workers: int = 2
     resident: str = Resident.AUTO
     cuda_graph: bool = False
+    recompute_activations: bool = False
     bf16: bool = False
     reproducible_cpu: bool = False

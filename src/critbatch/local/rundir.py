@@ -29,7 +29,7 @@ from critbatch.vocabulary import TrialKey
 LOCK_NAME = "run.lock"  # held (flock) by the one run writing the directory; holds its pid
 
 # Fields whose change changes N(b), so that a resumed trial would not be the trial that ran.
-# Not cudaGraph: a CUDA-graph step trains exactly like the eager one (same N(b)).
+# Not cudaGraph or recomputeActivations: both train exactly as without them (same N(b)).
 SAME_FIELDS = (("model", "model"), ("image_size", "imageSize"), ("channels", "channels"),
                ("width", "width"), ("z_dim", "zDim"), ("ema_start", "emaStart"),
                ("dataset", "dataset"), ("inception", "inception"), ("device", "device"),

@@ -108,6 +108,7 @@ class Trainer:
     pod_template: PodTemplate = field(default_factory=PodTemplate)
     cuda_graph: bool = False
     micro_batch: int | None = None  # samples per forward and backward pass; None: the batch
+    recompute_activations: bool = False
     bf16: bool = False
     reproducible_cpu: bool = False
 

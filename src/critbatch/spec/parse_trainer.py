@@ -35,6 +35,7 @@ from critbatch.vocabulary import (
     default_image_size,
     image_size_problem,
     micro_batch_problem,
+    recompute_problem,
     z_dim_problem,
 )
 
@@ -43,13 +44,14 @@ _FIELDS = (
     "image", "imagePullPolicy", "command", "model", "imageSize", "channels", "dataset",
     "inception", "width", "zDim", "emaStart", "device", "gpus", "nodes", "processes",
     "resources", "checkpointEvery", "checkpoints", "backoffLimit",
-    "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "microBatch", "bf16",
-    "reproducibleCPU",
+    "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "microBatch",
+    "recomputeActivations", "bf16", "reproducibleCPU",
 )
 # Fields only the built-in trainer reads; with a command each is an error.
 BUILTIN_ONLY = (
     "model", "imageSize", "channels", "width", "zDim", "emaStart", "inception", "device",
-    "cudaGraph", "microBatch", "bf16", "reproducibleCPU", "checkpointEvery",
+    "cudaGraph", "microBatch", "recomputeActivations", "bf16", "reproducibleCPU",
+    "checkpointEvery",
 )
 MAX_COMMAND_ARGS = 64
 MAX_MICRO_BATCH = 1 << 20
@@ -86,6 +88,9 @@ def parse_trainer(raw: Any) -> Trainer:
     micro_batch = int_field(t, "microBatch", path, lo=1, hi=MAX_MICRO_BATCH)
     if micro_batch is not None and (problem := micro_batch_problem(model)):
         raise field_error(f"{path}.microBatch", problem)
+    recompute = bool_field(t, "recomputeActivations", path)
+    if recompute and (problem := recompute_problem(model)):
+        raise field_error(f"{path}.recomputeActivations", problem)
     pod = _pod_fields(t)
     trainer = Trainer(
         model=model,
@@ -100,12 +105,14 @@ def parse_trainer(raw: Any) -> Trainer:
         checkpoint_every=int_field(t, "checkpointEvery", path, default=0, lo=0),
         cuda_graph=bool_field(t, "cudaGraph", path),
         micro_batch=micro_batch,
+        recompute_activations=recompute,
         bf16=bool_field(t, "bf16", path),
         reproducible_cpu=bool_field(t, "reproducibleCPU", path),
         **_parse_parallel(t, pod["gpus"]),
         **pod,
     )
-    for key, value in (("cudaGraph", trainer.cuda_graph), ("microBatch", trainer.micro_batch)):
+    for key, value in (("cudaGraph", trainer.cuda_graph), ("microBatch", trainer.micro_batch),
+                       ("recomputeActivations", trainer.recompute_activations)):
         if value and trainer.world_size > 1:
             raise field_error(f"{path}.{key}", "only for trials of one worker process, not "
                                                f"{trainer.world_size} (spec.trainer.nodes x "

@@ -10,6 +10,9 @@ fits small GPUs.
 Class embeddings are looked up with `index_select`: its backward never reads back to the host,
 so the step can be captured as a CUDA graph at any batch size (`nn.Embedding`'s CUDA backward
 sorts and synchronises above a few thousand labels); on the CPU both give the same numbers.
+
+`recompute` (set by the training step for `--recompute-activations`): each block, with the
+attention after it, keeps only its inputs and is recomputed in the backward pass.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from critbatch_trainer.models.recipe import NetworkShape, Recipe
+from critbatch_trainer.models.recompute import recomputed
 
 # Channel multipliers per resolution (BigGAN-PyTorch's G_arch / D_arch).
 G_ARCH = {
@@ -78,6 +82,18 @@ class Attention(nn.Module):
         return x + self.gamma * o
 
 
+def _stage(block: nn.Module, attn: nn.Module | None, recompute: bool, h: torch.Tensor,
+           *cond: torch.Tensor) -> torch.Tensor:
+    """A residual block and the attention after it (if any); with `recompute`, one segment
+    recomputed in the backward pass."""
+    def run(h: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        h = block(h, *cond)
+        return h if attn is None else attn(h)
+    if not recompute:
+        return run(h, *cond)
+    return recomputed(run, [block] if attn is None else [block, attn], h, *cond)
+
+
 class GBlock(nn.Module):
     def __init__(self, cin: int, cout: int, cond_dim: int) -> None:
         super().__init__()
@@ -95,6 +111,8 @@ class GBlock(nn.Module):
 
 class Generator(nn.Module):
     """(z, class labels) -> image in [-1, 1]; z is split into one chunk per block plus one."""
+
+    recompute = False
 
     def __init__(self, image_size: int = 128, channels: int = 3, z_dim: int = 120,
                  width: int = 32, num_classes: int = 1, shared_dim: int = 128,
@@ -124,10 +142,10 @@ class Generator(nn.Module):
         zs = torch.split(z, self.chunk, dim=1)
         shared = self.shared.weight.index_select(0, y)
         h = self.linear(zs[0]).view(z.shape[0], self.first_ch, self.bottom, self.bottom)
+        attns = dict(self.attn.items())
         for i, block in enumerate(self.blocks):
-            h = block(h, torch.cat([shared, zs[i + 1]], dim=1))
-            if str(i) in self.attn:
-                h = self.attn[str(i)](h)
+            h = _stage(block, attns.get(str(i)), self.recompute, h,
+                       torch.cat([shared, zs[i + 1]], dim=1))
         return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
 
 
@@ -159,6 +177,8 @@ class DBlock(nn.Module):
 class Discriminator(nn.Module):
     """Projection discriminator: (image, labels) -> one score per sample (hinge loss)."""
 
+    recompute = False
+
     def __init__(self, image_size: int = 128, channels: int = 3, width: int = 32,
                  num_classes: int = 1, attention_res: int = 64) -> None:
         super().__init__()
@@ -178,11 +198,9 @@ class Discriminator(nn.Module):
         orthogonal_init(self)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = x
+        h, attns = x, dict(self.attn.items())
         for i, block in enumerate(self.blocks):
-            h = block(h)
-            if str(i) in self.attn:
-                h = self.attn[str(i)](h)
+            h = _stage(block, attns.get(str(i)), self.recompute, h)
         h = F.relu(h).sum(dim=(2, 3))
         return self.linear(h).view(-1) + (self.embed.weight.index_select(0, y) * h).sum(dim=1)
 
