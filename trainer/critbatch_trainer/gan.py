@@ -49,7 +49,8 @@ class Noise(NamedTuple):
 
 class Draw(NamedTuple):
     """Everything random one step consumes, drawn before its arithmetic: a CUDA graph replays
-    device work only, so draws from the host's generators must happen outside it."""
+    its captured work as it was, so the batches and the random numbers must be drawn outside
+    it and copied in."""
 
     critic: tuple[CriticInputs, ...]
     generator: Noise | None  # G's update's own noise; None: it reuses the critic's fake batch
