@@ -47,6 +47,10 @@ async def test_a_custom_trainers_sweep_measures_b_star_from_the_protocol(k, sour
             async with operator(k, **overrides):
                 await create_sweep(k, body)
                 await wait_for(phase_is(k, "mine", "Succeeded", "Failed"), what="sweep done")
+                # Metrics may decide every trial before a result is read: the network's size
+                # (the result's `params`) fills in at a later reconciliation.
+                await wait_for(lambda: status(k, "mine")["criticalBatchSize"].get(
+                    "generatorParams"), what="the results' params")
         finally:
             prom.close()
         jobs = cluster.jobs()
