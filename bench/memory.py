@@ -1,5 +1,6 @@
-"""Peak memory of training steps per batch size, whole, in micro-batches (`--micro-batch`) and
-with recomputed activations (`--recompute-activations`).
+"""Peak memory of training steps per batch size, whole, in micro-batches (`--micro-batch`),
+with recomputed activations (`--recompute-activations`) and fused attention
+(`--fused-attention`).
 
 Each setting runs in a fresh process: the trainer's `Trial`, built as in bench.run with the
 model's benchmark settings, and three of its `train_step`s. The peak is that of the tensors
@@ -12,7 +13,7 @@ others go on.
 
     python -m bench.memory --model biggan --sizes 2,4,8 --micro-batches 0,2 --recompute 0,1
     python -m bench.memory --model biggan --device cuda --sizes 256,512,1024,2048 \\
-        --micro-batches 0,256 --recompute 0,1 --json memory.json
+        --micro-batches 0,256 --recompute 0,1 --fused-attention 0,1 --json memory.json
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _cpu_tensor_bytes(out: dict[str, float]) -> Iterator[None]:
                       if any(start <= ts <= end for start, end in steps))
 
 
-def _one(model: str, device_name: str, b: int, micro: int, recompute: bool,
+def _one(model: str, device_name: str, b: int, micro: int, recompute: bool, fused: bool,
          image_size: int | None, width: int | None) -> dict[str, Any]:
     """The built trial's and its steps' peak tensor bytes, and one step's time, at b."""
     import torch
@@ -67,7 +68,7 @@ def _one(model: str, device_name: str, b: int, micro: int, recompute: bool,
     cuda = device.type == "cuda"
     spec = specs.setup(model, cuda, image_size=image_size, width=width)
     flags = [*spec.trainer_flags(), "--micro-batch", str(micro),
-             "--recompute-activations", str(recompute)]
+             "--recompute-activations", str(recompute), "--fused-attention", str(fused)]
     tensors: dict[str, float] = {}
     with contextlib.nullcontext() if cuda else _cpu_tensor_bytes(tensors):
         step = stepper(build_trial(b, device, tempfile.mkdtemp(), flags))
@@ -89,27 +90,30 @@ def _one(model: str, device_name: str, b: int, micro: int, recompute: bool,
 
 
 def measure(model: str, device: str, sizes: list[int], micro_batches: list[int],
-            recompute: list[bool] | None = None, image_size: int | None = None,
-            width: int | None = None) -> list[dict[str, Any]]:
-    """One row per batch size, micro-batch and recomputation setting (a micro-batch not below b
-    is the whole batch, already measured, and is skipped)."""
+            recompute: list[bool] | None = None, fused: list[bool] | None = None,
+            image_size: int | None = None, width: int | None = None) -> list[dict[str, Any]]:
+    """One row per batch size, micro-batch, recomputation and attention setting (a micro-batch
+    not below b is the whole batch, already measured, and is skipped)."""
     rows = []
-    for b, m, r in itertools.product(sizes, micro_batches, recompute or [False]):
+    for b, m, r, f in itertools.product(sizes, micro_batches, recompute or [False],
+                                        fused or [False]):
         if m >= b:
             continue
         cmd = [sys.executable, "-m", "bench.memory", "--one", "--model", model,
                "--device", device, "--sizes", str(b), "--micro-batches", str(m),
-               "--recompute", str(int(r))]
+               "--recompute", str(int(r)), "--fused-attention", str(int(f))]
         cmd += ["--image-size", str(image_size)] * (image_size is not None)
         cmd += ["--width", str(width)] * (width is not None)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        row: dict[str, Any] = {"batch_size": b, "micro_batch": m, "recompute": r}
+        row: dict[str, Any] = {"batch_size": b, "micro_batch": m, "recompute": r,
+                               "fused_attention": f}
         lines = proc.stdout.strip().splitlines()
         if proc.returncode == 0 and lines:
             row.update(json.loads(lines[-1]))
         else:
             row["error"] = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
         print(f"b={b:5d} micro-batch={m or 'whole':>5} recompute={'yes' if r else 'no':>3} "
+              f"fused={'yes' if f else 'no':>3} "
               + (f"peak {row['peak_mib']:9.0f} MiB (built {row['built_mib']:.0f}), "
                  f"step {row['step_s']:.2f} s" if "error" not in row
                  else f"failed: {row['error']}"), flush=True)
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="micro-batch sizes, comma-separated; 0 = the whole batch")
     p.add_argument("--recompute", default="0",
                    help="recompute activations: 0, 1 or 0,1 (both; biggan only)")
+    p.add_argument("--fused-attention", default="0",
+                   help="fused attention: 0, 1 or 0,1 (both; biggan only)")
     p.add_argument("--image-size", type=int, help="override the model's benchmark resolution")
     p.add_argument("--width", type=int, help="override the model's benchmark width")
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -135,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in a.sizes.split(",")]
     micro = [int(m) for m in a.micro_batches.split(",")]
     recompute = [bool(int(r)) for r in a.recompute.split(",")]
+    fused = [bool(int(f)) for f in a.fused_attention.split(",")]
     if a.one:
-        print(json.dumps(_one(a.model, a.device, sizes[0], micro[0], recompute[0],
+        print(json.dumps(_one(a.model, a.device, sizes[0], micro[0], recompute[0], fused[0],
                               a.image_size, a.width)))
         return 0
-    rows = measure(a.model, a.device, sizes, micro, recompute, a.image_size, a.width)
+    rows = measure(a.model, a.device, sizes, micro, recompute, fused, a.image_size, a.width)
     if a.json:
         import torch
 

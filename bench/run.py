@@ -83,13 +83,17 @@ def stepper(trial: Trial) -> Callable[[], None]:
 
 
 def variants(device: torch.device, model: str = "dcgan") -> dict[str, list[str]]:
-    """Trainer flags of each timed variant of "ours": on a GPU also with a CUDA graph and bf16
-    (DCGAN's eager bf16 step was measured before: docs/benchmarks.md)."""
+    """Trainer flags of each timed variant of "ours": BigGAN's also with fused attention; on a
+    GPU also with a CUDA graph and bf16 (DCGAN's eager bf16 step was measured before:
+    docs/benchmarks.md)."""
+    fused = {"ours_fused": ["--fused-attention"]} if model == "biggan" else {}
     if device.type != "cuda":
-        return {"ours": []}
+        return {"ours": [], **fused}
     eager_bf16 = {} if model == "dcgan" else {"ours_bf16": ["--bf16"]}
-    return {"ours": [], **eager_bf16, "ours_graph": ["--cuda-graph"],
-            "ours_graph_bf16": ["--cuda-graph", "--bf16"]}
+    fastest = ({"ours_graph_bf16_fused": ["--cuda-graph", "--bf16", "--fused-attention"]}
+               if fused else {})
+    return {"ours": [], **eager_bf16, **fused, "ours_graph": ["--cuda-graph"],
+            "ours_graph_bf16": ["--cuda-graph", "--bf16"], **fastest}
 
 
 def bench_training(sizes: list[int], device: torch.device, *, rounds: int, budget: float,

@@ -83,6 +83,7 @@ def trainer_args(
     if t.micro_batch:
         args += ["--micro-batch", str(t.micro_batch)]
     args += ["--recompute-activations"] * t.recompute_activations
+    args += ["--fused-attention"] * t.fused_attention
     args += ["--reproducible-cpu"] * t.reproducible_cpu
     return args
 

@@ -18,10 +18,11 @@ from critbatch.science import OPTIMIZERS, PAPER_LEARNING_RATES
 __all__ = [
     "DATASETS", "DEVICES", "EMA_MODELS", "EMBEDDED_DATASETS",
     "KNOWN_DATASET_SIZES", "MAX_TRIALS_PER_GROUP", "MODELS", "OPTIMIZERS", "Goal", "OptimizerSide",
-    "TrialKey", "TrialsError", "cuda_graph_problem", "default_attention_res", "default_channels",
-    "default_eval_every", "default_eval_samples", "default_image_size", "default_width",
-    "default_z_dim", "image_size_problem", "micro_batch_problem", "optimizer_defaults",
-    "parse_trials", "reached", "recompute_problem", "trials_text", "z_dim_problem",
+    "TrialKey", "TrialsError", "attention_problem", "cuda_graph_problem",
+    "default_attention_res", "default_channels", "default_eval_every", "default_eval_samples",
+    "default_image_size", "default_width", "default_z_dim", "image_size_problem",
+    "micro_batch_problem", "optimizer_defaults", "parse_trials", "reached", "recompute_problem",
+    "trials_text", "z_dim_problem",
 ]
 
 MODELS = ("dcgan", "wgan-gp", "biggan")
@@ -214,6 +215,13 @@ def recompute_problem(model: str) -> str | None:
     if model != "biggan":
         return ("only biggan, whose blocks are recomputed; the other models' networks are "
                 "small enough to keep their activations")
+    return None
+
+
+def attention_problem(model: str) -> str | None:
+    """Why this model has no self-attention to fuse."""
+    if model != "biggan":
+        return "only biggan, the one model with self-attention"
     return None
 
 

@@ -1,6 +1,7 @@
 """On a GPU, the captured CUDA-graph step trains exactly as the eager step does, for each
-model (and BigGAN with recomputed activations), a graph trial resumed from its checkpoint
-trains as an uninterrupted one, and recomputed activations train as stored ones."""
+model (and BigGAN with recomputed activations, and with fused attention), a graph trial resumed
+from its checkpoint trains as an uninterrupted one, recomputed activations train as stored
+ones, and the fused attention computes the plain one without its score matrix."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ MODELS = {  # small networks: the test is about the step, not the model's size
 }
 MODELS["biggan-recompute"] = [*MODELS["biggan"], "--attention-res", "16",
                               "--recompute-activations"]
+MODELS["biggan-fused"] = [*MODELS["biggan"], "--attention-res", "16", "--fused-attention"]
 
 
 def _trial(tmp_path, *extra: str):
@@ -103,3 +105,34 @@ def test_recomputed_activations_train_as_stored_ones(tmp_path, deterministic) ->
         for k in ls:
             assert ll[k] == pytest.approx(ls[k], rel=2e-2, abs=1e-4), (step, k)
     assert _max_weight_difference(stored, lean) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_attention_computes_the_plain_one_in_less_memory(dtype) -> None:
+    """fp32 takes the memory-efficient kernel, bf16 (as under --bf16's autocast) flash."""
+    from critbatch_trainer.models.biggan import Attention
+
+    torch.manual_seed(0)
+    plain = Attention(64).cuda()
+    with torch.no_grad():
+        plain.gamma.fill_(0.7)
+    x = torch.randn(16, 64, 64, 64, device="cuda")
+    out, peak = {}, {}
+    for fused in (False, True):
+        plain.fused = fused
+        plain.zero_grad()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
+            y = plain(x)
+        y.float().square().mean().backward()
+        torch.cuda.synchronize()
+        peak[fused] = torch.cuda.max_memory_allocated() - start
+        out[fused] = (y.detach().float(), plain.theta.parametrizations.weight.original.grad)
+    tol = {"rtol": 2e-2, "atol": 2e-3} if dtype is torch.bfloat16 else {"rtol": 1e-3,
+                                                                          "atol": 1e-4}
+    torch.testing.assert_close(out[True][0], out[False][0], **tol)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=5e-2, atol=1e-3)
+    scores = 16 * 4096 * 1024 * (2 if dtype is torch.bfloat16 else 4)
+    assert peak[False] >= scores and peak[True] < scores / 2, peak

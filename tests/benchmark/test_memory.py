@@ -37,13 +37,14 @@ def test_a_setting_that_cannot_run_is_reported_and_the_others_go_on(tmp_path: Pa
     assert "error" not in whole and "micro-batch: not with dcgan" in micro["error"]
 
 
-def test_recomputed_activations_are_measured_beside_the_stored_ones(tmp_path: Path,
-                                                                    run_bench) -> None:
+def test_recomputed_activations_and_fused_attention_are_measured_beside_the_plain_step(
+        tmp_path: Path, run_bench) -> None:
     out = tmp_path / "memory.json"
     proc = run_bench("memory", "--model", "biggan", "--sizes", "4", "--micro-batches", "0",
-                     "--recompute", "0,1", "--image-size", "32", "--width", "4", "--json",
-                     str(out))
+                     "--recompute", "0,1", "--fused-attention", "0,1", "--image-size", "32",
+                     "--width", "4", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    stored, recomputed = json.loads(out.read_text())["rows"]
-    assert (stored["recompute"], recomputed["recompute"]) == (False, True)
-    assert "error" not in stored and "error" not in recomputed
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["recompute"], r["fused_attention"]) for r in rows] == [
+        (False, False), (False, True), (True, False), (True, True)]
+    assert all("error" not in r for r in rows)

@@ -49,10 +49,10 @@ def test_benchmark_of_each_model_runs_on_cpu(model: str, tmp_path: Path, capsys)
     data = json.loads(out.read_text())
     assert data["model"]["model"] == model
     assert [r["batch_size"] for r in data["training"]] == sizes
+    timed = {"baseline", "ours"} | ({"ours_fused"} if model == "biggan" else set())
     for row in data["training"]:
-        assert set(row["steps_per_s"]) == {"baseline", "ours"} and "errors" not in row
-        ratio = row["ratio"]["ours"]
-        assert math.isfinite(ratio) and ratio > 0
+        assert set(row["steps_per_s"]) == timed and "errors" not in row
+        assert all(math.isfinite(r) and r > 0 for r in row["ratio"].values())
     # Counted through WGAN-GP's autograd.grad too, where FlopCounterMode's hooks fail.
     assert data["mfu"]["batch_size"] == sizes[-1] and data["mfu"]["flops_per_step"] > 0
 

@@ -88,6 +88,9 @@ def test_the_fast_paths_are_asked_for_by_name():
     lean = parse_sweep(sweep_manifest(trainer={"model": "biggan", "recomputeActivations": True}))
     args = trainer_args(lean, TrialKey(2, 0), metrics_port=0, checkpoint_dir=None)
     assert args[-1] == "--recompute-activations" and "--recompute-activations" not in plain
+    fused = parse_sweep(sweep_manifest(trainer={"model": "biggan", "fusedAttention": True}))
+    args = trainer_args(fused, TrialKey(2, 0), metrics_port=0, checkpoint_dir=None)
+    assert args[-1] == "--fused-attention" and "--fused-attention" not in plain
 
 
 def test_reproducible_cpu_numerics_are_asked_for_by_name():
@@ -287,6 +290,9 @@ INVALID = [
     ("spec.trainer.recomputeActivations", sweep_manifest(trainer={"recomputeActivations": True})),
     ("spec.trainer.recomputeActivations",
      sweep_manifest(trainer={"model": "biggan", "recomputeActivations": 1})),
+    ("spec.trainer.fusedAttention", sweep_manifest(trainer={"fusedAttention": True})),
+    ("spec.trainer.fusedAttention",
+     sweep_manifest(trainer={"model": "biggan", "fusedAttention": "yes"})),
     ("spec.trainer.bf16", sweep_manifest(trainer={"bf16": "yes"})),
     ("spec.trainer.reproducibleCPU", sweep_manifest(trainer={"reproducibleCPU": "yes"})),
     ("spec.trainer.width", sweep_manifest(trainer={"width": 0})),

@@ -116,7 +116,7 @@ def test_trainer_args_refuse_a_custom_sweep():
 _BUILTIN_VALUES = {"model": "biggan", "imageSize": 32, "channels": 3, "width": 32, "zDim": 64,
                    "emaStart": 10, "inception": {"file": "/w.pth"}, "device": "cpu",
                    "cudaGraph": False, "microBatch": 8, "recomputeActivations": False,
-                   "bf16": False,
+                   "fusedAttention": False, "bf16": False,
                    "reproducibleCPU": False, "checkpointEvery": 0}
 
 INVALID = [

@@ -279,6 +279,16 @@ def test_resume_takes_a_change_which_trains_the_same(tmp_path, before, after):
     run.unlock()
 
 
+def test_resume_refuses_to_fuse_the_attention_of_a_run(tmp_path):
+    out = tmp_path / "o"
+    LocalRun(local_manifest(batchSizes=[16], trainer=BIGGAN),
+             RunOptions(out_dir=out, trainer_command=FAKE_TRAINER, poll_interval=0.05)).run()
+    changed = local_manifest(batchSizes=[16], trainer={**BIGGAN, "fusedAttention": True})
+    with pytest.raises(RunError, match=r"^spec\.trainer\.fusedAttention: differs from the run "):
+        LocalRun(changed, RunOptions(out_dir=out, resume=True,
+                                     trainer_command=FAKE_TRAINER)).prepare()
+
+
 def test_resume_names_the_old_and_new_value(tmp_path):
     out = tmp_path / "o"
     LocalRun(local_manifest(batchSizes=[16]),

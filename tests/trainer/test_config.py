@@ -144,6 +144,7 @@ def test_every_default_is_the_vocabularys(model, dataset, optimizer) -> None:
     (["--micro-batch", "4"], "micro-batch: not with dcgan, whose step uses one fake batch"),
     (["--model", "wgan-gp", "--recompute-activations"],
      "recompute-activations: only biggan, whose blocks are recomputed"),
+    (["--fused-attention"], "fused-attention: only biggan, the one model with self-attention"),
     (["--model", "wgan-gp", "--micro-batch", "-1"],
      "micro-batch: must be an integer >= 0 (0 = the whole batch), got -1"),
 ])

@@ -9,18 +9,9 @@ from typing import Any
 
 import pytest
 import torch
+from trainer_helpers import small_biggan
 
-from critbatch_trainer.config import parse_args
 from critbatch_trainer.loop import Trial
-
-
-def _trial(stats_cache, *extra: str) -> Trial:
-    cfg = parse_args(["--model", "biggan", "--image-size", "32", "--width", "4",
-                      "--attention-res", "16", "--batch-size", "6", "--ema-start", "0",
-                      "--fid-threshold", "0.001", "--max-steps", "3", "--eval-samples", "64",
-                      "--gns-every", "0", "--threads", "1", "--stats-cache", str(stats_cache),
-                      "--termination-log", "", *extra])
-    return Trial.create(cfg, log=lambda _msg: None)
 
 
 def _flat(state: Any, prefix: str = "") -> dict[str, Any]:
@@ -45,8 +36,8 @@ def test_recomputed_blocks_train_the_same_gan(extra, stats_cache) -> None:
     """Three steps with and without recomputation leave every weight, spectral-norm vector,
     running statistic, EMA weight, optimizer moment, loss and random state the same, bit for
     bit: the rerun starts from the first run's state and leaves the state the first run left."""
-    plain = _train(_trial(stats_cache, *extra))
-    lean = _train(_trial(stats_cache, *extra, "--recompute-activations"))
+    plain = _train(small_biggan(stats_cache, *extra))
+    lean = _train(small_biggan(stats_cache, *extra, "--recompute-activations"))
     assert plain.keys() == lean.keys()
     assert any("_u" in k for k in plain) and any("running_mean" in k for k in plain)
     for key, value in plain.items():
@@ -63,7 +54,7 @@ def test_each_block_runs_again_in_the_backward_pass(stats_cache) -> None:
     backward needs); G's samples for D's update are drawn without gradients and run once."""
     counts: dict[bool, Counter[str]] = {False: Counter(), True: Counter()}
     for recompute, calls in counts.items():
-        trial = _trial(stats_cache, "--recompute-activations", str(recompute))
+        trial = small_biggan(stats_cache, "--recompute-activations", str(recompute))
         for net in ("G", "D"):
             for name, module in getattr(trial.gan, net).named_modules():
                 if name.count(".") == 1 and name.split(".")[0] in ("blocks", "attn"):
@@ -77,6 +68,6 @@ def test_each_block_runs_again_in_the_backward_pass(stats_cache) -> None:
 
 
 def test_the_noise_scale_measurement_is_the_same(stats_cache) -> None:
-    norms = [_trial(stats_cache, *extra).gan.noise_scale_norms(5)
+    norms = [small_biggan(stats_cache, *extra).gan.noise_scale_norms(5)
              for extra in ([], ["--recompute-activations"])]
     assert norms[0][0] > 0 and norms[1] == norms[0]

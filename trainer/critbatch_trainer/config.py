@@ -39,7 +39,8 @@ _INT = {"batch_size", "max_steps", "image_size", "channels", "seed", "eval_every
         "attention_res", "gns_every", "checkpoint_every", "metrics_port", "threads", "workers"}
 _FLOAT = {"fid_threshold", "lr_g", "lr_d", "beta1_g", "beta2_g", "eps_g", "beta1_d", "beta2_d",
           "eps_d", "gp_lambda", "ema_decay", "linger"}
-_BOOL = {"allow_download", "cuda_graph", "recompute_activations", "bf16", "reproducible_cpu"}
+_BOOL = {"allow_download", "cuda_graph", "recompute_activations", "fused_attention", "bf16",
+         "reproducible_cpu"}
 _REQUIRED = ("batch_size", "fid_threshold", "max_steps")
 _OPTIONAL_PATHS = {"data_path", "checkpoint_dir", "termination_log", "stats_cache"}
 
@@ -165,6 +166,9 @@ HELP: dict[str, str] = {
     "recompute_activations": "keep only each network block's input in the forward pass and "
                              "recompute the block in the backward: less memory for about one "
                              "more forward pass, same training (biggan; default off)",
+    "fused_attention": "self-attention by fused kernels that never hold its score matrix: "
+                       "less memory (most with --recompute-activations) and faster; changes "
+                       "rounding only (biggan; default off)",
     "bf16": "bfloat16 autocast in training steps; changes numerics, so N(b) (default off)",
     "reproducible_cpu": "pin the CPU numerics so a seed reaches the same N(b) on any x86-64 "
                         "CPU family; slower (default off)",

@@ -22,6 +22,7 @@ from torch import nn
 
 from critbatch_trainer.distributed import World, global_batch_norm, local_statistics
 from critbatch_trainer.models import build
+from critbatch_trainer.models.biggan import fuse_attention
 from critbatch_trainer.optim import make_optimizer
 from critbatch_trainer.settings import TrainerConfig
 
@@ -95,6 +96,8 @@ class Gan:
         G, D = nets.generator, nets.discriminator
         if cfg.recompute_activations:
             G.recompute = D.recompute = True
+        if cfg.fused_attention:
+            fuse_attention(G, D)
         if self.world.parallel:
             G, D = global_batch_norm(G), global_batch_norm(D)
         self.G = G.to(device)

@@ -45,7 +45,8 @@ IDENTITY = ("model", "dataset", "data_path", "lsun_classes", "image_size", "chan
             "batch_size", "seed", "optimizer", "lr_g", "lr_d", "beta1_g", "beta2_g", "eps_g",
             "beta1_d", "beta2_d", "eps_d", "fid_threshold", "eval_every", "eval_samples",
             "real_samples", "extractor", "width", "z_dim", "n_critic", "gp_lambda",
-            "ema_decay", "ema_start", "attention_res", "gns_every", "bf16", "reproducible_cpu")
+            "ema_decay", "ema_start", "attention_res", "gns_every", "bf16", "reproducible_cpu",
+            "fused_attention")
 EVAL_SEED_OFFSET = 0x0E7A1  # the evaluation noise's seed is the trial's seed plus this
 
 
@@ -197,9 +198,9 @@ class Trial:
                               f"{CHECKPOINT_VERSION}")
         mine = self.identity()
         # A checkpoint without these in its identity was written with unpinned numerics, with
-        # D's real and fake passes apart, and without micro-batches.
+        # D's real and fake passes apart, without micro-batches and without fused attention.
         for k, v in {"reproducible_cpu": False, "joint_d": False, "micro_batch": 0,
-                     **s["identity"]}.items():
+                     "fused_attention": False, **s["identity"]}.items():
             if mine.get(k) != v:
                 what = ("a joint real and fake discriminator pass" if k == "joint_d"
                         else flag_name(k))

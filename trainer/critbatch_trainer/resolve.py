@@ -17,6 +17,7 @@ from critbatch.vocabulary import (
     EMBEDDED_DATASETS,
     MODELS,
     OPTIMIZERS,
+    attention_problem,
     cuda_graph_problem,
     default_attention_res,
     default_channels,
@@ -134,6 +135,8 @@ def _validate(c: TrainerConfig) -> None:
         rule("micro_batch", micro_batch_problem(c.model))
     if c.recompute_activations:
         rule("recompute_activations", recompute_problem(c.model))
+    if c.fused_attention:
+        rule("fused_attention", attention_problem(c.model))
     need(0 <= c.ema_decay < 1, "ema_decay", "must be in [0, 1)")
     need(c.ema_start >= 0, "ema_start", "must be an integer >= 0")
     need(c.gns_every >= 0, "gns_every", "must be an integer >= 0 (0 = off)")

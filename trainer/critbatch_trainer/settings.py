@@ -83,5 +83,6 @@ class TrainerConfig:
     resident: str = Resident.AUTO
     cuda_graph: bool = False
     recompute_activations: bool = False
+    fused_attention: bool = False
     bf16: bool = False
     reproducible_cpu: bool = False

@@ -30,10 +30,12 @@ LOCK_NAME = "run.lock"  # held (flock) by the one run writing the directory; hol
 
 # Fields whose change changes N(b), so that a resumed trial would not be the trial that ran.
 # Not cudaGraph or recomputeActivations: both train exactly as without them (same N(b)).
+# fusedAttention computes the same function with other rounding: another run of each seed.
 SAME_FIELDS = (("model", "model"), ("image_size", "imageSize"), ("channels", "channels"),
                ("width", "width"), ("z_dim", "zDim"), ("ema_start", "emaStart"),
                ("dataset", "dataset"), ("inception", "inception"), ("device", "device"),
-               ("micro_batch", "microBatch"), ("bf16", "bf16"),
+               ("micro_batch", "microBatch"), ("fused_attention", "fusedAttention"),
+               ("bf16", "bf16"),
                ("reproducible_cpu", "reproducibleCPU"))
 
 

@@ -109,6 +109,7 @@ class Trainer:
     cuda_graph: bool = False
     micro_batch: int | None = None  # samples per forward and backward pass; None: the batch
     recompute_activations: bool = False
+    fused_attention: bool = False
     bf16: bool = False
     reproducible_cpu: bool = False
 

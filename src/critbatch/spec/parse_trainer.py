@@ -32,6 +32,7 @@ from critbatch.vocabulary import (
     EMA_MODELS,
     EMBEDDED_DATASETS,
     MODELS,
+    attention_problem,
     default_image_size,
     image_size_problem,
     micro_batch_problem,
@@ -45,13 +46,13 @@ _FIELDS = (
     "inception", "width", "zDim", "emaStart", "device", "gpus", "nodes", "processes",
     "resources", "checkpointEvery", "checkpoints", "backoffLimit",
     "activeDeadlineSeconds", "env", "podTemplate", "cudaGraph", "microBatch",
-    "recomputeActivations", "bf16", "reproducibleCPU",
+    "recomputeActivations", "fusedAttention", "bf16", "reproducibleCPU",
 )
 # Fields only the built-in trainer reads; with a command each is an error.
 BUILTIN_ONLY = (
     "model", "imageSize", "channels", "width", "zDim", "emaStart", "inception", "device",
-    "cudaGraph", "microBatch", "recomputeActivations", "bf16", "reproducibleCPU",
-    "checkpointEvery",
+    "cudaGraph", "microBatch", "recomputeActivations", "fusedAttention", "bf16",
+    "reproducibleCPU", "checkpointEvery",
 )
 MAX_COMMAND_ARGS = 64
 MAX_MICRO_BATCH = 1 << 20
@@ -91,6 +92,9 @@ def parse_trainer(raw: Any) -> Trainer:
     recompute = bool_field(t, "recomputeActivations", path)
     if recompute and (problem := recompute_problem(model)):
         raise field_error(f"{path}.recomputeActivations", problem)
+    fused = bool_field(t, "fusedAttention", path)
+    if fused and (problem := attention_problem(model)):
+        raise field_error(f"{path}.fusedAttention", problem)
     pod = _pod_fields(t)
     trainer = Trainer(
         model=model,
@@ -106,6 +110,7 @@ def parse_trainer(raw: Any) -> Trainer:
         cuda_graph=bool_field(t, "cudaGraph", path),
         micro_batch=micro_batch,
         recompute_activations=recompute,
+        fused_attention=fused,
         bf16=bool_field(t, "bf16", path),
         reproducible_cpu=bool_field(t, "reproducibleCPU", path),
         **_parse_parallel(t, pod["gpus"]),

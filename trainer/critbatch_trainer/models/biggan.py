@@ -13,6 +13,8 @@ sorts and synchronises above a few thousand labels); on the CPU both give the sa
 
 `recompute` (set by the training step for `--recompute-activations`): each block, with the
 attention after it, keeps only its inputs and is recomputed in the backward pass.
+`fuse_attention` (for `--fused-attention`) routes the self-attention through PyTorch's fused
+scaled-dot-product kernels, which never hold the score matrix.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class ConditionalBatchNorm(nn.Module):
 class Attention(nn.Module):
     """SAGAN self-attention with spectral norm; the residual gain starts at 0."""
 
+    fused = False
+
     def __init__(self, ch: int) -> None:
         super().__init__()
         self.theta = _sn_conv(ch, max(ch // 8, 1), 1)
@@ -77,9 +81,32 @@ class Attention(nn.Module):
         theta = self.theta(x).flatten(2)
         phi = F.max_pool2d(self.phi(x), 2).flatten(2)
         g = F.max_pool2d(self.g(x), 2).flatten(2)
-        beta = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)
-        o = self.o((g @ beta.transpose(1, 2)).view(n, -1, h, w))
-        return x + self.gamma * o
+        if self.fused:
+            o = _fused(theta, phi, g)
+        else:
+            beta = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)
+            o = g @ beta.transpose(1, 2)
+        return x + self.gamma * self.o(o.view(n, -1, h, w))
+
+
+def _fused(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """g·softmax(θᵀφ)ᵀ by `scaled_dot_product_attention` (unscaled, as SAGAN): one head whose
+    queries and keys are zero-padded to the values' size, since the fused kernels (flash,
+    memory-efficient) want one head size and their inputs contiguous; zeros add nothing to
+    θᵀφ. Where no fused kernel applies, PyTorch falls back to the plain computation."""
+    pad = (0, g.shape[1] - theta.shape[1])
+    q = F.pad(theta.transpose(1, 2), pad)[:, None].contiguous()
+    k = F.pad(phi.transpose(1, 2), pad)[:, None].contiguous()
+    v = g.transpose(1, 2)[:, None].contiguous()
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0].transpose(1, 2)
+
+
+def fuse_attention(*nets: nn.Module) -> None:
+    """Route these networks' self-attention through the fused kernels (`--fused-attention`)."""
+    for net in nets:
+        for m in net.modules():
+            if isinstance(m, Attention):
+                m.fused = True
 
 
 def _stage(block: nn.Module, attn: nn.Module | None, recompute: bool, h: torch.Tensor,
