@@ -36,11 +36,13 @@ class Scenario:
     seeds: int
     stall: float = 0.0
     stall_below: int = 0
+    stall_growth: float = 1.0
     grid: tuple[int, ...] = GRID
 
 
 def scenarios() -> list[Scenario]:
-    """b* inside the grid or near either edge, 10 % or 30 % noise, stalls below b = 16."""
+    """b* inside the grid or near either edge, 10 % or 30 % noise, stalls below b = 16 alike
+    (0.3) or thinning out with the batch size as in real sweeps (0.6 at b = 4, 0.15 at 8)."""
     out = []
     for seeds in (1, 3):
         for label, critical in (("inside", (8.0, 96.0)), ("low edge", (3.0, 8.0)),
@@ -50,6 +52,10 @@ def scenarios() -> list[Scenario]:
                                     sigma=(noise, noise), seeds=seeds))
             out.append(Scenario(name=f"{label} sd=10-30% stalls", critical=critical,
                                 sigma=(0.1, 0.3), seeds=seeds, stall=0.3, stall_below=16))
+            if label != "high edge":  # 0.6 at b = 4, 0.15 at 8
+                out.append(Scenario(name=f"{label} sd=10-30% thinning", critical=critical,
+                                    sigma=(0.1, 0.3), seeds=seeds, stall=0.15,
+                                    stall_below=16, stall_growth=4.0))
     return out
 
 
@@ -66,12 +72,13 @@ def score(scenario: Scenario, sweeps: int, seed: int, confidence: float = 0.95) 
     for i in range(sweeps):
         truth = simulate.random_truth(rng, scenario.grid, critical=scenario.critical,
                                       sigma=scenario.sigma, stall=scenario.stall,
-                                      stall_below=scenario.stall_below)
+                                      stall_below=scenario.stall_below,
+                                      stall_growth=scenario.stall_growth)
         trials = simulate.draw_trials(truth, simulate.sweep_keys(scenario.grid, scenario.seeds),
                                       sim_seed=seed * 100_003 + i)
         want = truth.true_argmin(scenario.grid)
         post = posterior.infer(trials, scenario.grid, confidence=confidence,
-                               interval_level=confidence)
+                               interval_level=confidence, budget=truth.max_steps)
         counts["measured"] += measured_rule(trials) == want
         counts["posterior"] += post.most_probable == want
         counts["covered"] += want in post.plausible

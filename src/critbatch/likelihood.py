@@ -1,9 +1,11 @@
 """The censoring-aware likelihood behind `critbatch.posterior`, on a grid of cells.
 
 A cell is (beta, sigma) of N(b) = n_min*b/(b - beta) with lognormal seed noise of sd sigma on
-log N; log n_min is integrated on quadrature points per cell and the per-seed stall
-probability on STALLS. Here: the cells and their priors (beta's comes from the posterior), the
-trials as distinct rows, and log P(data | cell, n_min, stall). Pure numpy, no I/O.
+log N; log n_min is integrated on quadrature points per cell. Seeds may stall (never reach
+tau), in one of three ways (`Stalls`): no seed ever does; seeds stall with one probability on
+STALLS at every batch size up to a cut, and never above it; or each batch size has its own
+probability. Here: the cells and their priors (beta's comes from the posterior), the trials as
+distinct rows, and the posterior of each way. Pure numpy, no I/O.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ if TYPE_CHECKING:
 SIGMAS = tuple(float(s) for s in np.geomspace(0.03, 1.0, 12))
 SIGMA_PRIOR_MEDIAN = 0.2
 SIGMA_PRIOR_LOG_SD = 0.75
-STALLS = (0.0, 0.1, 0.25, 0.5)
-STALL_PRIOR = (0.55, 0.2, 0.15, 0.1)
+STALLS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
+STALL_WAYS = (0.55, 0.225, 0.225)  # prior of: none, one rate up to a cut, each its own rate
+STALL_PRIOR = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)  # of a batch size's own rate
 LIKELIHOOD_CHUNK = 64  # distinct trials per pass: memory stays cells x n_min x 64 floats
 
 
@@ -97,30 +100,36 @@ def make_cells(trials: Trials, betas: np.ndarray, log_beta_prior: np.ndarray) ->
                  log_beta_prior[beta_index] + log_sigma_prior()[sigma_index], shift, feasible)
 
 
-def log_likelihood(trials: Trials, cells: Cells, log_n_min: np.ndarray) -> np.ndarray:
-    """log P(data | cell, log n_min, stall) on axes (cell, n_min, stall), summed over chunks of
-    trials so that a sweep of thousands of trials needs no more memory than one of 64."""
-    total = np.zeros((*log_n_min.shape, len(STALLS)))
+def log_likelihood(trials: Trials, cells: Cells, log_n_min: np.ndarray,
+                   batches: np.ndarray) -> np.ndarray:
+    """log P(the trials at each of `batches` | cell, log n_min, stall probability) on axes
+    (cell, n_min, batch size, stall), summed over chunks of trials so that a sweep of
+    thousands of trials needs no more memory than one of 64."""
+    total = np.zeros((*log_n_min.shape, len(batches), len(STALLS)))
     for start in range(0, len(trials.batch), LIKELIHOOD_CHUNK):
         cols = slice(start, start + LIKELIHOOD_CHUNK)
         part = Trials(trials.batch[cols], trials.log_hi[cols], trials.log_lo[cols],
                       trials.count[cols], trials.reached[cols])
         total += _log_likelihood_part(part, cells.shift[:, cols], cells.feasible[:, cols],
-                                      cells.sigma, log_n_min)
+                                      cells.sigma, log_n_min, batches)
     return total
 
 
 def _log_likelihood_part(trials: Trials, shift: np.ndarray, feasible: np.ndarray,
-                         sigma: np.ndarray, log_n_min: np.ndarray) -> np.ndarray:
-    """log_likelihood for one chunk of trials: reached ones by how exactly N is known,
-    censored ones as survival mixed with each stall rate."""
+                         sigma: np.ndarray, log_n_min: np.ndarray,
+                         batches: np.ndarray) -> np.ndarray:
+    """log_likelihood for one chunk of trials: reached ones by how exactly N is known and by
+    not having stalled, censored ones as survival mixed with the stall probability."""
     sig = sigma[:, None, None]
     base = log_n_min[..., None]
-    reached = np.zeros(log_n_min.shape)
+    counted = trials.count[:, None] * (trials.batch[:, None] == batches[None, :])  # (trial, b)
+    r, c = trials.reached, ~trials.reached
+    with np.errstate(divide="ignore"):
+        total = (np.log1p(-np.array(STALLS)) * counted[r].sum(axis=0)[:, None]
+                 + np.zeros((*log_n_min.shape, 1, 1)))
     exact = trials.log_lo == trials.log_hi
     open_below = np.isneginf(trials.log_lo)
-    for kind in (trials.reached & exact, trials.reached & open_below,
-                 trials.reached & ~exact & ~open_below):
+    for kind in (r & exact, r & open_below, r & ~exact & ~open_below):
         if not kind.any():
             continue
         mu = base + shift[:, None, kind]
@@ -132,19 +141,15 @@ def _log_likelihood_part(trials: Trials, shift: np.ndarray, feasible: np.ndarray
         else:
             ll = log_normal_mass((trials.log_lo[kind] - mu) / sig, hi)
         ll = np.where(feasible[:, None, kind], ll, -np.inf)
-        reached += ll @ trials.count[kind]
-    total = reached[..., None] + np.zeros(len(STALLS))
-    if trials.reached.any():
-        with np.errstate(divide="ignore"):
-            total += trials.count[trials.reached].sum() * np.log1p(-np.array(STALLS))
-    c = ~trials.reached
+        total += (ll @ counted[kind])[..., None]
     if c.any():
         z = (trials.log_hi[c] - base - shift[:, None, c]) / sig
         log_survive = np.where(feasible[:, None, c], log_ndtr(-z), 0.0)
-        survive = np.exp(log_survive)
         for k, p in enumerate(STALLS):
-            per = log_survive if p == 0 else np.log(p + (1.0 - p) * survive)
-            total[..., k] += per @ trials.count[c]
+            with np.errstate(divide="ignore"):
+                per = np.logaddexp(math.log(p) if p else -np.inf,
+                                   math.log1p(-p) + log_survive)  # p + (1 - p) S
+            total[..., k] += per @ counted[c]
     return total
 
 
@@ -165,8 +170,36 @@ def n_min_grid(trials: Trials, cells: Cells, points: int,
     return log_n_min, 2.0 * half / (points - 1)
 
 
-def log_posterior(trials: Trials, cells: Cells, log_n_min: np.ndarray,
-                  log_step: np.ndarray) -> np.ndarray:
-    """Unnormalised log posterior on (cell, n_min, stall), the quadrature weight included."""
-    return (log_likelihood(trials, cells, log_n_min) + cells.log_prior[:, None, None]
-            + log_step[:, None, None] + np.log(np.array(STALL_PRIOR)))
+@dataclass(frozen=True)
+class Stalls:
+    """The unnormalised log posterior of each way seeds may stall, the quadrature weight
+    included: `none` on (cell, n_min); `below` on (cell, n_min, rate, cut) for STALLS[1:] at
+    every batch size up to the grid's point `cut`; `each` on (cell, n_min), with `rates`, each
+    tested batch size's posterior of STALLS then, on (cell, n_min, batch size, rate)."""
+
+    none: np.ndarray
+    below: np.ndarray
+    each: np.ndarray
+    rates: np.ndarray
+
+
+def log_posterior(trials: Trials, cells: Cells, log_n_min: np.ndarray, log_step: np.ndarray,
+                  batches: np.ndarray, grid: np.ndarray) -> Stalls:
+    """The posterior on the cells, n_min and how seeds stall; `batches` are the tested batch
+    sizes (ascending), `grid` the points a cut may follow."""
+    per = log_likelihood(trials, cells, log_n_min, batches)
+    prior = (cells.log_prior + log_step)[:, None]
+    steady = per[..., 0].sum(axis=-1)
+    gained = np.cumsum(per[..., 1:] - per[..., :1], axis=-2)  # (cell, n_min, batch, rate)
+    gained = np.concatenate([np.zeros((*gained.shape[:-2], 1, gained.shape[-1])), gained],
+                            axis=-2)
+    upto = np.searchsorted(batches, grid, side="right")  # tested batch sizes up to each cut
+    below = (steady[..., None, None] + np.moveaxis(gained[..., upto, :], -1, -2)
+             + math.log(STALL_WAYS[1] / (len(STALLS) - 1) / len(grid)))
+    own = per + np.log(np.array(STALL_PRIOR))
+    mixed = np.logaddexp.reduce(own, axis=-1)
+    with np.errstate(invalid="ignore"):
+        rates = np.nan_to_num(np.exp(own - mixed[..., None]))
+    return Stalls(none=steady + math.log(STALL_WAYS[0]) + prior,
+                  below=below + prior[..., None, None],
+                  each=mixed.sum(axis=-1) + math.log(STALL_WAYS[2]) + prior, rates=rates)

@@ -81,7 +81,8 @@ def plan(
     eval_every = evaluation_interval(sweep)
     post = posterior.infer(evidence((records[k] for k in chosen), eval_every),
                            tuple(sorted(sweep.batch_sizes)),
-                           confidence=sweep.strategy.confidence)
+                           confidence=sweep.strategy.confidence,
+                           budget=sweep.target.max_steps)
     if adaptive:
         for key, why in choose(sweep, records, chosen, post):
             records[key].selected_because = why

@@ -2,14 +2,19 @@
 
 The model is science's N(b) = A*b/(K*b - B), reparametrised as N(b) = n_min*b/(b - beta)
 (n_min = A/K, beta = B/K, b* = 2*beta), with lognormal seed-to-seed noise of sd sigma on
-log N and a per-seed stall probability. beta, sigma and the stall rate live on fixed grids and
-log n_min is integrated out per cell, so the posterior is a sum over cells: exact enough, fast,
-and free of a sampler's randomness (the cells' likelihood is `critbatch.likelihood`'s). Pure
-numpy (the operator's image has no scipy), no I/O.
+log N, and seeds that may stall (never reach tau): none do, or all up to some batch size at
+one rate, or each batch size at its own. beta, sigma and the stall rates live on fixed grids
+and log n_min is integrated out per cell, so the posterior is a sum over cells: exact enough,
+fast, and free of a sampler's randomness (the cells' likelihood is `critbatch.likelihood`'s).
+Pure numpy (the operator's image has no scipy), no I/O.
 
 A trial that reached the target tau says N(b) lies in (steps - eval_every, steps]; one that did
 not (out of budget, pruned, still running) says N(b) > steps, or that the seed stalled. Neither
 kind is dropped: a censored seed beside a reached sibling is evidence about both.
+
+The argmin is of the expected SFO of one run that reaches tau: a stalled run spends the step
+budget and is run again, so a batch size whose seeds often stall costs b*budget*p/(1 - p) on
+top of its N(b)*b. Without stalls that is the paper's SFO(b) = N(b)*b.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from critbatch.likelihood import distinct_trials, log_posterior, make_cells, n_min_grid
+from critbatch.likelihood import (
+    STALLS,
+    Stalls,
+    distinct_trials,
+    log_posterior,
+    make_cells,
+    n_min_grid,
+)
 from critbatch.logspace import logsumexp
 from critbatch.science import ScienceError, check_trial
 
@@ -83,7 +95,7 @@ class Posterior:
     def sample_argmins(self, rng: np.random.Generator, n: int) -> list[int]:
         """Argmins of n cells drawn from the posterior (Thompson sampling); [] with no answer.
 
-        A cell's argmin depends on beta alone, so this draws from `probabilities`.
+        A cell has one argmin, so this draws from `probabilities`.
         """
         if not self.probabilities or n <= 0:
             return []
@@ -93,20 +105,122 @@ class Posterior:
         return [points[i] for i in picks]
 
 
-def grid_argmin(beta: float, grid: Sequence[int]) -> int | None:
-    """The grid point the model's SFO ~ g^2/(g - beta) is least at; None if every g <= beta.
+def grid_argmin(beta: float, grid: Sequence[int], *, n_min: float = 1.0, budget: float = 0.0,
+                stalls: Mapping[int, float] | None = None) -> int | None:
+    """The grid point of least expected SFO per run that reaches tau; None if none can.
 
-    Depends on beta only; on a powers-of-two grid g wins for b* = 2*beta in [2g/3, 4g/3). A tie
-    goes to the larger batch size: the same SFO in fewer steps.
+    That is n_min*g^2/(g - beta) for g > beta, plus g*budget*p/(1 - p) where a seed stalls
+    with probability p = stalls[g] (none reaches where p is 1). Without stalls it depends on
+    beta only: on a powers-of-two grid g wins for b* = 2*beta in [2g/3, 4g/3). A tie goes to
+    the larger batch size: the same SFO in fewer steps.
     """
     best: int | None = None
     best_cost = math.inf
     for g in sorted(set(grid)):
-        if g > beta:
-            cost = g * g / (g - beta)
+        p = (stalls or {}).get(g, 0.0)
+        if g > beta and p < 1.0:
+            cost = n_min * g * g / (g - beta) + (g * budget * p / (1.0 - p) if p else 0.0)
             if cost <= best_cost:
                 best, best_cost = g, cost
     return best
+
+
+def _sfo(beta: np.ndarray, points: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The grid as floats, and SFO/n_min = g^2/(g - beta) on (cell, point), inf at g <= beta."""
+    g = np.asarray(points, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return g, np.where(g > beta[:, None], g * g / (g - beta[:, None]), np.inf)
+
+
+def cell_argmins(beta: np.ndarray, points: Sequence[int]) -> np.ndarray:
+    """`grid_argmin` of each beta without stalls, as an index into `points` (sorted ascending),
+    -1 where every point is at or below beta."""
+    _, sfo = _sfo(beta, points)
+    backwards = np.argmin(sfo[:, ::-1], axis=-1)  # a tie to the larger batch size
+    least = np.take_along_axis(sfo[:, ::-1], backwards[:, None], axis=-1)[:, 0]
+    return np.where(np.isfinite(least), len(points) - 1 - backwards, -1)
+
+
+def cut_argmins(beta: np.ndarray, log_n_min: np.ndarray, points: Sequence[int],
+                budget: float) -> np.ndarray:
+    """`grid_argmin` of every (cell, n_min, rate, cut) when seeds stall with STALLS[1:][rate]
+    at the points up to points[cut] and never above, as an index into `points` (-1: none).
+
+    The better of the least cost up to the cut (a running minimum from the smallest point)
+    and above it (from the largest), so the work is linear in the grid's size.
+    """
+    g, sfo = _sfo(beta, points)
+    size = len(g)
+    high, high_at = _running_min(sfo[:, ::-1], ties_to_later=False)  # a tie to the larger
+    high = np.concatenate([high[:, ::-1][:, 1:], np.full((len(beta), 1), np.inf)], axis=1)
+    high_at = np.concatenate([size - 1 - high_at[:, ::-1][:, 1:],
+                              np.full((len(beta), 1), -1)], axis=1)
+    per_n_min = budget * np.exp(-log_n_min)[..., None] * g
+    out = np.empty((*log_n_min.shape, len(STALLS) - 1, size), dtype=int)
+    for k, p in enumerate(STALLS[1:]):
+        low, low_at = _running_min(sfo[:, None, :] + per_n_min * (p / (1.0 - p)),
+                                   ties_to_later=True)
+        above = high[:, None, :] <= low  # the points above the cut are the larger ones
+        best = np.where(above, high[:, None, :], low)
+        out[..., k, :] = np.where(np.isfinite(best),
+                                  np.where(above, high_at[:, None, :], low_at), -1)
+    return out
+
+
+def _running_min(cost: np.ndarray, *, ties_to_later: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The least of cost[..., :j + 1] and its index for every j."""
+    least = np.minimum.accumulate(cost, axis=-1)
+    if ties_to_later:
+        new = cost <= least
+    else:
+        before = np.concatenate([np.full((*cost.shape[:-1], 1), np.inf), least[..., :-1]],
+                                axis=-1)
+        new = cost < before
+    return least, np.maximum.accumulate(np.where(new, np.arange(cost.shape[-1]), 0), axis=-1)
+
+
+def stalled_argmin_mass(beta: np.ndarray, log_n_min: np.ndarray, points: Sequence[int],
+                        budget: float, stall: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """sum over (cell, n_min) of weight times P(each point is `grid_argmin`) when each point's
+    seeds stall with probability STALLS[k] with probability stall[cell, n_min, point, k],
+    independently of the others: exact, by comparing every point's possible costs."""
+    g, sfo = _sfo(beta, points)
+    odds = np.array([p / (1.0 - p) for p in STALLS])
+    # The fewest (cell, n_min) pairs holding all but 1e-6 of the weight: the rest cannot move
+    # a probability in the four digits the status shows.
+    order = np.argsort(weight, axis=None)[::-1]
+    held = np.cumsum(weight.ravel()[order])
+    keep = np.zeros(weight.size, dtype=bool)
+    keep[order[:int(np.searchsorted(held, held[-1] * (1.0 - 1e-6))) + 1]] = True
+    keep = keep.reshape(weight.shape)
+    cost = ((sfo[:, None, :, None] + budget * np.exp(-log_n_min)[..., None, None]
+             * g[:, None] * odds)[keep])  # (pair, point, stall)
+    q, w = stall[keep], weight[keep]
+    # Every point's possible costs, sorted together: how many of h's lie below a cost (h's
+    # rise with its stall rate, so they are its first ones) gives P(cost_h < that cost).
+    pairs, size, rates = cost.shape
+    flat = cost.reshape(pairs, size * rates)
+    order = np.argsort(flat, axis=1, kind="stable")
+    ranked = np.take_along_axis(flat, order, axis=1)
+    owner = order // rates  # the point each sorted cost belongs to
+    before = np.zeros((pairs, size * rates + 1, size), dtype=np.int32)
+    before[:, 1:] = np.cumsum(owner[..., None] == np.arange(size), axis=1)
+    slot = np.arange(size * rates)
+    starts = np.concatenate([np.ones((pairs, 1), bool), ranked[:, 1:] != ranked[:, :-1]], 1)
+    first = np.maximum.accumulate(np.where(starts, slot, 0), axis=1)  # a run of equal costs
+    ends = np.concatenate([ranked[:, 1:] != ranked[:, :-1], np.ones((pairs, 1), bool)], 1)
+    after = np.minimum.accumulate(np.where(ends, slot + 1, size * rates)[:, ::-1], axis=1)[:, ::-1]
+    below = np.take_along_axis(before, first[..., None], axis=1)  # (pair, sorted cost, h)
+    at_most = np.take_along_axis(before, after[..., None], axis=1)
+    smaller = np.arange(size)[None, None, :] < owner[..., None]  # h < g loses a tie with g
+    count = np.where(smaller, below, at_most)
+    held_q = np.concatenate([np.zeros((pairs, size, 1)), np.cumsum(q, axis=-1)], axis=-1)
+    lose = np.take_along_axis(held_q[:, None], count[..., None], axis=-1)[..., 0]
+    lose[np.arange(pairs)[:, None], slot, owner] = 0.0  # g against itself
+    wins = np.clip(1.0 - lose, 0.0, 1.0).prod(axis=-1) * np.isfinite(ranked)
+    chance = np.take_along_axis(q.reshape(pairs, size * rates), order, axis=1)
+    return np.bincount(owner.ravel(), weights=(w[:, None] * wins * chance).ravel(),
+                       minlength=size)
 
 
 def infer(
@@ -115,8 +229,12 @@ def infer(
     *,
     confidence: float = 0.95,
     interval_level: float = 0.95,
+    budget: float | None = None,
 ) -> Posterior:
     """The posterior over the model's parameters given every trial, reached or censored.
+
+    `budget` is the steps a run is given to reach tau (spec.target.maxSteps), what a stalled
+    run costs before it is run again; by default the most steps of any trial.
 
     Priors (each weak, scaled by the grid where it has a scale):
     - beta: log-uniform from the smallest batch size / 4 to twice the largest (8 cells per
@@ -130,10 +248,14 @@ def infer(
     - sigma: lognormal around 0.2 (log-sd 0.75) on 12 points from 0.03 to 1.0: seed-to-seed
       spread of N is 10-30 % in practice, and with one seed per batch size a flat prior would
       believe a lucky near-perfect fit.
-    - stall: P(a seed never reaches tau) in {0, 0.1, 0.25, 0.5} with prior
-      {0.55, 0.2, 0.15, 0.1}. Without it, one stalled seed beside a reached sibling could only
-      be explained by b <= beta or huge noise, and would drag b* up; a sweep-wide rate is the
-      least it takes, and the prior still favours none.
+    - stalls, P(a seed never reaches tau whatever its N), three ways: none (prior 0.55); one
+      rate in {0.1, 0.25, 0.5, 0.75, 0.9} at every grid point up to a cut and none above
+      (0.225, rate and cut uniform); each tested batch size its own rate in {0, 0.1, 0.25,
+      0.5, 0.75, 0.9} with prior {0.5, 0.1, ...} (0.225). Without stalls, one stalled seed
+      beside a reached sibling could only be explained by b <= beta or huge noise, and would
+      drag b* up; with one sweep-wide rate, a batch size where most seeds stall would look
+      cheap by its few seeds that reached. GANs stall most at small batch sizes, alike (the
+      cut) or thinning out (each its own); the prior still favours no stall at all.
 
     Memoised on (evidence, grid, levels): the planner asks again on every reconcile.
     """
@@ -141,13 +263,18 @@ def infer(
         raise ScienceError(f"confidence: must be in (0, 1), got {confidence!r}")
     if not 0.0 < interval_level < 1.0:
         raise ScienceError(f"interval_level: must be in (0, 1), got {interval_level!r}")
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ScienceError(f"budget: must be a finite number > 0, got {budget!r}")
     points = _grid(grid)
     for e in evidence:
         if not isinstance(e, Evidence):
             raise ScienceError(f"evidence: expected Evidence, got {type(e).__name__}")
     key = tuple(sorted(evidence, key=lambda e: (e.batch_size, e.seed, e.reached, e.steps,
                                                  e.eval_every)))
-    summary = _infer_cached(key, points, float(confidence), float(interval_level))
+    if budget is None:
+        budget = max([1.0, *(e.steps for e in evidence)])
+    summary = _infer_cached(key, points, float(confidence), float(interval_level),
+                            float(budget))
     rising = model_contradiction(evidence)
     if rising is not None:
         summary = replace(summary, fitted=None, interval=None, n_min=None, reason=rising)
@@ -215,6 +342,11 @@ class _Summary:
     reason: str | None
 
 
+def _cell_mass(post: Stalls) -> np.ndarray:
+    """log P(cell, n_min), whichever way seeds stall."""
+    return np.logaddexp(np.logaddexp(post.none, post.each), logsumexp(post.below, axis=(2, 3)))
+
+
 def _beta_cells(points: tuple[int, ...], evidence: Sequence[Evidence]) -> np.ndarray:
     """beta = 0, then log-spaced from the smallest batch size / 4 to twice the largest."""
     sizes = [*points, *(e.batch_size for e in evidence)]
@@ -225,8 +357,10 @@ def _beta_cells(points: tuple[int, ...], evidence: Sequence[Evidence]) -> np.nda
 
 @functools.lru_cache(maxsize=64)
 def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confidence: float,
-                  interval_level: float) -> _Summary:
+                  interval_level: float, budget: float) -> _Summary:
     trials = distinct_trials(evidence)
+    batches = np.unique(trials.batch)
+    grid = np.array(points, dtype=float)
     tested: Counter[int] = Counter(e.batch_size for e in evidence)
     reached_at: Counter[int] = Counter(e.batch_size for e in evidence if e.reached)
     reach_fraction = tuple((b, reached_at[b] / tested[b]) for b in sorted(tested))
@@ -241,7 +375,8 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
         cells = make_cells(trials, betas, log_beta_prior)
         # A coarse pass finds the cells that matter; the fine pass integrates only those.
         coarse, step = n_min_grid(trials, cells, COARSE_POINTS, COARSE_HALF_WIDTH)
-        mass = logsumexp(log_posterior(trials, cells, coarse, np.log(step)), axis=(1, 2))
+        mass = logsumexp(_cell_mass(log_posterior(trials, cells, coarse, np.log(step),
+                                                  batches, grid)), axis=1)
         cells = cells.take(mass > mass.max() - PRUNE_NATS)
         log_n_min, step = n_min_grid(trials, cells, N_MIN_POINTS, N_MIN_HALF_WIDTH)
         log_step = np.log(step)
@@ -253,9 +388,11 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
         axis = np.linspace(0.0, top, N_MIN_POINTS)
         log_n_min = np.broadcast_to(axis, (len(cells.beta), len(axis)))
         log_step = np.full(len(cells.beta), -math.log(len(axis)))
-    log_post = log_posterior(trials, cells, log_n_min, log_step)
-    weight = np.exp(log_post - logsumexp(log_post, axis=(0, 1, 2)))
-    beta_weight = np.bincount(cells.beta_index, weights=weight.sum(axis=(1, 2)),
+    post = log_posterior(trials, cells, log_n_min, log_step, batches, grid)
+    total = logsumexp(_cell_mass(post), axis=(0, 1))
+    none, below, each = (np.exp(a - total) for a in (post.none, post.below, post.each))
+    weight = none + below.sum(axis=(2, 3)) + each  # (cell, n_min)
+    beta_weight = np.bincount(cells.beta_index, weights=weight.sum(axis=1),
                               minlength=len(betas))
 
     unreachable = tuple((g, float(beta_weight[betas >= g].sum())) for g in points)
@@ -263,11 +400,17 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
         return _Summary((), None, (), None, None, None, reach_fraction, unreachable,
                         "no trial has reached the target yet: no batch size can be compared")
 
-    argmins = [grid_argmin(float(bt), points) for bt in betas]
-    mass: dict[int, float] = dict.fromkeys(points, 0.0)
-    for g, w in zip(argmins, beta_weight, strict=True):
-        if g is not None:
-            mass[g] += float(w)
+    at = cell_argmins(cells.beta, points)
+    counted = np.bincount(at[at >= 0], weights=none.sum(axis=1)[at >= 0],
+                          minlength=len(points))
+    at = cut_argmins(cells.beta, log_n_min, points, budget)
+    counted += np.bincount(at[at >= 0], weights=below[at >= 0], minlength=len(points))
+    # A point not tested stalls as the nearest tested batch size above it (stalls are rarer at
+    # larger batch sizes), else below it.
+    nearest = np.minimum(np.searchsorted(batches, grid), len(batches) - 1)
+    counted += stalled_argmin_mass(cells.beta, log_n_min, points, budget,
+                                   post.rates[:, :, nearest], each)
+    mass = {g: float(m) for g, m in zip(points, counted, strict=True)}
     total = sum(mass.values())
     if not total > 0:
         return _Summary((), None, (), None, None, None, reach_fraction, unreachable,
@@ -283,7 +426,7 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
             break
     lower, middle, upper = (2.0 * _beta_quantile(betas, beta_weight, q) for q in
                             ((1.0 - interval_level) / 2.0, 0.5, (1.0 + interval_level) / 2.0))
-    n_min = _weighted_median(log_n_min.ravel(), weight.sum(axis=2).ravel())
+    n_min = _weighted_median(log_n_min.ravel(), weight.ravel())
     return _Summary(
         probabilities=tuple(probabilities.items()),
         most_probable=ranked[0],

@@ -28,7 +28,8 @@ class Truth:
     """The model a sweep is drawn from.
 
     `stall` is the probability that a seed at a batch size below `stall_below` never reaches
-    tau whatever its N (small batches that settle above the threshold).
+    tau whatever its N (small batches that settle above the threshold); each halving of the
+    batch size below stall_below / 2 multiplies it by `stall_growth` (at most 1).
     """
 
     n_min: float
@@ -38,6 +39,7 @@ class Truth:
     max_steps: float
     stall: float = 0.0
     stall_below: int = 0
+    stall_growth: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("n_min", "max_steps"):
@@ -52,6 +54,9 @@ class Truth:
             raise ScienceError(f"stall: must be in [0, 1], got {self.stall!r}")
         if self.stall_below < 0:
             raise ScienceError(f"stall_below: must be >= 0, got {self.stall_below!r}")
+        if not (math.isfinite(self.stall_growth) and self.stall_growth >= 1.0):
+            raise ScienceError(f"stall_growth: must be a finite number >= 1, "
+                               f"got {self.stall_growth!r}")
 
     @property
     def critical_batch_size(self) -> float:
@@ -64,8 +69,17 @@ class Truth:
             batch_size - self.beta)
 
     def true_argmin(self, grid: Sequence[int]) -> int | None:
-        """The grid point with the least noise-free SFO."""
-        return grid_argmin(self.beta, grid)
+        """The grid point with the least noise-free expected SFO per run that reaches tau, a
+        stalled run spending the budget."""
+        return grid_argmin(self.beta, grid, n_min=self.n_min, budget=self.max_steps,
+                           stalls={g: self.stall_probability(g) for g in grid})
+
+    def stall_probability(self, batch_size: float) -> float:
+        """P(a seed at this batch size never reaches tau)."""
+        if batch_size >= self.stall_below:
+            return 0.0
+        halvings = max(0.0, math.log2(self.stall_below / (2.0 * batch_size)))
+        return min(1.0, self.stall * self.stall_growth ** halvings)
 
 
 def trial_rng(sim_seed: int, batch_size: int, seed: int) -> np.random.Generator:
@@ -79,7 +93,7 @@ def crossing_step(truth: Truth, batch_size: int, rng: np.random.Generator) -> fl
     Always consumes the same random numbers (one uniform, one normal), so a trial's noise does
     not depend on whether it stalled.
     """
-    stalled = rng.random() < truth.stall and batch_size < truth.stall_below
+    stalled = rng.random() < truth.stall_probability(batch_size)
     noise = math.exp(truth.sigma * rng.standard_normal())
     if stalled or batch_size <= truth.beta:
         return math.inf
@@ -120,6 +134,7 @@ def random_truth(
     evals_per_n_min: float = 10.0,
     stall: float = 0.0,
     stall_below: int = 0,
+    stall_growth: float = 1.0,
 ) -> Truth:
     """A truth drawn at random for a grid: b* log-uniform in `critical` (default: the grid's
     range), sigma uniform, n_min log-uniform, a budget of `budget` times n_min (so batch sizes
@@ -136,6 +151,7 @@ def random_truth(
         max_steps=every * math.ceil(factor * nm / every),
         stall=stall,
         stall_below=stall_below,
+        stall_growth=stall_growth,
     )
 
 

@@ -224,8 +224,8 @@ def test_analyze_json_shape(tmp_path, capsys) -> None:
     got = run_json(capsys, "analyze", str(write_csv(tmp_path / "r.csv", _rows())))
     assert set(got) >= {"most_probable_batch_size", "plausible_batch_sizes",
                         "argmin_probabilities", "resolved", "reach_fraction", "confidence",
-                        "measured_batch_size", "fitted_batch_size", "fitted_interval", "n_min",
-                        "sfo", "censored", "warnings"}
+                        "budget", "measured_batch_size", "fitted_batch_size", "fitted_interval",
+                        "n_min", "sfo", "censored", "warnings"}
     # SFO = N(b)*b = 1000 b^2/(b - 32): least at 64 on this grid.
     assert got["most_probable_batch_size"] == 64 and 64 in got["plausible_batch_sizes"]
     assert got["resolved"] == (got["plausible_batch_sizes"] == [64])
@@ -243,6 +243,20 @@ def test_analyze_json_shape(tmp_path, capsys) -> None:
         assert p["steps"] == pytest.approx(MODEL[p["batch_size"]])  # the seeds' +-2% cancel
         assert p["sfo"] == pytest.approx(p["steps"] * p["batch_size"])
     assert got["censored"] == [32]
+    assert got["budget"] == 20000  # the longest trial, when --budget is not given
+
+
+def test_analyze_budget_is_what_a_stalled_seed_costs(tmp_path, capsys) -> None:
+    """One seed of two stalled at b = 64, the model's argmin: the longer a run it wasted, the
+    less probable 64 is."""
+    rows = [{"batch_size": b, "steps": n, "reached": True, "seed": 0} for b, n in MODEL.items()]
+    rows.append({"batch_size": 64, "steps": 3000, "reached": False, "seed": 1})
+    path = str(write_csv(tmp_path / "r.csv", rows))
+    cheap = run_json(capsys, "analyze", path, "--budget", "3000")
+    dear = run_json(capsys, "analyze", path, "--budget", "60000")
+    assert cheap["budget"] == 3000 and dear["budget"] == 60000
+    assert dear["argmin_probabilities"]["64"] < cheap["argmin_probabilities"]["64"]
+    assert any("stalls as a run of 3000 steps" in w for w in cheap["warnings"])
 
 
 def test_analyze_plausible_set_follows_the_confidence(tmp_path, capsys) -> None:
@@ -423,7 +437,7 @@ def test_analyze_missing_file(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value"), [("--eval-every", "-1"), ("--eval-every", "inf"), ("--confidence", "1.5"),
-                        ("--confidence", "0.5")])
+                        ("--confidence", "0.5"), ("--budget", "0"), ("--budget", "nan")])
 def test_analyze_bad_options(tmp_path, capsys, flag, value) -> None:
     path = write_csv(tmp_path / "r.csv", _rows())
     assert_bad_input(capsys, ["analyze", str(path), flag, value], flag)

@@ -6,6 +6,7 @@ or drawn by critbatch.simulate; censored trials are evidence, never dropped.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -15,13 +16,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from critbatch import science, simulate
+from critbatch.likelihood import STALLS
 from critbatch.logspace import log_ndtr
 from critbatch.posterior import (
     Evidence,
     Posterior,
+    cell_argmins,
+    cut_argmins,
     grid_argmin,
     infer,
     model_contradiction,
+    stalled_argmin_mass,
 )
 from critbatch.science import ScienceError
 
@@ -123,6 +128,68 @@ def test_a_tie_in_sfo_goes_to_the_larger_batch_size() -> None:
 def test_grid_argmin_is_none_when_every_point_is_out_of_reach() -> None:
     assert grid_argmin(128.0, GRID) is None
     assert grid_argmin(0.0, GRID) == 4
+    assert grid_argmin(0.0, GRID, stalls=dict.fromkeys(GRID, 1.0)) is None
+
+
+@given(st.floats(0.0, 200.0), st.floats(1.0, 1e4), st.floats(1.0, 1e5),
+       st.lists(st.sampled_from(STALLS), min_size=len(GRID), max_size=len(GRID)))
+def test_a_stalled_run_costs_its_budget_and_runs_again(beta: float, n_min: float, budget: float,
+                                                       rates: list[float]) -> None:
+    """Expected SFO per run that reaches tau: n_min*g^2/(g - beta) + g*budget*p/(1 - p)."""
+    stalls = dict(zip(GRID, rates, strict=True))
+    cost = {g: n_min * g * g / (g - beta) + g * budget * p / (1 - p)
+            for g, p in stalls.items() if g > beta}
+    want = min(cost, key=lambda g: (cost[g], -g)) if cost else None
+    assert grid_argmin(beta, GRID, n_min=n_min, budget=budget, stalls=stalls) == want
+
+
+def test_stalls_move_the_argmin_to_where_seeds_reach() -> None:
+    assert grid_argmin(2.0, GRID, n_min=100.0, budget=500.0) == 4
+    assert grid_argmin(2.0, GRID, n_min=100.0, budget=500.0, stalls={4: 0.5}) == 8
+    assert grid_argmin(2.0, GRID, n_min=100.0, budget=500.0, stalls={4: 0.5, 8: 0.25}) == 16
+    assert grid_argmin(2.0, GRID, n_min=100.0, budget=5.0, stalls={4: 0.5}) == 4  # cheap
+
+
+@given(st.lists(st.floats(0.0, 150.0), min_size=1, max_size=4),
+       st.lists(st.floats(1.0, 9.0), min_size=1, max_size=3), st.floats(10.0, 1e4))
+@settings(max_examples=30, deadline=None)
+def test_the_vectorised_argmins_are_grid_argmin(betas: list[float], log_n_min: list[float],
+                                                budget: float) -> None:
+    """Without stalls, and with one rate at every point up to a cut and none above."""
+    beta, lnm = np.array(betas), np.array([log_n_min] * len(betas))
+    at = cell_argmins(beta, GRID)
+    cut = cut_argmins(beta, lnm, GRID, budget)
+    for c, b in enumerate(betas):
+        plain = grid_argmin(b, GRID)
+        assert (GRID[at[c]] if at[c] >= 0 else None) == plain
+        for n, x in enumerate(log_n_min):
+            for k, p in enumerate(STALLS[1:]):
+                for last, top in enumerate(GRID):
+                    want = grid_argmin(b, GRID, n_min=math.exp(x), budget=budget,
+                                       stalls={g: p for g in GRID if g <= top})
+                    got = cut[c, n, k, last]
+                    assert (GRID[got] if got >= 0 else None) == want
+
+
+@given(st.floats(0.0, 20.0), st.floats(2.0, 7.0), st.floats(10.0, 1e4),
+       st.lists(st.lists(st.floats(0.0, 1.0), min_size=len(STALLS), max_size=len(STALLS)),
+                min_size=3, max_size=3))
+@settings(max_examples=30, deadline=None)
+def test_each_points_own_stall_rate_gives_the_argmins_exact_distribution(
+        beta: float, log_n_min: float, budget: float, raw: list[list[float]]) -> None:
+    """Against every combination of the three points' rates, enumerated."""
+    grid = (8, 16, 32)
+    rates = np.array(raw) + 1e-3
+    rates /= rates.sum(axis=1, keepdims=True)
+    mass = stalled_argmin_mass(np.array([beta]), np.array([[log_n_min]]), grid, budget,
+                               rates[None, None], np.array([[2.0]]))
+    want = dict.fromkeys(grid, 0.0)
+    for combo in itertools.product(range(len(STALLS)), repeat=len(grid)):
+        g = grid_argmin(beta, grid, n_min=math.exp(log_n_min), budget=budget,
+                        stalls={b: STALLS[k] for b, k in zip(grid, combo, strict=True)})
+        if g is not None:
+            want[g] += 2.0 * math.prod(rates[i, k] for i, k in enumerate(combo))
+    assert mass == pytest.approx([want[g] for g in grid], abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,14 +334,21 @@ def test_more_seeds_agreeing_on_a_point_make_it_more_probable(truth) -> None:
 @given(interior_truths())
 @settings(max_examples=15, deadline=None)
 def test_a_censored_seed_beside_a_reached_one_keeps_both_as_evidence(truth) -> None:
-    """The old rule drops a batch size with any censored seed; here it stays in the running."""
+    """The old rule drops a batch size with any censored seed. Here its reached seed still
+    places N(b), and the censored one says the seed may have stalled: a stall costs a run of
+    the whole budget, so the batch size stays plausible where that costs little and loses
+    probability as it costs more."""
     g, beta, n_min = truth
-    trials = [*model_sweep(beta, n_min),
-              Evidence(batch_size=g, steps=20 * n_min, reached=False, seed=1)]
-    post = infer(trials, GRID)
-    assert post.reach_fraction[g] == 0.5
-    assert post.most_probable == g
-    assert post.probabilities[g] > 0.5
+    n = n_min * g / (g - beta)
+    alone = infer(model_sweep(beta, n_min), GRID)
+    trials = [*model_sweep(beta, n_min), Evidence(batch_size=g, steps=1.5 * n, reached=False,
+                                                   seed=1)]
+    cheap = infer(trials, GRID, budget=1.5 * n)
+    dear = infer(trials, GRID, budget=20 * n)
+    assert cheap.reach_fraction[g] == 0.5
+    assert cheap.fitted == pytest.approx(alone.fitted, rel=0.15)
+    assert g in cheap.plausible
+    assert dear.probabilities[g] < cheap.probabilities[g]
     assert science.measure(science.Trial(t.batch_size, t.steps, t.reached, t.seed)
                            for t in trials).batch_size != g
 
@@ -314,27 +388,50 @@ DIGITS_CPU = sweep(20.0, 1000.0, {4: (None, None), 8: (400, 360), 16: (220, 340)
 # b=8 reached on one seed only, b=16 at mean N 280 (SFO 4480). The other Ns are illustrative.
 DIGITS_GPU = sweep(20.0, 1000.0, {4: (340, None), 8: (300, None), 16: (260, 300),
                                   32: (200, 280), 64: (180, 260), 128: (180, 220)})
+# The digits demo with six seeds on one Intel Xeon (AMX), fp32 and with --bf16 (every N).
+DIGITS_FP32 = sweep(20.0, 1000.0, {
+    4: (None,) * 6, 8: (400, 360, 260, 320, 400, 300), 16: (220, 340, 240, 280, 260, 280),
+    32: (200, 280, 240, 220, 280, 240), 64: (180, 260, 180, 240, 240, 220),
+    128: (180, 220, 180, 240, 220, 200)})
+DIGITS_BF16 = sweep(20.0, 1000.0, {
+    4: (360, None, None, 420, None, None), 8: (400, 300, 320, 340, None, 340),
+    16: (280, 280, 320, 280, 260, 280), 32: (200, 280, 220, 260, 240, 220),
+    64: (180, 260, 200, 260, 220, 240), 128: (180, 220, 200, 220, 220, 220)})
 
 
 def test_digits_on_the_cpu_finds_b_8_and_b_4_out_of_reach() -> None:
     """The old rule said measured 8, fitted 7.28 [3.59, 9.45]; censored b = 4 agrees."""
-    post = infer(DIGITS_CPU, GRID)
-    assert post.most_probable == 8
-    assert set(post.plausible) <= {8, 16}
-    assert 5.0 < post.fitted < 11.0
-    assert post.unreachable[4] > 0.3 and post.unreachable[8] < 0.01
+    for trials in (DIGITS_CPU, DIGITS_FP32):
+        post = infer(trials, GRID, budget=1000.0)
+        assert post.most_probable == 8
+        assert set(post.plausible) <= {8, 16}
+        assert 5.0 < post.fitted < 11.0
+        assert post.unreachable[8] < 0.01
 
 
 def test_digits_on_the_gpu_keeps_the_small_batches_whose_other_seed_stalled() -> None:
-    """The old rule dropped b = 4 and 8 (one censored seed each) and measured 16; N barely
-    falls from b = 4 to 16, so SFO is least at 4 and the stalled seeds are stalls."""
-    post = infer(DIGITS_GPU, GRID)
+    """The old rule dropped b = 4 and 8 (one censored seed each) and measured 16. N barely
+    falls from b = 4 to 16, so a seed at 4 that reaches costs least; but one seed in two
+    stalled there, and a stall costs a whole budget: two seeds cannot tell 4 from 16."""
+    post = infer(DIGITS_GPU, GRID, budget=1000.0)
     assert post.reach_fraction[4] == post.reach_fraction[8] == 0.5
-    assert post.most_probable == 4
-    assert 16 not in post.plausible
-    assert post.fitted < 16.0 / 3.0 * 2  # b* below the point where 8 would win
+    assert {4, 16} <= set(post.plausible)
+    assert not post.resolved
+    assert post.fitted < 16.0 / 3.0 * 2  # the N(b) of the seeds that reached puts b* low
     assert science.measure(science.Trial(t.batch_size, t.steps, t.reached, t.seed)
                            for t in DIGITS_GPU).batch_size == 16
+
+
+def test_a_batch_size_where_most_seeds_stall_is_not_b_star_for_its_fast_few() -> None:
+    """With --bf16, two seeds of six reached at b = 4, the fastest SFO of the sweep, and four
+    stalled; a sweep-wide stall rate made that b* = 4 at P 1.00. Counting what the stalls cost,
+    b = 4 is not the most probable and the answer is not resolved."""
+    post = infer(DIGITS_BF16, GRID, budget=1000.0)
+    assert post.reach_fraction[4] == pytest.approx(1 / 3)
+    assert post.most_probable != 4
+    assert post.probabilities[4] < 0.5
+    assert not post.resolved
+    assert post.fitted < 6.0  # the fit of N(b) alone still says what the reached seeds say
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,42 +452,49 @@ class Scores:
 
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["1 seed", "3 seeds"])
-def scores(request: pytest.FixtureRequest) -> Scores:
+def scores(request: pytest.FixtureRequest) -> dict[bool, Scores]:
     """SWEEPS sweeps of GRID: b* log-uniform from 3 to 192, noise 10-30 %, N seen at the
-    evaluation after it, a budget of 3-8 n_min (small batches censored), stalls below b = 16
-    in every other sweep."""
+    evaluation after it, a budget of 3-8 n_min (small batches censored), and in every other
+    sweep (key True) seeds that stall with probability 0.3 below b = 16."""
     seeds = request.param
     rng = np.random.default_rng(2)
-    hits = np.zeros(4)
+    hits = {False: np.zeros(4), True: np.zeros(4)}
     for i in range(SWEEPS):
+        stalls = bool(i % 2)
         truth = simulate.random_truth(rng, GRID, critical=(3.0, 192.0), sigma=(0.1, 0.3),
-                                      stall=0.3 if i % 2 else 0.0, stall_below=16)
+                                      stall=0.3 if stalls else 0.0, stall_below=16)
         trials = simulate.draw_trials(truth, simulate.sweep_keys(GRID, seeds), sim_seed=i)
-        post = infer(trials, GRID)
+        post = infer(trials, GRID, budget=truth.max_steps)
         want = truth.true_argmin(GRID)
         old = science.measure(science.Trial(t.batch_size, t.steps, t.reached, t.seed)
                               for t in trials).batch_size
         lo, hi = post.interval or (math.nan, math.nan)
-        hits += [old == want, post.most_probable == want, want in post.plausible,
-                 lo <= truth.critical_batch_size <= hi]
-    return Scores(*(hits / SWEEPS))
+        hits[stalls] += [old == want, post.most_probable == want, want in post.plausible,
+                         lo <= truth.critical_batch_size <= hi]
+    return {k: Scores(*(v / (SWEEPS / 2))) for k, v in hits.items()}
 
 
-def test_the_plausible_set_holds_the_true_argmin_at_its_nominal_level(scores: Scores) -> None:
-    """Measured at confidence 0.95: 0.985 (1 seed), 0.99 (3 seeds)."""
-    s = scores
-    assert s.covered >= 0.92
+def test_the_plausible_set_holds_the_true_argmin_at_its_nominal_level(scores) -> None:
+    """Measured at confidence 0.95, without / with stalls: 1.00 / 0.96 (1 seed), 1.00 / 0.97
+    (3 seeds)."""
+    assert scores[False].covered >= 0.92
+    assert scores[True].covered >= 0.9
 
 
-def test_the_most_probable_is_right_at_least_as_often_as_the_old_rule(scores: Scores) -> None:
-    """Measured: 0.80 against 0.775 (1 seed), 0.89 against 0.765 (3 seeds: stalls sink the
-    old rule, which drops a batch size with any censored seed)."""
-    s = scores
-    assert s.new >= s.old
+def test_without_stalls_the_most_probable_is_right_at_least_as_often_as_the_old_rule(
+        scores) -> None:
+    """Measured: 0.82 against 0.77 (1 seed), 0.89 against 0.89 (3 seeds)."""
+    assert scores[False].new >= scores[False].old
 
 
-def test_the_fitted_interval_holds_the_true_b_star(scores: Scores) -> None:
-    """Measured at interval level 0.95: 0.955 (1 seed), 0.975 (3 seeds); other simulation
-    seeds gave 0.94 to 0.99."""
-    s = scores
-    assert s.interval >= 0.9
+def test_with_stalls_the_most_probable_is_right_about_as_often_as_the_old_rule(scores) -> None:
+    """The truth counts what a stall costs. The old rule drops every batch size with a
+    censored seed, which here avoids the stalling ones by construction (they all stall
+    alike); the posterior must tell them from the evidence, seed by seed. Measured: 0.64
+    against 0.67 (1 seed), 0.78 against 0.79 (3 seeds)."""
+    assert scores[True].new >= scores[True].old - 0.06
+
+
+def test_the_fitted_interval_holds_the_true_b_star(scores) -> None:
+    """Measured at interval level 0.95, over both halves: 0.97 (1 seed), 0.985 (3 seeds)."""
+    assert (scores[False].interval + scores[True].interval) / 2 >= 0.9

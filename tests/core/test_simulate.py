@@ -35,7 +35,7 @@ def truth(**changes: float) -> Truth:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("n_min", 0.0), ("max_steps", -1.0), ("beta", -1.0), ("sigma", math.nan),
-    ("eval_every", -20.0), ("stall", 1.5),
+    ("eval_every", -20.0), ("stall", 1.5), ("stall_growth", 0.5),
 ])
 def test_truth_rejects_a_bad_field_by_name(field: str, value: float) -> None:
     with pytest.raises(ScienceError, match=field):
@@ -48,6 +48,20 @@ def test_truth_gives_the_model_n_and_its_argmin() -> None:
     assert t.steps(6) == math.inf
     assert t.critical_batch_size == 12.0
     assert t.true_argmin(GRID) == grid_argmin(6.0, GRID) == 16
+
+
+def test_the_true_argmin_counts_what_a_stall_costs() -> None:
+    """A stalled run spends the budget and runs again: b = 4 (SFO 800 + 4*1000*1) loses to
+    8 (SFO 1067) when half its seeds stall."""
+    t = truth(n_min=100.0, beta=2.0)
+    assert t.true_argmin(GRID) == 4
+    assert truth(n_min=100.0, beta=2.0, stall=0.5, stall_below=8).true_argmin(GRID) == 8
+
+
+def test_stalls_grow_by_stall_growth_per_halving_of_the_batch_size() -> None:
+    t = truth(stall=0.15, stall_below=16, stall_growth=4.0)
+    assert [t.stall_probability(b) for b in (2, 4, 8, 16, 32)] == pytest.approx(
+        [1.0, 0.6, 0.15, 0.0, 0.0])
 
 
 def test_without_noise_the_reported_steps_are_n_rounded_up_to_the_next_evaluation() -> None:

@@ -56,6 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=float, default=0.0, metavar="STEPS",
                    help="steps between evaluations: a reached trial crossed the target within "
                    "the last STEPS before its steps (default 0: steps are exact)")
+    p.add_argument("--budget", type=float, default=None, metavar="STEPS",
+                   help="the steps each run was given (spec.target.maxSteps): what a seed that "
+                   "stalls costs before it is run again (default: the most steps of any "
+                   "trial)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -274,17 +278,23 @@ def _duplicate(label: str, one: tuple[str, Mapping[str, Any]], two: tuple[str, M
 # ---------------------------------------------------------------------------------------------
 
 
-def analyze(trials: list[posterior.Evidence], *, confidence: float = 0.95) -> dict[str, Any]:
+def analyze(trials: list[posterior.Evidence], *, confidence: float = 0.95,
+            budget: float | None = None) -> dict[str, Any]:
     """The answer and how sure it is, as plain data (what `--json` prints)."""
     grid = sorted({t.batch_size for t in trials})
-    post = posterior.infer(trials, grid, confidence=confidence, interval_level=confidence)
+    budget = budget or max([1.0, *(t.steps for t in trials)])
+    post = posterior.infer(trials, grid, confidence=confidence, interval_level=confidence,
+                           budget=budget)
     measured = science.measure(
         science.Trial(t.batch_size, t.steps, t.reached, t.seed) for t in trials)
     warnings = [w for w in measured.warnings if not w.startswith("target not reached")]
     partial = sorted(b for b, f in post.reach_fraction.items() if 0 < f < 1)
     if partial:
         warnings.append("some seeds did not reach the target where others did, at batch "
-                        "size(s) " + ", ".join(map(str, partial)) + ": see reach_fraction")
+                        "size(s) " + ", ".join(map(str, partial)) + " (see reach_fraction): "
+                        f"the most probable b* counts a seed that stalls as a run of {budget:g} "
+                        "steps (--budget) that is run again; the fitted b*, of the N(b) of the "
+                        "seeds that reached, does not")
     if post.reason:
         warnings.append(post.reason)
     elif post.most_probable in (grid[0], grid[-1]) and len(grid) > 1:
@@ -299,6 +309,7 @@ def analyze(trials: list[posterior.Evidence], *, confidence: float = 0.95) -> di
         "argmin_probabilities": {str(b): p for b, p in sorted(post.probabilities.items())},
         "resolved": post.resolved,
         "confidence": confidence,
+        "budget": budget,
         "reach_fraction": {str(b): f for b, f in sorted(post.reach_fraction.items())},
         "fitted_batch_size": post.fitted,
         "fitted_interval": list(post.interval) if post.interval else None,
@@ -318,8 +329,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--confidence: must be between 0.5 and 1, got {args.confidence}")
     if not (math.isfinite(args.eval_every) and args.eval_every >= 0):
         raise InputError(f"--eval-every: must be a finite number >= 0, got {args.eval_every}")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise InputError(f"--budget: must be a finite number > 0, got {args.budget}")
     trials = load_trials(args.results, args.format, args.eval_every)
-    result = analyze(trials, confidence=args.confidence)
+    result = analyze(trials, confidence=args.confidence, budget=args.budget)
     if args.json:
         print_json(result)
     else:

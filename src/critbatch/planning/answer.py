@@ -120,7 +120,10 @@ def _evidence_warnings(records: Sequence[TrialRecord], measured_censored: Iterab
     stalled = [b for b, f in reach.items() if 0 < f < 1]
     if stalled:
         warnings.append("some seeds did not reach the target where others did, at batch "
-                        "size(s) " + _listed(stalled) + ": see reachFraction")
+                        "size(s) " + _listed(stalled) + " (see reachFraction): the most "
+                        "probable b* counts a seed that stalls as a run of "
+                        "spec.target.maxSteps that is run again; the fitted b*, of the N(b) of "
+                        "the seeds that reached, does not")
     return warnings
 
 
