@@ -77,6 +77,8 @@ class Posterior:
     With no trial that reached the target there is no answer (`reason` says why):
     `probabilities` is empty and `most_probable`, `fitted`, `interval`, `n_min` are None. When
     the reached trials contradict the model, `reason` says so and there is no fitted b*.
+    `least_sfo` is the grid point most probably of least N(b)*b, stalls aside: the paper's
+    b*, the one Proposition 3.4 speaks of; it is `most_probable` unless stalls moved that.
     """
 
     grid: tuple[int, ...]
@@ -91,6 +93,7 @@ class Posterior:
     reach_fraction: Mapping[int, float]
     unreachable: Mapping[int, float]
     reason: str | None = None
+    least_sfo: int | None = None
 
     def sample_argmins(self, rng: np.random.Generator, n: int) -> list[int]:
         """Argmins of n cells drawn from the posterior (Thompson sampling); [] with no answer.
@@ -291,6 +294,7 @@ def infer(
         reach_fraction=dict(summary.reach_fraction),
         unreachable=dict(summary.unreachable),
         reason=summary.reason,
+        least_sfo=summary.least_sfo,
     )
 
 
@@ -340,6 +344,7 @@ class _Summary:
     reach_fraction: tuple[tuple[int, float], ...]
     unreachable: tuple[tuple[int, float], ...]
     reason: str | None
+    least_sfo: int | None = None
 
 
 def _cell_mass(post: Stalls) -> np.ndarray:
@@ -403,6 +408,8 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
     at = cell_argmins(cells.beta, points)
     counted = np.bincount(at[at >= 0], weights=none.sum(axis=1)[at >= 0],
                           minlength=len(points))
+    sfo_only = np.bincount(at[at >= 0], weights=weight.sum(axis=1)[at >= 0],
+                           minlength=len(points))
     at = cut_argmins(cells.beta, log_n_min, points, budget)
     counted += np.bincount(at[at >= 0], weights=below[at >= 0], minlength=len(points))
     # A point not tested stalls as the nearest tested batch size above it (stalls are rarer at
@@ -437,6 +444,7 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
         reach_fraction=reach_fraction,
         unreachable=unreachable,
         reason=None,
+        least_sfo=points[int(np.argmax(sfo_only))] if sfo_only.max() > 0 else None,
     )
 
 

@@ -300,6 +300,27 @@ def test_a_censored_seed_keeps_its_batch_sizes_reached_seed_as_evidence():
     assert cb["probabilities"]["4"] > 0  # ... the answer does not
 
 
+def test_stalled_seeds_move_the_answer_but_not_the_noise_ratio():
+    """The digits demo with --bf16 (six seeds, maxSteps 1000): four seeds stalled at b = 4,
+    whose two others reached fastest. The answer prices the stalls in; Proposition 3.4's noise
+    ratio is of the b* of N(b) alone, and the status says which it used."""
+    steps = {4: (360, None, None, 420, None, None), 8: (400, 300, 320, 340, None, 340),
+             16: (280, 280, 320, 280, 260, 280), 32: (200, 280, 220, 260, 240, 220),
+             64: (180, 260, 200, 260, 220, 240), 128: (180, 220, 200, 220, 220, 220)}
+    s = make_sweep(batchSizes=sorted(steps), seeds=6, pruning={"sfoBound": False},
+                   target={"fidThreshold": 200, "evalEvery": 20, "maxSteps": 1000})
+    obs = {k: reached(k.batch_size, k.seed, n) if n is not None else
+           Observation(k, Phase.Censored, steps=1000, source="direct")
+           for k in s.trials() for n in [steps[k.batch_size][k.seed]]}
+    st_ = plan(s, obs).status
+    cb = st_["criticalBatchSize"]
+    assert cb["mostProbable"] != 4 and cb["resolved"] is False
+    assert cb["noiseRatio"] == pytest.approx(science.noise_ratio(
+        s.optimizer.setting(), 4, 1000, 1797), rel=1e-5)
+    assert any(w.startswith("noiseRatio: from b = 4") for w in st_["warnings"])
+    assert any("stalls as a run of spec.target.maxSteps" in w for w in st_["warnings"])
+
+
 def test_estimates_for_other_optimizers_once_b_star_is_measured():
     s = make_sweep(pruning={"sfoBound": False}, estimate={"targets": [
         {"name": "rms", "optimizer": "rmsprop", "learningRate": 1e-4},

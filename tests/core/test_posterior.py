@@ -310,7 +310,7 @@ def test_a_caller_editing_the_answer_does_not_change_the_next_one() -> None:
 @pytest.mark.parametrize(("beta", "argmin"), [(1.0, 4), (3.0, 8), (6.0, 16), (24.0, 64)])
 def test_noise_free_trials_point_at_the_true_argmin(beta: float, argmin: int) -> None:
     post = infer(model_sweep(beta), GRID)
-    assert post.most_probable == argmin
+    assert post.most_probable == post.least_sfo == argmin
     assert post.fitted == pytest.approx(2 * beta, rel=0.1)
     assert post.interval[0] <= 2 * beta <= post.interval[1]
 
@@ -428,7 +428,7 @@ def test_a_batch_size_where_most_seeds_stall_is_not_b_star_for_its_fast_few() ->
     b = 4 is not the most probable and the answer is not resolved."""
     post = infer(DIGITS_BF16, GRID, budget=1000.0)
     assert post.reach_fraction[4] == pytest.approx(1 / 3)
-    assert post.most_probable != 4
+    assert post.most_probable != 4 and post.least_sfo == 4
     assert post.probabilities[4] < 0.5
     assert not post.resolved
     assert post.fitted < 6.0  # the fit of N(b) alone still says what the reached seeds say

@@ -251,8 +251,12 @@ def critical_batch_size(
             warnings.append(f"noiseRatio and estimates: skipped, {setting} (Proposition 3.4 "
                             "needs the optimizer's learning rate and betas)")
         elif params and size:
-            out["noiseRatio"], out["estimates"] = _estimates(sweep, setting, post.most_probable,
-                                                             params, size)
+            b_star = post.least_sfo or post.most_probable
+            out["noiseRatio"], out["estimates"] = _estimates(sweep, setting, b_star, params, size)
+            if b_star != post.most_probable:
+                warnings.append(f"noiseRatio: from b = {b_star}, where N(b)*b is least "
+                                "(the b* of Proposition 3.4), not from the most probable "
+                                f"{post.most_probable}, which counts what stalled seeds cost")
         else:
             warnings.append("noiseRatio: needs the trained network's parameter count and the "
                             "dataset size, which come with a trial's result")
