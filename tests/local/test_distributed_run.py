@@ -58,9 +58,11 @@ def run(manifest: dict, out: Path, **options) -> LocalRun:
 
 
 def worker_pids(log: Path) -> list[int]:
-    """The pids the data-parallel fake's workers printed (`worker RANK pid PID`)."""
+    """The pids the data-parallel fake's workers printed (`worker RANK pid PID`) since the
+    trial's last start (the runner appends a `# TIME start: ...` line per attempt)."""
     text = log.read_text() if log.exists() else ""
-    return [int(p) for p in re.findall(r"^worker \d+ pid (\d+)$", text, re.MULTILINE)]
+    attempt = re.split(r"^# \S+ start: .*$", text, flags=re.MULTILINE)[-1]
+    return [int(p) for p in re.findall(r"^worker \d+ pid (\d+)$", attempt, re.MULTILINE)]
 
 
 def trial_dir(out: Path) -> Path:
@@ -229,11 +231,13 @@ def _start_cli(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
 
 
 def _training(out: Path) -> list[int]:
-    """The launcher's and its workers' pids, once rank 0 wrote a checkpoint (step 50)."""
+    """The launcher's and its workers' pids, once rank 0 wrote a checkpoint (step 50); of the
+    last attempt, should the runner have restarted the trial (a metrics port taken by another
+    process between its choice and the bind, say)."""
     assert wait_until(lambda: (trial_dir(out) / "checkpoint" / "fake.json").exists(),
                       timeout=120)
     log = trial_dir(out) / "trainer.log"
-    [launcher] = [e["pid"] for e in run_events(out) if e["event"] == "start"]
+    launcher = [e["pid"] for e in run_events(out) if e["event"] in ("start", "restart")][-1]
     return [launcher, *worker_pids(log)]
 
 
