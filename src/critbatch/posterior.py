@@ -139,9 +139,8 @@ def cell_argmins(beta: np.ndarray, points: Sequence[int]) -> np.ndarray:
     """`grid_argmin` of each beta without stalls, as an index into `points` (sorted ascending),
     -1 where every point is at or below beta."""
     _, sfo = _sfo(beta, points)
-    backwards = np.argmin(sfo[:, ::-1], axis=-1)  # a tie to the larger batch size
-    least = np.take_along_axis(sfo[:, ::-1], backwards[:, None], axis=-1)[:, 0]
-    return np.where(np.isfinite(least), len(points) - 1 - backwards, -1)
+    least, at = _running_min(sfo[:, ::-1], ties_to_later=False)  # a tie to the larger
+    return np.where(np.isfinite(least[:, -1]), len(points) - 1 - at[:, -1], -1)
 
 
 def cut_argmins(beta: np.ndarray, log_n_min: np.ndarray, points: Sequence[int],
@@ -191,10 +190,10 @@ def stalled_argmin_mass(beta: np.ndarray, log_n_min: np.ndarray, points: Sequenc
     odds = np.array([p / (1.0 - p) for p in STALLS])
     # The fewest (cell, n_min) pairs holding all but 1e-6 of the weight: the rest cannot move
     # a probability in the four digits the status shows.
-    order = np.argsort(weight, axis=None)[::-1]
-    held = np.cumsum(weight.ravel()[order])
+    heaviest = np.argsort(weight, axis=None)[::-1]
+    held = np.cumsum(weight.ravel()[heaviest])
     keep = np.zeros(weight.size, dtype=bool)
-    keep[order[:int(np.searchsorted(held, held[-1] * (1.0 - 1e-6))) + 1]] = True
+    keep[heaviest[:int(np.searchsorted(held, held[-1] * (1.0 - 1e-6))) + 1]] = True
     keep = keep.reshape(weight.shape)
     cost = ((sfo[:, None, :, None] + budget * np.exp(-log_n_min)[..., None, None]
              * g[:, None] * odds)[keep])  # (pair, point, stall)
@@ -275,7 +274,7 @@ def infer(
     key = tuple(sorted(evidence, key=lambda e: (e.batch_size, e.seed, e.reached, e.steps,
                                                  e.eval_every)))
     if budget is None:
-        budget = max([1.0, *(e.steps for e in evidence)])
+        budget = default_budget(evidence)
     summary = _infer_cached(key, points, float(confidence), float(interval_level),
                             float(budget))
     rising = model_contradiction(evidence)
@@ -296,6 +295,12 @@ def infer(
         reason=summary.reason,
         least_sfo=summary.least_sfo,
     )
+
+
+def default_budget(evidence: Sequence[Evidence]) -> float:
+    """The steps a run was given when nobody says: the most steps of any trial (a censored
+    trial stops at the budget)."""
+    return max([1.0, *(e.steps for e in evidence)])
 
 
 RISE = 1.5  # N(b) this much higher at the largest reached batch size than at the smallest

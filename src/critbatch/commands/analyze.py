@@ -282,7 +282,7 @@ def analyze(trials: list[posterior.Evidence], *, confidence: float = 0.95,
             budget: float | None = None) -> dict[str, Any]:
     """The answer and how sure it is, as plain data (what `--json` prints)."""
     grid = sorted({t.batch_size for t in trials})
-    budget = budget or max([1.0, *(t.steps for t in trials)])
+    budget = budget or posterior.default_budget(trials)
     post = posterior.infer(trials, grid, confidence=confidence, interval_level=confidence,
                            budget=budget)
     measured = science.measure(
