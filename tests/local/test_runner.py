@@ -17,6 +17,7 @@ import yaml
 from fake_trainer import expected_steps
 from local_helpers import FAKE_TRAINER, alive, local_manifest, run_events, wait_until
 
+from critbatch.local import supervise
 from critbatch.local.options import RunError, RunOptions
 from critbatch.local.progress import Progress
 from critbatch.local.runner import LocalRun
@@ -221,12 +222,32 @@ def test_metrics_through_a_private_prometheus(tmp_path, monkeypatch, prometheus_
     assert prom["url"].startswith("http://127.0.0.1:")
 
 
-def test_a_metrics_port_taken_at_start_is_retried_not_failed(tmp_path):
-    marker = tmp_path / "first-try"
-    script = (f'if [ ! -e {marker} ]; then touch {marker}; '
+def _losing_its_port(tmp_path, times: int) -> list[str]:
+    """A trainer whose metrics port another process takes on its first `times` starts."""
+    count = tmp_path / "starts"
+    script = (f'echo x >> {count}; if [ "$(wc -l < {count})" -le {times} ]; then '
               'echo "critbatch-trainer: error: metrics-port: cannot listen" >&2; exit 2; fi; '
               f'exec {" ".join(FAKE_TRAINER)} "$@"')
-    runner = run_sweep(local_manifest(batchSizes=[16]), tmp_path / "run",
-                       trainer_command=["sh", "-c", script, "trainer"])
+    return ["sh", "-c", script, "trainer"]
+
+
+def test_a_metrics_port_taken_at_start_is_retried_on_a_new_port_not_counted(tmp_path):
+    """A port taken between the runner's choice and the trainer's bind is this machine's race,
+    not the trial's failure: it costs none of spec.trainer.backoffLimit's restarts."""
+    out = tmp_path / "run"
+    runner = run_sweep(local_manifest(batchSizes=[16], trainer={"backoffLimit": 0}), out,
+                       trainer_command=_losing_its_port(tmp_path, 2))
     trial = trials_by_batch(runner.status)[16]
-    assert trial["phase"] == "Reached" and trial["restarts"] == 1
+    assert trial["phase"] == "Reached" and trial["restarts"] == 0
+    events = [e for e in run_events(out) if e["event"] in ("start", "port-taken")]
+    assert [e["event"] for e in events] == ["start", "port-taken"] * 2 + ["start"]
+    assert len({e["port"] for e in events if e["event"] == "start"}) == 3
+
+
+def test_a_port_lost_again_and_again_counts_as_a_restart_at_last(tmp_path):
+    runner = run_sweep(local_manifest(batchSizes=[16], trainer={"backoffLimit": 1}),
+                       tmp_path / "run", trainer_command=_losing_its_port(tmp_path, 100))
+    trial = trials_by_batch(runner.status)[16]
+    assert (trial["phase"], trial["restarts"]) == ("Failed", 1)
+    assert "metrics-port: cannot listen" in trial["reason"]
+    assert len((tmp_path / "starts").read_text().split()) == supervise.PORT_RETRIES + 2

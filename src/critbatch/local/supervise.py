@@ -33,6 +33,7 @@ from critbatch.trainer_args import trainer_args, trial_env
 from critbatch.vocabulary import TrialKey
 
 EventLog = Callable[..., None]  # log(kind, **fields): the run's events.jsonl and its view
+PORT_RETRIES = 5  # new ports for a trial whose port another process took, before it counts
 
 
 def _lost_its_port(last_line: str) -> bool:
@@ -49,6 +50,7 @@ class TrialState:
     dir: Path
     port: int | None = None
     restarts: int = 0
+    ports_lost: int = 0
     stop_reason: str | None = None
     final: planner.Observation | None = None
     metrics: TrialMetrics | None = None
@@ -344,7 +346,8 @@ class TrialSupervisor:
             st = self.by_name[proc.name]
             why_failed, last = self._exit(st)
             kind = classify(code)
-            if kind is ExitKind.BAD_CONFIG and _lost_its_port(last):
+            lost_port = kind is ExitKind.BAD_CONFIG and _lost_its_port(last)
+            if lost_port:
                 kind = ExitKind.CRASHED  # someone took the port first: worth another try
             got = self._ended_result(st, kind)
             if got.result is not None:
@@ -371,6 +374,13 @@ class TrialSupervisor:
                          steps=m.step, reason=st.stop_reason)
             elif proc.stop_requested:
                 pass  # stopped by Ctrl-C: not final, resumable from its checkpoint
+            elif lost_port and st.ports_lost < PORT_RETRIES:
+                # A race of this machine's shared loopback, which a pod's own network never
+                # has: a new port, not one of the trial's backoffLimit restarts.
+                st.ports_lost += 1
+                self.log("port-taken", batch_size=st.key.batch_size, seed=st.key.seed,
+                         port=st.port)
+                self.start(st)
             elif kind in (ExitKind.FINISHED, ExitKind.BAD_CONFIG) or \
                     st.restarts >= self.sweep.trainer.backoff_limit:
                 why = ("exited 0 without a result (in neither CRITBATCH_RESULT_FILE nor the "
