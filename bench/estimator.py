@@ -26,6 +26,7 @@ from critbatch import posterior, science, simulate
 
 GRID = (4, 8, 16, 32, 64, 128)
 WIDE_GRID = tuple(2**k for k in range(2, 14))
+FINE_GRID = tuple(sorted({round(4 * 2 ** (k / 4)) for k in range(21)}))  # 4 per octave
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +43,8 @@ class Scenario:
 
 def scenarios() -> list[Scenario]:
     """b* inside the grid or near either edge, 10 % or 30 % noise, stalls below b = 16 alike
-    (0.3) or thinning out with the batch size as in real sweeps (0.6 at b = 4, 0.15 at 8)."""
+    (0.3) or thinning out with the batch size as in real sweeps (0.6 at b = 4, 0.15 at 8);
+    and b* inside a grid of four batch sizes per octave."""
     out = []
     for seeds in (1, 3):
         for label, critical in (("inside", (8.0, 96.0)), ("low edge", (3.0, 8.0)),
@@ -56,6 +58,9 @@ def scenarios() -> list[Scenario]:
                 out.append(Scenario(name=f"{label} sd=10-30% thinning", critical=critical,
                                     sigma=(0.1, 0.3), seeds=seeds, stall=0.15,
                                     stall_below=16, stall_growth=4.0))
+        for noise in (0.1, 0.3):
+            out.append(Scenario(name=f"fine grid sd={noise:.0%}", critical=(8.0, 96.0),
+                                sigma=(noise, noise), seeds=seeds, grid=FINE_GRID))
     return out
 
 
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     header = (f"{'scenario':<26} {'seeds':>5} {'old acc':>8} {'new acc':>8} {'set cov':>8} "
               f"{'set size':>8} {'int cov':>8}")
-    print(f"grid {','.join(map(str, GRID))}, {args.sweeps} sweeps per row, seed {args.seed}, "
+    print(f"grid {','.join(map(str, GRID))} (fine grid {','.join(map(str, FINE_GRID))}), "
+          f"{args.sweeps} sweeps per row, seed {args.seed}, "
           f"confidence {args.confidence:g}")
     print(header)
     print("-" * len(header))
@@ -139,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['new_accuracy']:>8.3f} {row['set_coverage']:>8.3f} {row['set_size']:>8.2f} "
               f"{row['interval_coverage']:>8.3f}", flush=True)
     timings = {f"{len(GRID)}x2": timing(GRID, 2, 20, args.seed),
-               f"{len(WIDE_GRID)}x3": timing(WIDE_GRID, 3, 20, args.seed)}
+               f"{len(WIDE_GRID)}x3": timing(WIDE_GRID, 3, 20, args.seed),
+               f"{len(FINE_GRID)}x3 (fine)": timing(FINE_GRID, 3, 20, args.seed)}
     for name, ms in timings.items():
         print(f"infer, {name} sweep: {ms:.1f} ms per call (uncached)")
     if args.json:

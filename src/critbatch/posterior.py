@@ -38,7 +38,9 @@ from critbatch.likelihood import (
 from critbatch.logspace import logsumexp
 from critbatch.science import ScienceError, check_trial
 
-BETA_PER_OCTAVE = 8
+BETA_PER_OCTAVE = 8  # beta cells per octave at least, ...
+BETA_PER_GAP = 4  # ... and per gap between neighbouring grid points on average, ...
+BETA_PER_OCTAVE_MAX = 16  # ... at most this many
 BETA_BELOW = 4.0  # beta from the smallest batch size / BETA_BELOW ...
 BETA_ABOVE = 2.0  # ... to the largest * BETA_ABOVE
 N_MIN_POINTS = 15  # log n_min quadrature points per (beta, sigma) cell
@@ -357,12 +359,24 @@ def _cell_mass(post: Stalls) -> np.ndarray:
     return np.logaddexp(np.logaddexp(post.none, post.each), logsumexp(post.below, axis=(2, 3)))
 
 
-def _beta_cells(points: tuple[int, ...], evidence: Sequence[Evidence]) -> np.ndarray:
+def beta_per_octave(points: Sequence[int]) -> int:
+    """Cells of beta per octave. The argmin changes once between neighbouring grid points, at a
+    beta between them; with too few cells there, a posterior narrower than a cell puts all its
+    mass on one side, and a grid finer than powers of two gets neighbours' P near 1 and 0."""
+    if len(points) < 2:
+        return BETA_PER_OCTAVE
+    gaps_per_octave = (len(points) - 1) / math.log2(max(points) / min(points))
+    return min(BETA_PER_OCTAVE_MAX,
+               max(BETA_PER_OCTAVE, math.ceil(BETA_PER_GAP * gaps_per_octave)))
+
+
+def _beta_cells(points: tuple[int, ...], evidence: Sequence[Evidence],
+                per_octave: int) -> np.ndarray:
     """beta = 0, then log-spaced from the smallest batch size / 4 to twice the largest."""
     sizes = [*points, *(e.batch_size for e in evidence)]
     lo, hi = min(sizes) / BETA_BELOW, max(sizes) * BETA_ABOVE
-    count = max(2, math.ceil(math.log2(hi / lo) * BETA_PER_OCTAVE))
-    return np.concatenate([[0.0], lo * 2.0 ** (np.arange(count) / BETA_PER_OCTAVE)])
+    count = max(2, math.ceil(math.log2(hi / lo) * per_octave))
+    return np.concatenate([[0.0], lo * 2.0 ** (np.arange(count) / per_octave)])
 
 
 @functools.lru_cache(maxsize=64)
@@ -375,7 +389,8 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
     reached_at: Counter[int] = Counter(e.batch_size for e in evidence if e.reached)
     reach_fraction = tuple((b, reached_at[b] / tested[b]) for b in sorted(tested))
 
-    betas = _beta_cells(points, evidence)
+    per_octave = beta_per_octave(points)
+    betas = _beta_cells(points, evidence, per_octave)
     log_beta_prior = np.full(len(betas), -math.log(len(betas)))
     any_reached = bool(trials.reached.any())
     if any_reached:
@@ -436,7 +451,7 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
         held += probabilities[g]
         if held >= confidence * (1.0 - 1e-12):
             break
-    lower, middle, upper = (2.0 * _beta_quantile(betas, beta_weight, q) for q in
+    lower, middle, upper = (2.0 * _beta_quantile(betas, beta_weight, q, per_octave) for q in
                             ((1.0 - interval_level) / 2.0, 0.5, (1.0 + interval_level) / 2.0))
     n_min = _weighted_median(log_n_min.ravel(), weight.ravel())
     return _Summary(
@@ -453,7 +468,7 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
     )
 
 
-def _beta_quantile(betas: np.ndarray, weight: np.ndarray, q: float) -> float:
+def _beta_quantile(betas: np.ndarray, weight: np.ndarray, q: float, per_octave: int) -> float:
     """A quantile of beta, its cells read as bins: log-uniform between the midpoints of the
     log-spaced cells, uniform from 0 to the first edge for the beta = 0 cell."""
     cdf = np.cumsum(weight) / weight.sum()
@@ -462,7 +477,7 @@ def _beta_quantile(betas: np.ndarray, weight: np.ndarray, q: float) -> float:
     before = cdf[i - 1] if i > 0 else 0.0
     frac = 0.0 if weight[i] <= 0 else float((q - before) / (cdf[i] - before))
     frac = min(max(frac, 0.0), 1.0)
-    ratio = math.sqrt(2.0 ** (1.0 / BETA_PER_OCTAVE))
+    ratio = math.sqrt(2.0 ** (1.0 / per_octave))
     if betas[i] == 0.0:
         first = betas[1] if len(betas) > 1 else 1.0
         return float(frac * first / ratio)

@@ -21,6 +21,7 @@ from critbatch.logspace import log_ndtr
 from critbatch.posterior import (
     Evidence,
     Posterior,
+    beta_per_octave,
     cell_argmins,
     cut_argmins,
     grid_argmin,
@@ -498,3 +499,32 @@ def test_with_stalls_the_most_probable_is_right_about_as_often_as_the_old_rule(s
 def test_the_fitted_interval_holds_the_true_b_star(scores) -> None:
     """Measured at interval level 0.95, over both halves: 0.97 (1 seed), 0.985 (3 seeds)."""
     assert (scores[False].interval + scores[True].interval) / 2 >= 0.9
+
+
+FINE = tuple(sorted({round(4 * 2 ** (k / 4)) for k in range(21)}))  # 4 to 128, 4 per octave
+
+
+@given(st.lists(st.integers(1, 2**20), min_size=1, max_size=64, unique=True))
+def test_beta_has_cells_for_every_gap_of_the_grid_within_bounds(grid: list[int]) -> None:
+    per_octave = beta_per_octave(grid)
+    assert 8 <= per_octave <= 16
+    if len(grid) > 1 and per_octave < 16:
+        assert per_octave * math.log2(max(grid) / min(grid)) >= 4 * (len(grid) - 1)
+
+
+def test_beta_cells_per_octave_of_common_grids() -> None:
+    assert beta_per_octave(GRID) == beta_per_octave(POWERS) == 8
+    assert beta_per_octave(FINE) == 16
+
+
+def test_on_a_grid_finer_than_powers_of_two_the_plausible_set_keeps_its_level() -> None:
+    """Neighbours 19 % apart: with 8 cells of beta per octave (two per gap) a posterior
+    narrower than a cell gave one neighbour P near 1 where the other was the truth. Measured:
+    the set held the true argmin in 84 of these 100 sweeps with 8 cells, 98 with 16."""
+    rng = np.random.default_rng(0)
+    sweeps, covered = 100, 0
+    for i in range(sweeps):
+        truth = simulate.random_truth(rng, FINE, critical=(8.0, 96.0), sigma=(0.1, 0.1))
+        trials = simulate.draw_trials(truth, simulate.sweep_keys(FINE, 3), sim_seed=i)
+        covered += truth.true_argmin(FINE) in infer(trials, FINE, budget=truth.max_steps).plausible
+    assert covered / sweeps >= 0.93
