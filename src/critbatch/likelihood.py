@@ -2,10 +2,11 @@
 
 A cell is (beta, sigma) of N(b) = n_min*b/(b - beta) with lognormal seed noise of sd sigma on
 log N; log n_min is integrated on quadrature points per cell. Seeds may stall (never reach
-tau), in one of three ways (`Stalls`): no seed ever does; seeds stall with one probability on
-STALLS at every batch size up to a cut, and never above it; or each batch size has its own
-probability. Here: the cells and their priors (beta's comes from the posterior), the trials as
-distinct rows, and the posterior of each way. Pure numpy, no I/O.
+tau), in one of four ways (`Stalls`): no seed ever does; seeds stall with one probability on
+STALLS at every batch size up to a cut, and never above it; with a probability that falls down
+STALLS as the batch size grows (a ladder); or each batch size has its own probability. Here:
+the cells and their priors (beta's comes from the posterior), the trials as distinct rows, and
+the posterior of each way. Pure numpy, no I/O.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ SIGMAS = tuple(float(s) for s in np.geomspace(0.03, 1.0, 12))
 SIGMA_PRIOR_MEDIAN = 0.2
 SIGMA_PRIOR_LOG_SD = 0.75
 STALLS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
-STALL_WAYS = (0.55, 0.225, 0.225)  # prior of: none, one rate up to a cut, each its own rate
+# The prior of each way seeds may stall: none; one rate up to a cut; rates thinning out with b
+# down a ladder; each batch size its own rate.
+STALL_WAYS = (0.55, 0.15, 0.15, 0.15)
+# A ladder: STALLS[start] at the smallest tested batch size, `step` rungs lower per octave.
+LADDERS = tuple((start, step) for start in range(2, len(STALLS)) for step in (1, 2))
 STALL_PRIOR = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)  # of a batch size's own rate
 LIKELIHOOD_CHUNK = 64  # distinct trials per pass: memory stays cells x n_min x 64 floats
 
@@ -170,15 +175,25 @@ def n_min_grid(trials: Trials, cells: Cells, points: int,
     return log_n_min, 2.0 * half / (points - 1)
 
 
+def ladder_rungs(batch: np.ndarray, smallest: float) -> np.ndarray:
+    """Each ladder's index into STALLS at each batch size, on (ladder, batch): its start at
+    `smallest`, its step lower per octave above (higher below), within STALLS."""
+    octaves = np.rint(np.log2(np.asarray(batch, dtype=float) / smallest))
+    start, step = (np.array(column)[:, None] for column in zip(*LADDERS, strict=True))
+    return np.clip(start - step * octaves, 0, len(STALLS) - 1).astype(int)
+
+
 @dataclass(frozen=True)
 class Stalls:
     """The unnormalised log posterior of each way seeds may stall, the quadrature weight
     included: `none` on (cell, n_min); `below` on (cell, n_min, rate, cut) for STALLS[1:] at
-    every batch size up to the grid's point `cut`; `each` on (cell, n_min), with `rates`, each
+    every batch size up to the grid's point `cut`; `thinning` on (cell, n_min, ladder) for
+    LADDERS from the smallest tested batch size; `each` on (cell, n_min), with `rates`, each
     tested batch size's posterior of STALLS then, on (cell, n_min, batch size, rate)."""
 
     none: np.ndarray
     below: np.ndarray
+    thinning: np.ndarray
     each: np.ndarray
     rates: np.ndarray
 
@@ -196,10 +211,13 @@ def log_posterior(trials: Trials, cells: Cells, log_n_min: np.ndarray, log_step:
     upto = np.searchsorted(batches, grid, side="right")  # tested batch sizes up to each cut
     below = (steady[..., None, None] + np.moveaxis(gained[..., upto, :], -1, -2)
              + math.log(STALL_WAYS[1] / (len(STALLS) - 1) / len(grid)))
+    rungs = ladder_rungs(batches, batches[0] if len(batches) else 1.0)
+    thinning = (per[:, :, np.arange(len(batches))[None, :], rungs].sum(axis=-1)
+                + math.log(STALL_WAYS[2] / len(LADDERS)))
     own = per + np.log(np.array(STALL_PRIOR))
     mixed = np.logaddexp.reduce(own, axis=-1)
     with np.errstate(invalid="ignore"):
         rates = np.nan_to_num(np.exp(own - mixed[..., None]))
     return Stalls(none=steady + math.log(STALL_WAYS[0]) + prior,
-                  below=below + prior[..., None, None],
-                  each=mixed.sum(axis=-1) + math.log(STALL_WAYS[2]) + prior, rates=rates)
+                  below=below + prior[..., None, None], thinning=thinning + prior[..., None],
+                  each=mixed.sum(axis=-1) + math.log(STALL_WAYS[3]) + prior, rates=rates)

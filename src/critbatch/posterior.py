@@ -31,6 +31,7 @@ from critbatch.likelihood import (
     STALLS,
     Stalls,
     distinct_trials,
+    ladder_rungs,
     log_posterior,
     make_cells,
     n_min_grid,
@@ -137,12 +138,29 @@ def _sfo(beta: np.ndarray, points: Sequence[int]) -> tuple[np.ndarray, np.ndarra
         return g, np.where(g > beta[:, None], g * g / (g - beta[:, None]), np.inf)
 
 
+def _argmin(cost: np.ndarray) -> np.ndarray:
+    """The index of the least cost on the last axis, a tie to the larger; -1 where all are
+    infinite."""
+    least, at = _running_min(cost[..., ::-1], ties_to_later=False)
+    return np.where(np.isfinite(least[..., -1]), cost.shape[-1] - 1 - at[..., -1], -1)
+
+
 def cell_argmins(beta: np.ndarray, points: Sequence[int]) -> np.ndarray:
     """`grid_argmin` of each beta without stalls, as an index into `points` (sorted ascending),
     -1 where every point is at or below beta."""
-    _, sfo = _sfo(beta, points)
-    least, at = _running_min(sfo[:, ::-1], ties_to_later=False)  # a tie to the larger
-    return np.where(np.isfinite(least[:, -1]), len(points) - 1 - at[:, -1], -1)
+    return _argmin(_sfo(beta, points)[1])
+
+
+def ladder_argmins(beta: np.ndarray, log_n_min: np.ndarray, points: Sequence[int],
+                   budget: float, stall: np.ndarray) -> np.ndarray:
+    """`grid_argmin` of every (cell, n_min, ladder) when seeds at points[j] stall with
+    probability stall[ladder, j] (below 1), as an index into `points` (-1: none)."""
+    g, sfo = _sfo(beta, points)
+    per_n_min = budget * np.exp(-log_n_min)[..., None] * g
+    out = np.empty((*log_n_min.shape, len(stall)), dtype=int)
+    for k, p in enumerate(stall):
+        out[..., k] = _argmin(sfo[:, None, :] + per_n_min * (p / (1.0 - p)))
+    return out
 
 
 def cut_argmins(beta: np.ndarray, log_n_min: np.ndarray, points: Sequence[int],
@@ -242,9 +260,10 @@ def infer(
 
     Priors (each weak, scaled by the grid where it has a scale):
     - beta: log-uniform from the smallest batch size / 4 to twice the largest (8 cells per
-      octave), plus one cell at the limit beta = 0 (N flat in b). On a powers-of-two grid that
-      gives every interior grid point the same prior chance to be the argmin (one octave of
-      beta each) and the two edge points about 1.5 times that.
+      octave, up to 16 on grids finer than powers of two), plus one cell at the limit
+      beta = 0 (N flat in b). On a powers-of-two grid that gives every interior grid point the
+      same prior chance to be the argmin (one octave of beta each) and the two edge points
+      about 1.5 times that.
     - log n_min: flat (scale-free), integrated out per (beta, sigma) on 15 points spanning
       +-4.5 standard errors around where the reached trials put it (a coarse 5-point pass
       first drops cells more than 20 nats below the best; with no reached trial, flat from 1
@@ -252,14 +271,19 @@ def infer(
     - sigma: lognormal around 0.2 (log-sd 0.75) on 12 points from 0.03 to 1.0: seed-to-seed
       spread of N is 10-30 % in practice, and with one seed per batch size a flat prior would
       believe a lucky near-perfect fit.
-    - stalls, P(a seed never reaches tau whatever its N), three ways: none (prior 0.55); one
+    - stalls, P(a seed never reaches tau whatever its N), four ways: none (prior 0.55); one
       rate in {0.1, 0.25, 0.5, 0.75, 0.9} at every grid point up to a cut and none above
-      (0.225, rate and cut uniform); each tested batch size its own rate in {0, 0.1, 0.25,
-      0.5, 0.75, 0.9} with prior {0.5, 0.1, ...} (0.225). Without stalls, one stalled seed
-      beside a reached sibling could only be explained by b <= beta or huge noise, and would
-      drag b* up; with one sweep-wide rate, a batch size where most seeds stall would look
-      cheap by its few seeds that reached. GANs stall most at small batch sizes, alike (the
-      cut) or thinning out (each its own); the prior still favours no stall at all.
+      (0.15, rate and cut uniform); a ladder, a rate in {0.25, 0.5, 0.75, 0.9} at the
+      smallest tested batch size falling one or two steps of {0, 0.1, 0.25, 0.5, 0.75, 0.9}
+      per octave above it (0.15, uniform); each tested batch size its own rate in {0, 0.1,
+      0.25, 0.5, 0.75, 0.9} with prior {0.5, 0.1, ...} (0.15). Without stalls, one stalled
+      seed beside a reached sibling could only be explained by b <= beta or huge noise, and
+      would drag b* up; with one sweep-wide rate, a batch size where most seeds stall would
+      look cheap by its few seeds that reached. GANs stall most at small batch sizes, alike
+      (the cut) or thinning out (the ladder); without the ladder, rates of each their own
+      took no hint from a neighbour that stalled, and a batch size whose few seeds all
+      reached next to one whose seeds mostly stalled was held nearly sure not to stall. The
+      prior still favours no stall at all.
 
     Memoised on (evidence, grid, levels): the planner asks again on every reconcile.
     """
@@ -356,7 +380,9 @@ class _Summary:
 
 def _cell_mass(post: Stalls) -> np.ndarray:
     """log P(cell, n_min), whichever way seeds stall."""
-    return np.logaddexp(np.logaddexp(post.none, post.each), logsumexp(post.below, axis=(2, 3)))
+    return np.logaddexp(np.logaddexp(post.none, post.each),
+                        np.logaddexp(logsumexp(post.below, axis=(2, 3)),
+                                     logsumexp(post.thinning, axis=2)))
 
 
 def beta_per_octave(points: Sequence[int]) -> int:
@@ -415,8 +441,9 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
         log_step = np.full(len(cells.beta), -math.log(len(axis)))
     post = log_posterior(trials, cells, log_n_min, log_step, batches, grid)
     total = logsumexp(_cell_mass(post), axis=(0, 1))
-    none, below, each = (np.exp(a - total) for a in (post.none, post.below, post.each))
-    weight = none + below.sum(axis=(2, 3)) + each  # (cell, n_min)
+    none, below, thinning, each = (np.exp(a - total) for a in
+                                   (post.none, post.below, post.thinning, post.each))
+    weight = none + below.sum(axis=(2, 3)) + thinning.sum(axis=2) + each  # (cell, n_min)
     beta_weight = np.bincount(cells.beta_index, weights=weight.sum(axis=1),
                               minlength=len(betas))
 
@@ -432,6 +459,9 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
                            minlength=len(points))
     at = cut_argmins(cells.beta, log_n_min, points, budget)
     counted += np.bincount(at[at >= 0], weights=below[at >= 0], minlength=len(points))
+    ladders = np.array(STALLS)[ladder_rungs(grid, batches[0])]
+    at = ladder_argmins(cells.beta, log_n_min, points, budget, ladders)
+    counted += np.bincount(at[at >= 0], weights=thinning[at >= 0], minlength=len(points))
     # A point not tested stalls as the nearest tested batch size above it (stalls are rarer at
     # larger batch sizes), else below it.
     nearest = np.minimum(np.searchsorted(batches, grid), len(batches) - 1)
