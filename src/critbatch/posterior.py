@@ -280,10 +280,10 @@ def infer(
       seed beside a reached sibling could only be explained by b <= beta or huge noise, and
       would drag b* up; with one sweep-wide rate, a batch size where most seeds stall would
       look cheap by its few seeds that reached. GANs stall most at small batch sizes, alike
-      (the cut) or thinning out (the ladder); without the ladder, rates of each their own
-      took no hint from a neighbour that stalled, and a batch size whose few seeds all
-      reached next to one whose seeds mostly stalled was held nearly sure not to stall. The
-      prior still favours no stall at all.
+      (the cut) or thinning out (the ladder); each batch size's own rate takes no hint from
+      a neighbour, so without the ladder a batch size whose few seeds all reached, next to
+      one whose seeds mostly stalled, was held nearly sure never to stall. The prior still
+      favours no stall at all.
 
     Memoised on (evidence, grid, levels): the planner asks again on every reconcile.
     """
