@@ -31,7 +31,7 @@ STALLS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
 # The prior of each way seeds may stall: none; one rate up to a cut; rates thinning out with b
 # down a ladder; each batch size its own rate.
 STALL_WAYS = (0.55, 0.15, 0.15, 0.15)
-# A ladder: STALLS[start] at the smallest tested batch size, `step` rungs lower per octave.
+# A ladder: STALLS[start] at the grid's smallest batch size, `step` rungs lower per octave.
 LADDERS = tuple((start, step) for start in range(2, len(STALLS)) for step in (1, 2))
 STALL_PRIOR = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)  # of a batch size's own rate
 LIKELIHOOD_CHUNK = 64  # distinct trials per pass: memory stays cells x n_min x 64 floats
@@ -188,7 +188,7 @@ class Stalls:
     """The unnormalised log posterior of each way seeds may stall, the quadrature weight
     included: `none` on (cell, n_min); `below` on (cell, n_min, rate, cut) for STALLS[1:] at
     every batch size up to the grid's point `cut`; `thinning` on (cell, n_min, ladder) for
-    LADDERS from the smallest tested batch size; `each` on (cell, n_min), with `rates`, each
+    LADDERS from the grid's smallest batch size; `each` on (cell, n_min), with `rates`, each
     tested batch size's posterior of STALLS then, on (cell, n_min, batch size, rate)."""
 
     none: np.ndarray
@@ -201,7 +201,8 @@ class Stalls:
 def log_posterior(trials: Trials, cells: Cells, log_n_min: np.ndarray, log_step: np.ndarray,
                   batches: np.ndarray, grid: np.ndarray) -> Stalls:
     """The posterior on the cells, n_min and how seeds stall; `batches` are the tested batch
-    sizes (ascending), `grid` the points a cut may follow."""
+    sizes (ascending), `grid` the points a cut may follow (ascending; a ladder starts at the
+    first, tested yet or not, so that an adaptive sweep's ladders stay put)."""
     per = log_likelihood(trials, cells, log_n_min, batches)
     prior = (cells.log_prior + log_step)[:, None]
     steady = per[..., 0].sum(axis=-1)
@@ -211,7 +212,7 @@ def log_posterior(trials: Trials, cells: Cells, log_n_min: np.ndarray, log_step:
     upto = np.searchsorted(batches, grid, side="right")  # tested batch sizes up to each cut
     below = (steady[..., None, None] + np.moveaxis(gained[..., upto, :], -1, -2)
              + math.log(STALL_WAYS[1] / (len(STALLS) - 1) / len(grid)))
-    rungs = ladder_rungs(batches, batches[0] if len(batches) else 1.0)
+    rungs = ladder_rungs(batches, grid[0])
     thinning = (per[:, :, np.arange(len(batches))[None, :], rungs].sum(axis=-1)
                 + math.log(STALL_WAYS[2] / len(LADDERS)))
     own = per + np.log(np.array(STALL_PRIOR))

@@ -274,7 +274,7 @@ def infer(
     - stalls, P(a seed never reaches tau whatever its N), four ways: none (prior 0.55); one
       rate in {0.1, 0.25, 0.5, 0.75, 0.9} at every grid point up to a cut and none above
       (0.15, rate and cut uniform); a ladder, a rate in {0.25, 0.5, 0.75, 0.9} at the
-      smallest tested batch size falling one or two steps of {0, 0.1, 0.25, 0.5, 0.75, 0.9}
+      grid's smallest batch size falling one or two steps of {0, 0.1, 0.25, 0.5, 0.75, 0.9}
       per octave above it (0.15, uniform); each tested batch size its own rate in {0, 0.1,
       0.25, 0.5, 0.75, 0.9} with prior {0.5, 0.1, ...} (0.15). Without stalls, one stalled
       seed beside a reached sibling could only be explained by b <= beta or huge noise, and
@@ -459,7 +459,7 @@ def _infer_cached(evidence: tuple[Evidence, ...], points: tuple[int, ...], confi
                            minlength=len(points))
     at = cut_argmins(cells.beta, log_n_min, points, budget)
     counted += np.bincount(at[at >= 0], weights=below[at >= 0], minlength=len(points))
-    ladders = np.array(STALLS)[ladder_rungs(grid, batches[0])]
+    ladders = np.array(STALLS)[ladder_rungs(grid, grid[0])]
     at = ladder_argmins(cells.beta, log_n_min, points, budget, ladders)
     counted += np.bincount(at[at >= 0], weights=thinning[at >= 0], minlength=len(points))
     # A point not tested stalls as the nearest tested batch size above it (stalls are rarer at
