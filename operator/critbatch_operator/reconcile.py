@@ -26,6 +26,7 @@ from kubernetes.client.rest import ApiException
 from critbatch.clock import utc_now
 from critbatch.planner import (
     FINAL,
+    NO_REFERENCE,
     invalid_status,
     merge_conditions,
     plan,
@@ -220,13 +221,12 @@ async def _reconcile(run: _Run) -> Outcome:
             _taken(state, emit, job, why)
     problems = [*world.problems, *(("JobNameTaken", m) for m in state.taken.values())]
 
-    ref_ratio = ref_params = ref_size = None
+    reference = NO_REFERENCE
     if sweep.reference is not None and sweep.reference.sweep:
         ref = await asyncio.to_thread(kube.get_sweep, ns, sweep.reference.sweep)
-        ref_ratio, ref_params, ref_size = reference_from_status((ref or {}).get("status"))
+        reference = reference_from_status((ref or {}).get("status"))
 
-    p = plan(sweep, observations, reference_noise_ratio=ref_ratio, reference_params=ref_params,
-             reference_dataset_size=ref_size, previous_status=old, problems=problems)
+    p = plan(sweep, observations, reference=reference, previous_status=old, problems=problems)
     status = p.status
     status["conditions"] = merge_conditions(old.get("conditions"), status["conditions"],
                                             utc_now())

@@ -241,6 +241,30 @@ def _held(grid: int | None, plausible: list[int]) -> bool | None:
     return grid in plausible
 
 
+def _interval(value: Any, field: str) -> list[float] | None:
+    """[low, high] of positive numbers, low <= high, or nothing."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        raise CampaignError(f"{field}: expected [low, high], got {str(value)[:40]!r}")
+    low, high = (_number(v, f"{field}[{i}]", positive=True) for i, v in enumerate(value))
+    if low is None or high is None:
+        raise CampaignError(f"{field}: expected two numbers, got {str(value)[:40]!r}")
+    if low > high:
+        raise CampaignError(f"{field}: expected low <= high, got [{low}, {high}]")
+    return [low, high]
+
+
+def _agrees(predicted: float | None, interval: list[float] | None,
+            fitted: list[float] | None) -> bool | None:
+    """Whether the prediction (its interval, else the value) meets the fitted b*'s credible
+    interval: Proposition 3.4 against the model N(b) it speaks of, which stalls do not move."""
+    low, high = interval or (predicted, predicted)
+    if low is None or high is None or fitted is None:
+        return None
+    return low <= fitted[1] and fitted[0] <= high
+
+
 def _row(manifest: Mapping[str, Any]) -> dict[str, Any]:
     name = manifest["metadata"]["name"]
     spec = _mapping(manifest.get("spec"), "spec")
@@ -262,6 +286,9 @@ def _row(manifest: Mapping[str, Any]) -> dict[str, Any]:
     plausible = sorted({b for i, raw in enumerate(cbs.get("plausible") or [])
                         if (b := _batch(raw, f"{f}.plausible[{i}]")) is not None})
     grid = _batch(cbs.get("predictedGrid"), f"{f}.predictedGrid")
+    predicted = _number(cbs.get("predicted"), f"{f}.predicted", positive=True)
+    predicted_interval = _interval(cbs.get("predictedInterval"), f"{f}.predictedInterval")
+    fitted_interval = _interval(cbs.get("interval"), f"{f}.interval")
     confidence = _number(cbs.get("confidence"), f"{f}.confidence")
     if confidence is not None and not 0 <= confidence <= 1:
         raise CampaignError(f"{f}.confidence: expected a probability in 0..1, got {confidence}")
@@ -277,9 +304,12 @@ def _row(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "confidence": confidence,
         "measured": _batch(cbs.get("measured"), f"{f}.measured"),
         "fitted": _number(cbs.get("fitted"), f"{f}.fitted", positive=True),
-        "predicted": _number(cbs.get("predicted"), f"{f}.predicted", positive=True),
+        "fittedInterval": fitted_interval,
+        "predicted": predicted,
+        "predictedInterval": predicted_interval,
         "predictedGrid": grid,
         "predictionHeld": _held(grid, plausible),
+        "predictionFits": _agrees(predicted, predicted_interval, fitted_interval),
         "trialsDone": _number(status.get("trialsDone"), "status.trialsDone"),
         "trialsTotal": _number(status.get("trialsTotal"), "status.trialsTotal"),
         "sfoSpent": json_number(math.fsum(spent)) or 0,

@@ -25,9 +25,13 @@ def _cell(text: Any) -> str:
     return "".join(c if c.isprintable() else "?" for c in str(text)).replace("|", "\\|")
 
 
+def _printable(text: Any, limit: int) -> str:
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:limit]
+
+
 def _label(text: Any, limit: int) -> str:
     """Text for the plot: printable, bounded, and with `$` escaped (not matplotlib's math)."""
-    return "".join(c if c.isprintable() else "?" for c in str(text))[:limit].replace("$", r"\$")
+    return _printable(text, limit).replace("$", r"\$")
 
 
 def _set(sizes: Sequence[int]) -> str:
@@ -51,13 +55,29 @@ def _prediction_line(row: Mapping[str, Any]) -> str:
     text += f", most probable {row['mostProbable']}, plausible {_set(row['plausible'])}"
     held = row["predictionHeld"]
     if held is None:
-        return head + text + ": no grid batch size to check the prediction against."
-    if held and row["predictedGrid"] != row["mostProbable"]:
-        return (head + text + f": the prediction held only as plausible, **the most probable "
-                f"b\\* is {row['mostProbable']}**.")
-    if held:
-        return head + text + ": the prediction held."
-    return head + text + ": **the prediction missed**."
+        verdict = "no grid batch size to check the prediction against"
+    elif held and row["predictedGrid"] != row["mostProbable"]:
+        verdict = (f"the prediction held only as plausible, **the most probable b\\* is "
+                   f"{row['mostProbable']}**")
+    else:
+        verdict = "the prediction held" if held else "**the prediction missed**"
+    return f"{head}{text}: {verdict}.{_fit(row)}"
+
+
+def _interval(ends: Sequence[float] | None) -> str:
+    return f"[{fmt(ends[0])}, {fmt(ends[1])}]" if ends else "—"
+
+
+def _fit(row: Mapping[str, Any]) -> str:
+    """The prediction against the fitted b*'s credible interval, in words."""
+    fits = row["predictionFits"]
+    if fits is None:
+        return ""
+    said = (f"predicted {_interval(row['predictedInterval'])}" if row["predictedInterval"]
+            else f"predicted {fmt(row['predicted'])}")
+    verdict = "they overlap" if fits else "**they do not overlap**"
+    return (f" Against the fitted b\\* (the model N(b), stalls aside): {said}, fitted "
+            f"{fmt(row['fitted'])} {_interval(row['fittedInterval'])}: {verdict}.")
 
 
 def _sureness_line(row: Mapping[str, Any]) -> str:
@@ -75,7 +95,7 @@ def _sureness_line(row: Mapping[str, Any]) -> str:
 
 _COLUMNS = ("sweep", "phase", "optimizer", "α_G", "β1", "β2", "reference", "b* most probable",
             "plausible", "resolved", "measured", "fitted", "predicted (grid)", "prediction",
-            "trials", "SFO spent", "SFO saved")
+            "vs fit", "trials", "SFO spent", "SFO saved")
 _RIGHT = {"α_G", "β1", "β2", "b* most probable", "measured", "fitted", "predicted (grid)",
           "trials", "SFO spent", "SFO saved"}
 
@@ -83,8 +103,14 @@ _RIGHT = {"α_G", "β1", "β2", "b* most probable", "measured", "fitted", "predi
 def table_cells(row: Mapping[str, Any]) -> list[str]:
     """A row as the table's cells, in `_COLUMNS` order (also the CLI's table)."""
     predicted = fmt(row["predicted"])
+    if row["predictedInterval"]:
+        predicted += f" {_interval(row['predictedInterval'])}"
     if row["predictedGrid"] is not None:
         predicted += f" ({row['predictedGrid']})"
+    fits = {True: "overlaps", False: "apart", None: "—"}[row["predictionFits"]]
+    fitted = fmt(row["fitted"])
+    if row["fittedInterval"]:
+        fitted += f" {_interval(row['fittedInterval'])}"
     verdict = {True: "held", False: "missed", None: "—"}[row["predictionHeld"]]
     if row["predictionHeld"] and row["predictedGrid"] != row["mostProbable"]:
         verdict = "held, not most probable"
@@ -95,13 +121,35 @@ def table_cells(row: Mapping[str, Any]) -> list[str]:
             fmt(row["learningRate"]), fmt(row["beta1"]), fmt(row["beta2"]),
             _cell(row["reference"] or "—"), fmt(row["mostProbable"]),
             _set(row["plausible"]) if row["plausible"] else "—", resolved,
-            fmt(row["measured"]), fmt(row["fitted"]), predicted, verdict, trials,
+            fmt(row["measured"]), fitted, predicted, verdict, fits, trials,
             fmt(row["sfoSpent"]), fmt(row["sfoSaved"])]
 
 
-def columns() -> list[tuple[str, bool]]:
-    """The table's column names, each with whether it is right-aligned (numbers)."""
-    return [(c, c in _RIGHT) for c in _COLUMNS]
+def terminal_table(name: str, rows: Sequence[Mapping[str, Any]]):  # -> rich Table
+    """The campaign's rows for a terminal of 80 columns: each sweep's answer and how sure,
+    its prediction and both verdicts (campaign.md has the rest); a missed prediction in red."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"Campaign {_printable(name, 200)}"), title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column, right, fold in (("sweep", False, True), ("b*", True, False),
+                                ("plausible", False, True), ("predicted", True, False),
+                                ("prediction", False, True), ("vs fit", False, False),
+                                ("SFO spent", True, False)):
+        table.add_column(column, justify="right" if right else "left", overflow="fold",
+                         no_wrap=not fold)
+    for row in rows:
+        cells = dict(zip(_COLUMNS, table_cells(row), strict=True))
+        predicted = fmt(row["predicted"]) + (f" ({row['predictedGrid']})"
+                                             if row["predictedGrid"] is not None else "")
+        table.add_row(*(Text(c.replace("\\|", "|")) for c in (
+            cells["sweep"], cells["b* most probable"], cells["plausible"],
+            predicted if row["predicted"] is not None else "—", cells["prediction"],
+            cells["vs fit"], cells["SFO spent"])),
+            style="red" if row["predictionHeld"] is False else None)
+    return table
 
 
 def campaign_markdown(name: str, resources: Sequence[Mapping[str, Any]],
@@ -111,13 +159,15 @@ def campaign_markdown(name: str, resources: Sequence[Mapping[str, Any]],
     phases = Counter(r["phase"] for r in rows)
     predicted = [r for r in rows if r["predicted"] is not None]
     verdicts = Counter(r["predictionHeld"] for r in predicted)
+    fits = Counter(r["predictionFits"] for r in predicted)
     lines = [f"# Campaign: {_cell(name)}", ""]
     head = (f"{len(rows)} sweep{'s' if len(rows) != 1 else ''}: "
             + ", ".join(f"{n} {_cell(p)}" for p, n in sorted(phases.items())) + ".")
     if predicted:
         head += (f" {len(predicted)} b* predicted from a reference (Proposition 3.4): "
                  f"{verdicts[True]} held, {verdicts[False]} missed, "
-                 f"{verdicts[None]} not yet checkable.")
+                 f"{verdicts[None]} not yet checkable; against the fitted b*, "
+                 f"{fits[True]} overlap, {fits[False]} apart.")
     spent = math.fsum(r["sfoSpent"] for r in rows)
     head += f" SFO spent in all: {fmt(spent)}."
     lines += [head, ""]
@@ -127,7 +177,11 @@ def campaign_markdown(name: str, resources: Sequence[Mapping[str, Any]],
     lines += ["", "The plausible set holds the batch sizes that may be the SFO argmin at the "
               "sweep's confidence; a sweep is resolved once one batch size holds it alone. A "
               "prediction held when its grid batch size is in the plausible set (and only as "
-              "plausible when another batch size is more probable)."]
+              "plausible when another batch size is more probable). \"vs fit\" sets the "
+              "prediction's interval (Proposition 3.4 from each end of the reference's fitted "
+              "b* interval) against this sweep's fitted b* and its 95 % credible interval: "
+              "both are of the model N(b), which stalled seeds do not move, so this judges "
+              "the theory where the plausible set judges the batch size to pick."]
     if predicted:
         lines += ["", "## Predictions (Proposition 3.4)", ""]
         lines += [_prediction_line(r) for r in predicted]
@@ -147,7 +201,8 @@ def _on_axis(y: float, lo: float, hi: float) -> bool:
 def campaign_plot(name: str, resources: Sequence[Mapping[str, Any]]):  # -> Figure
     """Per sweep (x), on a log2 batch-size axis: the plausible set as a range (blue when
     resolved, orange when not) with its members ticked, the most probable b* as a dot, the
-    Proposition 3.4 prediction as a diamond (green held, red missed, purple unchecked)."""
+    fitted b* as a grey square with its interval, the Proposition 3.4 prediction as a diamond
+    with its interval (green held, red missed, purple unchecked)."""
     Figure = figure_class()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -170,12 +225,21 @@ def campaign_plot(name: str, resources: Sequence[Mapping[str, Any]]):  # -> Figu
         if r["mostProbable"] is not None:
             ax.scatter([x], [r["mostProbable"]], marker="o", s=60, color="tab:blue", zorder=3)
             ys.append(r["mostProbable"])
+        fitted = r["fittedInterval"]
+        if r["fitted"] is not None and fitted and all(_on_axis(y, lo, hi) for y in fitted):
+            ax.vlines(x - 0.12, *fitted, color="tab:gray", lw=1.5, zorder=3)
+            ax.scatter([x - 0.12], [r["fitted"]], marker="s", s=30, color="tab:gray", zorder=4)
+            ys += fitted
         if r["predicted"] is not None and _on_axis(r["predicted"], lo, hi):
             colour = {True: "tab:green", False: "tab:red", None: "tab:purple"}[
                 r["predictionHeld"]]
             ax.scatter([x + 0.12], [r["predicted"]], marker="D", s=55, facecolors="none",
                        edgecolors=colour, linewidths=1.8, zorder=4)
             ys.append(r["predicted"])
+            ends = r["predictedInterval"]
+            if ends and all(_on_axis(y, lo, hi) for y in ends):
+                ax.vlines(x + 0.12, *ends, color=colour, lw=1.5, zorder=3)
+                ys += ends
     ax.set_yscale("log", base=2)
     bottom, top = (min(ys), max(ys)) if ys else (lo, hi)
     k0, k1 = math.floor(math.log2(bottom)), math.ceil(math.log2(top))
@@ -194,12 +258,15 @@ def campaign_plot(name: str, resources: Sequence[Mapping[str, Any]]):  # -> Figu
     ax.grid(True, axis="y", alpha=0.3)
     shown = {("resolved" if r["resolved"] else "unresolved") for r in rows if r["plausible"]}
     shown |= {"best"} if any(r["mostProbable"] is not None for r in rows) else set()
+    shown |= {"fitted"} if any(r["fittedInterval"] for r in rows) else set()
     shown |= {r["predictionHeld"] for r in rows if r["predicted"] is not None}
     legend = [
         ("resolved", Patch(color="tab:blue", alpha=0.3, label="plausible set, resolved")),
         ("unresolved", Patch(color="tab:orange", alpha=0.3,
                              label="plausible set, not resolved")),
         ("best", Line2D([], [], marker="o", ls="", color="tab:blue", label="b* most probable")),
+        ("fitted", Line2D([], [], marker="s", color="tab:gray",
+                          label="b* fitted, 95 % interval")),
         *((held, Line2D([], [], marker="D", ls="", mfc="none", mec=colour, label=label))
           for held, colour, label in ((True, "tab:green", "predicted (Prop. 3.4), held"),
                                       (False, "tab:red", "predicted (Prop. 3.4), missed"),

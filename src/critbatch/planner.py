@@ -16,7 +16,13 @@ from typing import Any
 from critbatch import posterior
 from critbatch.numbers import json_number, significant
 from critbatch.planning.adaptive import choose, initial_design
-from critbatch.planning.answer import critical_batch_size, evidence, reference_from_status
+from critbatch.planning.answer import (
+    NO_REFERENCE,
+    ReferenceStatus,
+    critical_batch_size,
+    evidence,
+    reference_from_status,
+)
 from critbatch.planning.conditions import (
     failed_where_it_matters,
     invalid_status,
@@ -39,9 +45,11 @@ from critbatch.vocabulary import TrialKey
 
 __all__ = [
     "FINAL",
+    "NO_REFERENCE",
     "Observation",
     "Phase",
     "Plan",
+    "ReferenceStatus",
     "initial_design",
     "invalid_status",
     "job_name",
@@ -63,9 +71,7 @@ def plan(
     sweep: Sweep,
     observations: Mapping[TrialKey, Observation],
     *,
-    reference_noise_ratio: float | None = None,
-    reference_params: int | None = None,
-    reference_dataset_size: int | None = None,
+    reference: ReferenceStatus = NO_REFERENCE,
     previous_status: Mapping[str, Any] | None = None,
     problems: Sequence[tuple[str, str]] = (),
 ) -> Plan:
@@ -97,9 +103,7 @@ def plan(
 
     ordered = [records[k] for k in chosen]
     critical, warnings = critical_batch_size(
-        sweep, ordered, post, reference_noise_ratio=reference_noise_ratio,
-        reference_params=reference_params, reference_dataset_size=reference_dataset_size,
-        previous_status=previous_status)
+        sweep, ordered, post, reference=reference, previous_status=previous_status)
 
     done = sum(1 for r in ordered if r.phase in FINAL)
     total = len(ordered)

@@ -44,6 +44,20 @@ class ReportFiles:
     markdown: Path
 
 
+def _ends(value: Any) -> tuple[float, float] | None:
+    """An interval in a status as (low, high); None unless it is two numbers."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        return None
+    low, high = (_loose_number(v) for v in value)
+    return None if low is None or high is None else (low, high)
+
+
+def _pair(value: Any) -> str | None:
+    """`[low, high]` of an interval in a status, for the text; None unless two numbers."""
+    ends = _ends(value)
+    return None if ends is None else f"[{fmt(ends[0])}, {fmt(ends[1])}]"
+
+
 def _loose_number(value: Any) -> float | None:
     """A finite float from a number or numeric text (a hand-edited status may hold either)."""
     if isinstance(value, bool) or value is None:
@@ -258,17 +272,12 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
     if fitted is not None and _on_axis(fitted, grid):
         ax_s.axvline(fitted, color="tab:green", ls="--", lw=1.2,
                      label=f"b* fitted = {fmt(fitted)}")
-        interval = cbs.get("interval")
-        if isinstance(interval, Sequence) and len(interval) == 2:
-            lo_i, hi_i = _loose_number(interval[0]), _loose_number(interval[1])
-            if lo_i is not None and hi_i is not None and _on_axis(lo_i, grid) and \
-                    _on_axis(hi_i, grid):
-                ax_s.axvspan(lo_i, hi_i, color="tab:green", alpha=0.12,
-                             label=f"interval {fmt(lo_i)}–{fmt(hi_i)}")
+        _span(ax_s, cbs.get("interval"), grid, "tab:green", "interval")
     predicted = _loose_number(cbs.get("predicted"))
     if predicted is not None and _on_axis(predicted, grid):
         ax_s.axvline(predicted, color="tab:purple", ls=":", lw=1.2,
                      label=f"b* predicted = {fmt(predicted)}")
+        _span(ax_s, cbs.get("predictedInterval"), grid, "tab:purple", "predicted")
     plain = _plain_log_formatter()
     for ax, ylabel in ((ax_n, "N(b): steps to reach τ"), (ax_s, "SFO(b) = N(b)·b")):
         ax.set_xscale("log", base=2)
@@ -292,6 +301,13 @@ def plot(resource: Mapping[str, Any]):  # -> matplotlib.figure.Figure
         ax_s.set_title(textwrap.fill(f"fit not identifiable: {why}", 70), fontsize=8,
                        color="tab:red")
     return fig
+
+
+def _span(ax: Any, interval: Any, grid: Sequence[int], colour: str, name: str) -> None:
+    """A status's interval as a shaded band, where both ends can be drawn."""
+    ends = _ends(interval)
+    if ends is not None and all(_on_axis(x, grid) for x in ends):
+        ax.axvspan(*ends, color=colour, alpha=0.12, label=f"{name} {fmt(ends[0])}–{fmt(ends[1])}")
 
 
 def _on_axis(x: float, grid: Sequence[int]) -> bool:
@@ -404,9 +420,8 @@ def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NA
     if _loose_number(cbs.get("fitted")) is not None:
         text = (f"- **b\\* fitted** (N(b) = A·b/(K·b − B), b\\* = 2B/K, posterior median "
                 f"with censored trials): {fmt(cbs['fitted'])}")
-        interval = cbs.get("interval")
-        if isinstance(interval, Sequence) and len(interval) == 2:
-            text += f", 95 % credible interval [{fmt(interval[0])}, {fmt(interval[1])}]"
+        if interval := _pair(cbs.get("interval")):
+            text += f", 95 % credible interval {interval}"
         if _loose_number(cbs.get("nMin")) is not None:
             text += f"; N_min = {fmt(cbs['nMin'])} steps"
         lines.append(text)
@@ -415,22 +430,29 @@ def summary_markdown(resource: Mapping[str, Any], plot_name: str | None = PNG_NA
         lines.append(f"- **b\\* fitted**: not identifiable: {why}")
     if _loose_number(cbs.get("predicted")) is not None:
         grid = cbs.get("predictedGrid")
-        lines.append(f"- **b\\* predicted** (Proposition 3.4, reference noise ratio): "
-                     f"{fmt(cbs['predicted'])}" + (f" (grid: {grid})" if grid else ""))
+        text = (f"- **b\\* predicted** (Proposition 3.4, reference noise ratio): "
+                f"{fmt(cbs['predicted'])}" + (f" (grid: {grid})" if grid else ""))
+        if interval := _pair(cbs.get("predictedInterval")):
+            text += f", interval {interval} from the reference's fitted b\\*'s 95 % interval"
+        lines.append(text)
     if _loose_number(cbs.get("noiseRatio")) is not None:
-        lines.append(f"- noise ratio σ²/ε³ = {fmt(cbs['noiseRatio'])}")
+        text = f"- noise ratio σ²/ε³ = {fmt(cbs['noiseRatio'])}"
+        if interval := _pair(cbs.get("noiseRatioInterval")):
+            text += f", interval {interval} from the fitted b\\*'s 95 % interval"
+        lines.append(text)
     if _loose_number(status.get("sfoSaved")):
         lines.append(f"- SFO saved by pruning (upper bound): {fmt(status['sfoSaved'])}")
     estimates = [e for e in cbs.get("estimates") or [] if isinstance(e, Mapping)]
     if estimates:
         lines += ["", "## Estimates for other settings (Proposition 3.4)", "",
-                  "| target | optimizer | α_G | β1 | β2 | b* estimate | grid |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| target | optimizer | α_G | β1 | β2 | b* estimate | interval | grid |",
+                  "|---|---|---:|---:|---:|---:|---|---:|"]
         for i, e in enumerate(estimates):
             lines.append(
                 f"| {e.get('name') or i + 1} | {e.get('optimizer', '—')} | "
                 f"{fmt(e.get('learningRate'))} | {fmt(e.get('beta1'))} | {fmt(e.get('beta2'))} | "
-                f"{fmt(e.get('batchSize'))} | {fmt(e.get('gridBatchSize'))} |"
+                f"{fmt(e.get('batchSize'))} | {_pair(e.get('batchSizeInterval')) or '—'} | "
+                f"{fmt(e.get('gridBatchSize'))} |"
             )
     warnings = [str(w) for w in status.get("warnings") or []]
     if warnings:

@@ -175,7 +175,8 @@ def test_rows_follow_the_campaign_order_and_say_whether_each_prediction_held():
         "sweep": "rms", "phase": "Succeeded", "optimizer": "rmsprop", "learningRate": 0.0001,
         "beta1": 0, "beta2": 0.99, "reference": "adam", "mostProbable": 4, "plausible": [4],
         "resolved": True, "confidence": 0.95, "measured": None, "fitted": None,
-        "predicted": 9.5, "predictedGrid": 8, "predictionHeld": False, "trialsDone": 3,
+        "fittedInterval": None, "predicted": 9.5, "predictedInterval": None,
+        "predictedGrid": 8, "predictionHeld": False, "predictionFits": None, "trialsDone": 3,
         "trialsTotal": 3, "sfoSpent": 4 * 500 + 8 * 300 + 16 * 75, "sfoSaved": 1200,
     }
     assert by["adabelief"]["predictionHeld"] is True
@@ -185,6 +186,27 @@ def test_rows_follow_the_campaign_order_and_say_whether_each_prediction_held():
     assert by["early"]["predictionHeld"] is None  # predicted, but no plausible set yet
     assert by["later"]["phase"] == "Pending" and by["later"]["sfoSpent"] == 0
     assert by["later"]["mostProbable"] is None and by["later"]["plausible"] == []
+
+
+@pytest.mark.parametrize(("predicted", "fitted", "fits"), [
+    ({"predictedInterval": [7.4, 11.9]}, [3.2, 6.2], False),  # the digits' RMSProp: apart
+    ({"predictedInterval": [7.4, 11.9]}, [1.5, 9.0], True),  # overlapping ends
+    ({"predictedInterval": [7.4, 11.9]}, [11.9, 20], True),  # touching counts
+    ({}, [6.0, 10.0], True),  # no interval: the value itself
+    ({}, [3.2, 6.2], False),
+    ({"predictedInterval": [7.4, 11.9]}, None, None),  # no fit: nothing to judge
+])
+def test_the_prediction_is_set_against_the_fitted_b_star_and_its_interval(predicted, fitted,
+                                                                           fits):
+    """Proposition 3.4 speaks of the b* of N(b): its prediction's interval is judged against
+    the fitted b*'s credible interval, which stalled seeds do not move, beside the plausible
+    set, which they do."""
+    status = _status(mostProbable=4, plausible=[4, 8], resolved=False, predicted=9.5,
+                     predictedGrid=8, fitted=4.8, interval=fitted, **predicted)
+    row, = campaign_rows([_sweep("rms", "adam", status=status)])
+    assert (row["predictionHeld"], row["predictionFits"]) == (True, fits)
+    assert row["fittedInterval"] == fitted
+    assert row["predictedInterval"] == predicted.get("predictedInterval")
 
 
 def test_without_a_status_optimizer_the_row_takes_the_spec_generator():
@@ -216,6 +238,14 @@ def test_sfo_spent_counts_trials_without_an_sfo_by_their_steps():
      "a: status.criticalBatchSize.mostProbable: expected a batch size"),
     (lambda m: m["status"]["criticalBatchSize"].update(predicted=-3),
      "a: status.criticalBatchSize.predicted: expected a number > 0, got -3"),
+    (lambda m: m["status"]["criticalBatchSize"].update(interval=[6, 3]),
+     "a: status.criticalBatchSize.interval: expected low <= high, got [6, 3]"),
+    (lambda m: m["status"]["criticalBatchSize"].update(predictedInterval=[6]),
+     "a: status.criticalBatchSize.predictedInterval: expected [low, high], got '[6]'"),
+    (lambda m: m["status"]["criticalBatchSize"].update(predictedInterval=[None, 6]),
+     "a: status.criticalBatchSize.predictedInterval: expected two numbers"),
+    (lambda m: m["status"]["criticalBatchSize"].update(interval=[0, 6]),
+     "a: status.criticalBatchSize.interval[0]: expected a number > 0, got 0"),
     (lambda m: m["status"]["criticalBatchSize"].update(resolved="yes"),
      "a: status.criticalBatchSize.resolved: expected true or false, got 'yes'"),
     (lambda m: m["status"]["criticalBatchSize"].update(confidence=3),

@@ -15,10 +15,12 @@ from critbatch.planner import (
     FINAL,
     Observation,
     Phase,
+    ReferenceStatus,
     invalid_status,
     job_name,
     merge_conditions,
     plan,
+    reference_from_status,
     transitions,
 )
 from critbatch.spec import SpecError, parse_sweep
@@ -339,12 +341,12 @@ def test_estimates_for_other_optimizers_once_b_star_is_measured():
 
 def test_a_reference_noise_ratio_predicts_b_star_before_any_trial_finishes():
     s = make_sweep(reference={"sweep": "adam-ref"})
-    p = plan(s, {}, reference_noise_ratio=5000.0, reference_params=1000,
-             reference_dataset_size=1797)
+    p = plan(s, {}, reference=ReferenceStatus(5000.0, 1000, 1797))
     cb = p.status["criticalBatchSize"]
     want = science.estimate_batch_size(5000.0, s.optimizer.setting(), 1000, 1797)
     assert cb["predicted"] == pytest.approx(want, rel=1e-5)
     assert cb["predictedGrid"] == science.snap_to_grid(want, sorted(s.batch_sizes))
+    assert cb["predictedInterval"] is None  # the reference gave no interval
     assert cb["measured"] is None
     # Without the reference's numbers there is no prediction, and a warning says why.
     p = plan(s, {})
@@ -355,14 +357,41 @@ def test_a_reference_noise_ratio_predicts_b_star_before_any_trial_finishes():
 def test_a_reference_of_another_architecture_is_a_warning():
     s = make_sweep(reference={"sweep": "adam-ref"})
     # reached() reports a generator of 1000 parameters.
-    same = plan(s, {TrialKey(2, 0): reached(2, 0, 900)}, reference_noise_ratio=5000.0,
-                reference_params=1000, reference_dataset_size=1797).status
+    same = plan(s, {TrialKey(2, 0): reached(2, 0, 900)},
+                reference=ReferenceStatus(5000.0, 1000, 1797)).status
     assert not any("architecture" in w for w in same["warnings"])
-    other = plan(s, {TrialKey(2, 0): reached(2, 0, 900)}, reference_noise_ratio=5000.0,
-                 reference_params=4000, reference_dataset_size=1797).status
+    other = plan(s, {TrialKey(2, 0): reached(2, 0, 900)},
+                 reference=ReferenceStatus(5000.0, 4000, 1797)).status
     (w,) = [w for w in other["warnings"] if "architecture" in w]
     assert "1000" in w and "4000" in w
     assert other["criticalBatchSize"]["predicted"] is not None  # still said, with the warning
+
+
+def test_the_prediction_carries_the_interval_of_the_references_fitted_b_star():
+    """Proposition 3.4 is linear in the reference's b*: the ends of the reference's credible
+    interval (widened to the grid b* the noise ratio came from), as noise ratios, give the
+    prediction's interval."""
+    ref_sweep = make_sweep(pruning={"sfoBound": False}, estimate={"targets": [
+        {"name": "rms", "optimizer": "rmsprop", "learningRate": 1e-4}]})
+    ref = plan(ref_sweep, _complete(ref_sweep)).status
+    cb = ref["criticalBatchSize"]
+    setting = ref_sweep.optimizer.setting()
+    low, high = cb["interval"]
+    assert cb["mostProbable"] == 4 and high < 4  # the fit puts b* near 3, the grid at 4
+    assert cb["noiseRatioInterval"] == pytest.approx(
+        [science.noise_ratio(setting, b, 1000, 1797) for b in (low, 4)], rel=1e-5)
+    assert cb["noiseRatioInterval"][1] == pytest.approx(cb["noiseRatio"], rel=1e-5)
+    (e,) = cb["estimates"]
+    assert e["batchSizeInterval"] == pytest.approx(
+        [e["batchSize"] * b / 4 for b in (low, 4)], rel=1e-4)
+
+    target = make_sweep(reference={"sweep": "ref"},
+                        optimizer={"name": "rmsprop", "generator": {"learningRate": 1e-4},
+                                   "discriminator": {"learningRate": 1e-4}})
+    got = plan(target, {}, reference=reference_from_status(ref)).status["criticalBatchSize"]
+    assert got["predicted"] == pytest.approx(e["batchSize"], rel=1e-4)
+    assert got["predictedInterval"] == pytest.approx(e["batchSizeInterval"], rel=1e-4)
+    assert got["predictedInterval"][0] <= got["predicted"] <= got["predictedInterval"][1]
 
 
 def test_a_known_noise_ratio_in_the_spec_predicts_too():

@@ -44,11 +44,12 @@ def _campaign() -> list[dict]:
     one sweep still without an answer."""
     return [
         _sweep("rms", "adam", mostProbable=16, plausible=[16], resolved=True, predicted=9.5,
-               predictedGrid=8, optimizer=RMS),
+               predictedGrid=8, predictedInterval=[6.8, 11.2], fitted=15.5,
+               interval=[12.1, 19.0], optimizer=RMS),
         _sweep("adam", mostProbable=32, plausible=[16, 32], resolved=False, measured=32,
-               fitted=27.4),
+               fitted=27.4, interval=[19.6, 35.2]),
         _sweep("adabelief", "adam", mostProbable=32, plausible=[32], resolved=True,
-               predicted=30.2, predictedGrid=32),
+               predicted=30.2, predictedGrid=32, predictedInterval=[21.6, 35.7]),
         _sweep("waiting", "adam"),
     ]
 
@@ -65,16 +66,20 @@ def test_markdown_has_every_row_and_says_which_prediction_missed():
     table = [ln for ln in md.splitlines() if ln.startswith("| ") and "sweep" not in ln]
     assert [ln.split(" | ")[0] for ln in table] == ["| adam", "| adabelief", "| rms",
                                                     "| waiting"]
-    assert ("| rms | Succeeded | rmsprop | 0.0001 | 0 | 0.99 | adam | 16 | {16} | yes | — | — "
-            "| 9.5 (8) | missed | 3/3 | 139200 | 1200 |") in table
+    assert ("| rms | Succeeded | rmsprop | 0.0001 | 0 | 0.99 | adam | 16 | {16} | yes | — "
+            "| 15.5 [12.1, 19] | 9.5 [6.8, 11.2] (8) | missed | apart | 3/3 | 139200 | 1200 |"
+            ) in table
     assert ("| adam | Succeeded | adam | 0.001 | 0.5 | 0.999 | — | 32 | {16, 32} | no | 32 "
-            "| 27.4 | — | — | 3/3 | 139200 | 1200 |") in table
-    assert "| adabelief |" in md and "| 30.2 (32) | held |" in md
+            "| 27.4 [19.6, 35.2] | — | — | — | 3/3 | 139200 | 1200 |") in table
+    assert "| adabelief |" in md and "| 30.2 [21.6, 35.7] (32) | held | — |" in md
     assert ("- **rms** (rmsprop, from adam): predicted 9.5 (grid 8), most probable 16, "
-            "plausible {16}: **the prediction missed**.") in md
+            "plausible {16}: **the prediction missed**. Against the fitted b\\* (the model "
+            "N(b), stalls aside): predicted [6.8, 11.2], fitted 15.5 [12.1, 19]: **they do not "
+            "overlap**.") in md
     assert ("- **adabelief** (adam, from adam): predicted 30.2 (grid 32), most probable 32, "
-            "plausible {32}: the prediction held.") in md
-    assert "2 b* predicted from a reference (Proposition 3.4): 1 held, 1 missed" in md
+            "plausible {32}: the prediction held.\n") in md  # no fit to set it against
+    assert ("2 b* predicted from a reference (Proposition 3.4): 1 held, 1 missed, 0 not yet "
+            "checkable; against the fitted b*, 0 overlap, 1 apart.") in md
     assert "- **adam**: b* = 32, **not resolved** (plausible set at 95 %: {16, 32})." in md
     assert "- **rms**: b* = 16, resolved (plausible set at 95 %: {16})." in md
     assert "- **waiting**: no answer yet (Pending)." in md
@@ -116,8 +121,14 @@ def test_plot_shows_each_sweep_on_a_log2_axis_with_its_prediction():
     points = {(round(x, 2), round(y, 2)) for c in ax.collections for x, y in c.get_offsets()}
     assert {(0, 32), (1, 32), (2, 16)} <= points  # the most probable b*
     assert {(1.12, 30.2), (2.12, 9.5)} <= points  # the predictions, beside them
+    assert {(-0.12, 27.4), (1.88, 15.5)} <= points  # the fitted b*, on the other side
+    bars = {(round(x, 2), round(low, 2), round(high, 2)) for c in ax.collections
+            if type(c).__name__ == "LineCollection" for (x, low), (_, high) in c.get_segments()}
+    assert bars == {(-0.12, 19.6, 35.2), (1.12, 21.6, 35.7), (1.88, 12.1, 19.0),
+                    (2.12, 6.8, 11.2)}  # and their intervals
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "predicted (Prop. 3.4), missed" in legend and "plausible set, not resolved" in legend
+    assert "b* fitted, 95 % interval" in legend
 
 
 def test_a_prediction_far_off_the_grid_or_a_name_of_dollars_does_not_break_the_plot(tmp_path):

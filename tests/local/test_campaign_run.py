@@ -191,7 +191,7 @@ def test_an_interrupted_campaign_resumes_where_it_stopped_and_reruns_nothing(
     said = capsys.readouterr()
     assert f"campaign {CAMPAIGN} [1/3]: sweep {REF} finished before (Succeeded): kept" in said.err
     assert f"campaign {CAMPAIGN} [2/3]: sweep alpha-rms -> {out / 'alpha-rms'}" in said.err
-    assert f"campaign {CAMPAIGN}" in said.out and "3/3 sweeps succeeded" in said.out
+    assert f"Campaign {CAMPAIGN}" in said.out and "3/3 sweeps succeeded" in said.out
     assert f"report: {out / 'campaign.md'}, " in said.out
     assert result_files(out / REF) == first  # not rerun: same results, not rewritten
     assert run_events(out / REF) == first_events  # no new trainer start, no event at all

@@ -95,6 +95,10 @@ def test_headline_and_durations():
                   "probabilities": {"8": 0.6, "16": 0.4}}
     assert "b* 8 (P 0.60, unresolved: 8, 16)" in headline({"criticalBatchSize": unresolved})
     assert "b* —" in headline({"criticalBatchSize": {}})
+    predicted = {"fitted": 4.8, "interval": [3.2, 6.2], "predicted": 9.487,
+                 "predictedInterval": [7.43, 11.87], "predictedGrid": 8}
+    assert headline({"criticalBatchSize": predicted}).endswith(
+        ", fitted 4.8 [3.2, 6.2], predicted 9.487 [7.43, 11.87] (grid 8)")
     assert duration(5) == "5s" and duration(3725) == "1h02m" and duration(None) == "—"
 
 

@@ -67,7 +67,8 @@ def test_a_finished_sibling_run_predicts_b_star_before_any_trial_finishes(tmp_pa
                               poll_interval=0.1))
     ref.run()
     ratio = ref.status["criticalBatchSize"]["noiseRatio"]
-    assert ref.status["criticalBatchSize"]["measured"] == 16 and ratio > 0
+    low, high = ref.status["criticalBatchSize"]["noiseRatioInterval"]
+    assert ref.status["criticalBatchSize"]["measured"] == 16 and low <= ratio <= high
 
     seen = FirstStatus()
     target = LocalRun(rmsprop_target(batchSizes=[16, 32, 64, 128]),
@@ -81,6 +82,8 @@ def test_a_finished_sibling_run_predicts_b_star_before_any_trial_finishes(tmp_pa
     assert first["criticalBatchSize"]["predicted"] == pytest.approx(expected, rel=1e-5)
     assert first["criticalBatchSize"]["predictedGrid"] == min(
         (16, 32, 64, 128), key=lambda b: (abs(b - expected), b))
+    assert first["criticalBatchSize"]["predictedInterval"] == pytest.approx(
+        [rmsprop_prediction(low, 5e-3), rmsprop_prediction(high, 5e-3)], rel=1e-5)
     final = target.status
     assert final["phase"] == "Succeeded"
     assert final["criticalBatchSize"]["predicted"] == first["criticalBatchSize"]["predicted"]
@@ -92,6 +95,7 @@ def test_a_finished_sibling_run_predicts_b_star_before_any_trial_finishes(tmp_pa
     said = next(e for e in run_events(runs / "target") if e["event"] == "predicted")
     assert said["b_star"] == first["criticalBatchSize"]["predicted"]
     assert said["noise_ratio"] == ratio
+    assert said["interval"] == first["criticalBatchSize"]["predictedInterval"]
 
 
 def test_a_missing_reference_is_a_warning_and_the_sweep_still_plans(tmp_path):
@@ -160,10 +164,17 @@ def test_a_reference_that_is_this_run_itself_is_ignored_with_a_warning(tmp_path)
 
 
 def test_reference_from_status_reads_only_usable_numbers():
-    assert reference_from_status(reference_status(250.0)) == (250.0, PARAMS, SIZE)
-    assert reference_from_status(None) == (None, None, None)
-    bad = {"criticalBatchSize": {"noiseRatio": "250", "generatorParams": -3, "datasetSize": True}}
-    assert reference_from_status(bad) == (None, None, None)
+    assert reference_from_status(reference_status(250.0)) == (250.0, PARAMS, SIZE, None)
+    assert reference_from_status(None) == (None, None, None, None)
+    bad = {"criticalBatchSize": {"noiseRatio": "250", "generatorParams": -3, "datasetSize": True,
+                                 "noiseRatioInterval": [200, 300]}}
+    assert reference_from_status(bad) == (None, None, None, None)  # no ratio: no interval
+    for interval, read in (([200, 300.5], (200.0, 300.5)), ([300, 300], (300.0, 300.0)),
+                           ([300, 200], None), ([0, 300], None), ([200, float("inf")], None),
+                           ([200], None), ("ab", None), ([True, 300], None), (None, None)):
+        status = reference_status(250.0)
+        status["criticalBatchSize"]["noiseRatioInterval"] = interval
+        assert reference_from_status(status).noise_ratio_interval == read, interval
 
 
 def test_the_command_line_predicts_from_the_sibling_run(tmp_path, capsys, monkeypatch):

@@ -34,7 +34,9 @@ def _resource(trials: list[science.Trial], extra: list[dict] | None = None) -> d
                 "interval": list(post.interval) if post.interval else None,
                 "estimates": [{"name": "rms", "optimizer": "rmsprop", "learningRate": 1e-4,
                                "beta1": 0.0, "beta2": 0.99, "batchSize": 41.3,
-                               "gridBatchSize": 32}],
+                               "gridBatchSize": 32, "batchSizeInterval": [30.1, 52.8]}],
+                "predicted": 11.2, "predictedGrid": 8, "predictedInterval": [9.6, 14.1],
+                "noiseRatio": 250.5, "noiseRatioInterval": [210, 301.2],
             },
             "warnings": ["batch size 4 censored"],
         },
@@ -77,7 +79,10 @@ def test_render_writes_png_svg_and_a_summary_with_every_trial(tmp_path):
     assert f"descriptive): {cbs['measured']}" in md
     assert (f"{report.fmt(cbs['fitted'])}, 95 % credible interval "
             f"[{report.fmt(cbs['interval'][0])}") in md
-    assert "| rms | rmsprop |" in md and "| 41.3 | 32 |" in md
+    assert "| rms | rmsprop |" in md and "| 41.3 | [30.1, 52.8] | 32 |" in md
+    assert ("**b\\* predicted** (Proposition 3.4, reference noise ratio): 11.2 (grid: 8), "
+            "interval [9.6, 14.1] from the reference's fitted b\\*'s 95 % interval") in md
+    assert "noise ratio σ²/ε³ = 250.5, interval [210, 301.2] from the fitted b\\*'s" in md
     assert "batch size 4 censored" in md
     assert "![N(b) and SFO(b)](critbatch.png)" in md
 

@@ -92,11 +92,19 @@ async def test_a_campaign_runs_on_the_cluster_and_reports_its_predictions(k):
     first, *later = rows
     assert (first["reference"], first["predicted"], first["predictionHeld"]) == (
         None, None, None)
+    ref = status(k, REFERENCE)["criticalBatchSize"]
     for row in later:
         cb = status(k, row["sweep"])["criticalBatchSize"]
         assert row["reference"] == REFERENCE and row["optimizer"] == row["sweep"]
         assert row["predicted"] == pytest.approx(cb["predicted"])
         assert row["predictionHeld"] is (row["predictedGrid"] in row["plausible"])
+        # The reference's interval, carried over: Proposition 3.4 is linear in the ratio.
+        assert row["predictedInterval"] == cb["predictedInterval"] == pytest.approx(
+            [cb["predicted"] * r / ref["noiseRatio"] for r in ref["noiseRatioInterval"]],
+            rel=1e-4)
+        assert row["fittedInterval"] == cb["interval"]
+        assert row["predictionFits"] is (row["predictedInterval"][0] <= cb["interval"][1]
+                                         and cb["interval"][0] <= row["predictedInterval"][1])
     for row in rows:
         cb = status(k, row["sweep"])["criticalBatchSize"]
         assert row["phase"] == "Succeeded" and row["trialsDone"] == row["trialsTotal"] == 2

@@ -238,33 +238,6 @@ def _printable(text: Any) -> str:
     return "".join(c if c.isprintable() else "?" for c in str(text))[:200]
 
 
-# The terminal table's columns (of campaign.md's), with shorter headings where they differ.
-_TERMINAL = {"sweep": "sweep", "phase": "phase", "optimizer": "optimizer", "reference": "ref",
-             "b* most probable": "b*", "plausible": "plausible", "resolved": "sure",
-             "predicted (grid)": "predicted", "prediction": "", "SFO spent": "SFO"}
-_FOLD = {"sweep", "optimizer", "reference", "plausible"}  # the rest keep to one line
-
-
-def _print_table(name: str, rows: list[dict[str, Any]]) -> None:
-    """The campaign's rows as a terminal table: the cells of campaign.md that fit a terminal."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(f"Campaign {_printable(name)}"), title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    shown = [(i, column, right) for i, (column, right) in
-             enumerate(campaign_report.columns()) if column in _TERMINAL]
-    for _, column, right in shown:
-        table.add_column(_TERMINAL[column], justify="right" if right else "left",
-                         overflow="fold", no_wrap=column not in _FOLD)
-    for row in rows:
-        cells = campaign_report.table_cells(row)
-        table.add_row(*(Text(cells[i].replace("\\|", "|")) for i, _, _ in shown),
-                      style="red" if row["predictionHeld"] is False else None)
-    stdout_console().print(table)
-
-
 def _campaign(resources: list[Any], args: argparse.Namespace, home: Path | None) -> int:
     """Each sweep's report (not for a directory of runs: they have theirs), then the
     campaign's, into --out (default: the campaign's directory, else report-<campaign>)."""
@@ -288,7 +261,7 @@ def _campaign(resources: list[Any], args: argparse.Namespace, home: Path | None)
         print_json({"campaign": name, "rows": rows,
                     "files": [str(f) for _, fs in written for f in fs] + list(map(str, files))})
         return 0
-    _print_table(name, rows)
+    stdout_console().print(campaign_report.terminal_table(name, rows))
     for sweep, fs in written:
         print(f"{sweep}: {' '.join(map(str, fs))}")
     print(f"campaign {_printable(name)}: {' '.join(map(str, files))}")

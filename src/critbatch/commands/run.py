@@ -13,7 +13,7 @@ from typing import Any
 
 from critbatch import report
 from critbatch.campaign import campaign_rows
-from critbatch.campaign_report import MARKDOWN_NAME
+from critbatch.campaign_report import MARKDOWN_NAME, terminal_table
 from critbatch.commands import silence_stdout
 from critbatch.errors import InputError
 from critbatch.local.campaign import (
@@ -290,25 +290,9 @@ def print_campaign(name: str, rows: list[dict], files: list[Path], why: str | No
     """The campaign table (a row per sweep: its answer beside its prediction), the report's
     files, and last, why it did not all succeed."""
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"campaign {name}", title_justify="left")
-    cols = ("sweep", "phase", "optimizer", "lr", "reference", "b*", "plausible", "measured",
-            "predicted", "held", "trials", "SFO spent")
-    for col in cols:
-        table.add_column(col, justify="left" if col in cols[:5] or col == "held" else "right")
-    for r in rows:
-        held = {True: "yes", False: "no", None: ""}[r["predictionHeld"]]
-        predicted = report.fmt(r["predicted"]) + (
-            f" ({report.fmt(r['predictedGrid'])})" if r["predictedGrid"] is not None else "")
-        table.add_row(r["sweep"], r["phase"], r["optimizer"] or "", report.fmt(r["learningRate"]),
-                      r["reference"] or "", report.fmt(r["mostProbable"]),
-                      ", ".join(report.fmt(b) for b in r["plausible"]),
-                      report.fmt(r["measured"]), predicted if r["predicted"] is not None else "",
-                      held, f"{report.fmt(r['trialsDone'])}/{report.fmt(r['trialsTotal'])}",
-                      report.fmt(r["sfoSpent"]))
     console = Console(file=sys.stdout)
-    console.print(table)
+    console.print(terminal_table(name, rows))
     console.print(tally, markup=False, soft_wrap=True)
     console.print(f"report: {', '.join(map(str, files))}", markup=False, soft_wrap=True)
     if why:

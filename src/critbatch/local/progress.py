@@ -109,17 +109,18 @@ def headline(status: Mapping[str, Any]) -> str:
              answer(cbs), f"measured {fmt(cbs.get('measured'))}"]
     if cbs.get("fitted") is not None:
         text = f"fitted {fmt(cbs['fitted'])}"
-        iv = cbs.get("interval")
-        if iv:
-            text += f" [{fmt(iv[0])}, {fmt(iv[1])}]"
-        parts.append(text)
+        parts.append(text + _interval(cbs.get("interval")))
     elif cbs.get("notIdentifiable"):
         parts.append("fitted: not identifiable")
     if cbs.get("predicted") is not None:  # known before any trial ends: worth the headline
         grid = cbs.get("predictedGrid")
-        parts.append(f"predicted {fmt(cbs['predicted'])}"
+        parts.append(f"predicted {fmt(cbs['predicted'])}{_interval(cbs.get('predictedInterval'))}"
                      + (f" (grid {fmt(grid)})" if grid is not None else ""))
     return ", ".join(parts)
+
+
+def _interval(iv: Any) -> str:
+    return f" [{fmt(iv[0])}, {fmt(iv[1])}]" if iv else ""
 
 
 def failure_reason(status: Mapping[str, Any]) -> str | None:

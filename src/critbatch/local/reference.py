@@ -22,9 +22,7 @@ class ReferenceRun:
     """What a reference run's status gives Proposition 3.4, or why it gives nothing (yet)."""
 
     path: Path
-    noise_ratio: float | None = None
-    generator_params: int | None = None
-    dataset_size: int | None = None
+    values: planner.ReferenceStatus = planner.NO_REFERENCE
     problem: str | None = None
 
 
@@ -58,11 +56,11 @@ def read_reference(path: Path) -> ReferenceRun:
         data = data["status"]
     if not isinstance(data, dict):
         return ReferenceRun(path, problem=f"reference: {path} holds no sweep status")
-    ratio, params, size = planner.reference_from_status(data)
-    problem = None if ratio is not None else (
+    values = planner.reference_from_status(data)
+    problem = None if values.noise_ratio is not None else (
         f"reference: {where} has no measured b* yet (phase {data.get('phase', 'unknown')}), "
         "so no noise ratio")
-    return ReferenceRun(path, ratio, params, size, problem)
+    return ReferenceRun(path, values, problem)
 
 
 class ReferenceWatcher:

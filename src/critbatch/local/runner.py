@@ -225,12 +225,11 @@ class LocalRun:
         """The shared planner on what this run sees; the runner's own warnings added."""
         problems = [("MetricsUnavailable", self.metrics.problem)] if self.metrics.problem else []
         ref = self.reference.current()
-        ratio, params, size = self.options.reference_noise_ratio, None, None
-        if ratio is None and ref is not None:
-            ratio, params, size = ref.noise_ratio, ref.generator_params, ref.dataset_size
-        result = planner.plan(self.sweep, self.supervisor.observations(),
-                              reference_noise_ratio=ratio, reference_params=params,
-                              reference_dataset_size=size,
+        reference = planner.ReferenceStatus(self.options.reference_noise_ratio, None, None)
+        if reference.noise_ratio is None and ref is not None:
+            reference = ref.values
+        ratio = reference.noise_ratio
+        result = planner.plan(self.sweep, self.supervisor.observations(), reference=reference,
                               previous_status=self.status or None, problems=problems)
         status = dict(result.status)
         extra = list(self.warnings)
@@ -248,16 +247,17 @@ class LocalRun:
         """An event when the reference or the predicted b* changes: it is known from the start,
         long before a measurement, so the plain and JSON views should say it at once."""
         said = (ref.path if ref else None, ratio, ref.problem if ref else None,
-                cbs.get("predicted"), cbs.get("predictedGrid"))
+                cbs.get("predicted"), cbs.get("predictedGrid"), cbs.get("predictedInterval"))
         if said == self._announced:
             return
         self._announced = said
         if ref is not None:
-            self.log_event("reference", path=str(ref.path), noise_ratio=ref.noise_ratio,
-                           generator_params=ref.generator_params,
-                           dataset_size=ref.dataset_size, problem=ref.problem)
+            self.log_event("reference", path=str(ref.path), noise_ratio=ref.values.noise_ratio,
+                           generator_params=ref.values.params,
+                           dataset_size=ref.values.dataset_size, problem=ref.problem)
         if cbs.get("predicted") is not None:
             self.log_event("predicted", b_star=cbs["predicted"], grid=cbs.get("predictedGrid"),
+                           interval=cbs.get("predictedInterval"),
                            noise_ratio=ratio if ratio is not None else
                            self.sweep.reference.noise_ratio if self.sweep.reference else None)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from critbatch import posterior, science
 from critbatch.numbers import finite_float, positive_int, significant
@@ -55,18 +55,40 @@ def reach_fraction(records: Iterable[TrialRecord]) -> dict[int, float]:
             for b, group in sorted(ended.items())}
 
 
-def reference_from_status(
-    status: Mapping[str, Any] | None,
-) -> tuple[float | None, int | None, int | None]:
-    """A reference sweep's (noise ratio, generator params, dataset size) from its status.
+class ReferenceStatus(NamedTuple):
+    """What a reference sweep's status gives Proposition 3.4; None where absent."""
+
+    noise_ratio: float | None
+    params: int | None
+    dataset_size: int | None
+    noise_ratio_interval: tuple[float, float] | None = None
+
+
+NO_REFERENCE = ReferenceStatus(None, None, None)
+
+
+def _positive_interval(value: Any) -> tuple[float, float] | None:
+    """[low, high] with 0 < low <= high, both finite; else None."""
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        return None
+    low, high = (finite_float(v) for v in value)
+    if low is None or high is None or not 0 < low <= high:
+        return None
+    return low, high
+
+
+def reference_from_status(status: Mapping[str, Any] | None) -> ReferenceStatus:
+    """A reference sweep's noise ratio (with its interval), generator params and dataset size.
 
     What `plan`'s reference_* arguments take, so the operator (a sweep in the namespace) and
-    `critbatch run` (a finished local run) read a reference the same way; None where absent.
+    `critbatch run` (a finished local run) read a reference the same way.
     """
     cb = (status or {}).get("criticalBatchSize") or {}
     ratio = finite_float(cb.get("noiseRatio"))
-    return (ratio if ratio is not None and ratio > 0 else None,
-            positive_int(cb.get("generatorParams")), positive_int(cb.get("datasetSize")))
+    ratio = ratio if ratio is not None and ratio > 0 else None
+    return ReferenceStatus(ratio, positive_int(cb.get("generatorParams")),
+                           positive_int(cb.get("datasetSize")),
+                           _positive_interval(cb.get("noiseRatioInterval")) if ratio else None)
 
 
 def _listed(sizes: Iterable[int]) -> str:
@@ -156,15 +178,16 @@ def _setting_status(setting: OptimizerSetting | str) -> dict[str, Any] | None:
 
 
 def _prediction(sweep: Sweep, setting: OptimizerSetting | str, *, params: int | None,
-                size: int | None,
-                reference_noise_ratio: float | None, reference_params: int | None,
-                reference_dataset_size: int | None) -> tuple[dict[str, Any], list[str]]:
-    """b* predicted from a reference's noise ratio (Proposition 3.4), and its warnings."""
+                size: int | None, reference: ReferenceStatus,
+                ) -> tuple[dict[str, Any], list[str]]:
+    """b* predicted from a reference's noise ratio (Proposition 3.4), with the interval its
+    noise ratio's interval gives, and its warnings."""
     out: dict[str, Any] = {}
     warnings = []
     ref = sweep.reference
+    reference_noise_ratio, reference_params, reference_dataset_size, ratio_interval = reference
     if reference_noise_ratio is None and ref is not None:
-        reference_noise_ratio = ref.noise_ratio
+        reference_noise_ratio, ratio_interval = ref.noise_ratio, None
     if ref is not None:
         reference_params = reference_params or ref.generator_params
         reference_dataset_size = reference_dataset_size or ref.dataset_size
@@ -177,6 +200,10 @@ def _prediction(sweep: Sweep, setting: OptimizerSetting | str, *, params: int | 
             value = science.estimate_batch_size(reference_noise_ratio, setting, p, s)
             out["predicted"] = significant(value)
             out["predictedGrid"] = science.snap_to_grid(value, sorted(sweep.batch_sizes))
+            if ratio_interval is not None:
+                out["predictedInterval"] = [
+                    significant(science.estimate_batch_size(r, setting, p, s))
+                    for r in ratio_interval]
             if params and reference_params and params != reference_params:
                 warnings.append(f"predicted: this sweep's generator has {params} parameters, "
                                 f"the reference's {reference_params}: the noise ratio carries "
@@ -189,11 +216,16 @@ def _prediction(sweep: Sweep, setting: OptimizerSetting | str, *, params: int | 
     return out, warnings
 
 
-def _estimates(sweep: Sweep, setting: OptimizerSetting, best: int, params: int,
-               size: int) -> tuple[float | None, list[dict[str, Any]]]:
-    """This sweep's noise ratio and b* estimated for each of spec.estimate's settings."""
+def _estimates(sweep: Sweep, setting: OptimizerSetting, best: int, params: int, size: int,
+               interval: tuple[float, float] | None) -> dict[str, Any]:
+    """This sweep's noise ratio and b* estimated for each of spec.estimate's settings, each with
+    an interval: the same from each end of the fitted b*'s credible interval, widened to hold
+    `best` (the grid point the ratio comes from, which the fit may place outside it)."""
     targets = [(t.setting(), t.generator_params, t.dataset_size) for t in sweep.estimate]
     ratio, estimates = science.estimate_targets(setting, best, params, size, targets)
+    ends = [science.estimate_targets(setting, b, params, size, targets)
+            for b in ((min(interval[0], best), max(interval[1], best)) if interval else ())]
+    spans = list(zip(*(e for _, e in ends), strict=True)) or [()] * len(estimates)
     rows = [{
         "name": t.name or f"{t.optimizer}-lr{t.learning_rate:g}",
         "optimizer": t.optimizer,
@@ -204,8 +236,11 @@ def _estimates(sweep: Sweep, setting: OptimizerSetting, best: int, params: int,
         "generatorParams": e.params,
         "batchSize": significant(e.batch_size),
         "gridBatchSize": e.grid_batch_size,
-    } for t, e in zip(sweep.estimate, estimates, strict=True)]
-    return significant(ratio), rows
+        "batchSizeInterval": [significant(x.batch_size) for x in span] or None,
+    } for t, e, span in zip(sweep.estimate, estimates, spans, strict=True)]
+    return {"noiseRatio": significant(ratio),
+            "noiseRatioInterval": [significant(r) for r, _ in ends] or None,
+            "estimates": rows}
 
 
 def critical_batch_size(
@@ -213,9 +248,7 @@ def critical_batch_size(
     records: Sequence[TrialRecord],
     post: posterior.Posterior,
     *,
-    reference_noise_ratio: float | None = None,
-    reference_params: int | None = None,
-    reference_dataset_size: int | None = None,
+    reference: ReferenceStatus = NO_REFERENCE,
     previous_status: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The status's `criticalBatchSize` and the warnings that go with it."""
@@ -232,7 +265,9 @@ def critical_batch_size(
                                          if p.batch_size == m.batch_size), None)),
         "predicted": None,
         "predictedGrid": None,
+        "predictedInterval": None,
         "noiseRatio": None,
+        "noiseRatioInterval": None,
         "generatorParams": params,
         "datasetSize": size,
         "optimizer": None,
@@ -240,10 +275,7 @@ def critical_batch_size(
     }
     setting = optimizer_setting(sweep, records, previous_status)
     out["optimizer"] = _setting_status(setting)
-    predicted, more = _prediction(sweep, setting, params=params, size=size,
-                                  reference_noise_ratio=reference_noise_ratio,
-                                  reference_params=reference_params,
-                                  reference_dataset_size=reference_dataset_size)
+    predicted, more = _prediction(sweep, setting, params=params, size=size, reference=reference)
     out.update(predicted)
     warnings += more
     if post.most_probable is not None:
@@ -252,7 +284,7 @@ def critical_batch_size(
                             "needs the optimizer's learning rate and betas)")
         elif params and size:
             b_star = post.least_sfo or post.most_probable
-            out["noiseRatio"], out["estimates"] = _estimates(sweep, setting, b_star, params, size)
+            out.update(_estimates(sweep, setting, b_star, params, size, post.interval))
             if b_star != post.most_probable:
                 warnings.append(f"noiseRatio: from b = {b_star}, where N(b)*b is least "
                                 "(the b* of Proposition 3.4), not from the most probable "
