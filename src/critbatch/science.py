@@ -221,6 +221,13 @@ class Estimate:
     dataset_size: int
     batch_size: float
     grid_batch_size: int
+    interval: tuple[float, float] | None = None
+
+
+def widen(interval: tuple[float, float], batch_size: float) -> tuple[float, float]:
+    """An interval of a measured b* stretched to hold the b* Proposition 3.4 is given: a fit
+    may put b* between grid points, outside the interval of the grid point measured."""
+    return min(interval[0], batch_size), max(interval[1], batch_size)
 
 
 def estimate_targets(
@@ -230,18 +237,22 @@ def estimate_targets(
     dataset_size: int,
     targets: Sequence[tuple[OptimizerSetting, int | None, int | None]],
     grid: Sequence[int] = DEFAULT_GRID,
+    reference_interval: tuple[float, float] | None = None,
 ) -> tuple[float, list[Estimate]]:
     """Noise ratio from the reference and an estimate per (setting, params, dataset_size) target.
 
-    A target's params or dataset_size left as None takes the reference's.
+    A target's params or dataset_size left as None takes the reference's. With an interval of
+    the reference's b* each estimate gets the interval it maps to (each end's estimate).
     """
     ratio = noise_ratio(reference, reference_batch_size, params, dataset_size)
+    ends = [noise_ratio(reference, b, params, dataset_size) for b in reference_interval or ()]
     out = []
     for setting, t_params, t_size in targets:
         tp = params if t_params is None else t_params
         ts = dataset_size if t_size is None else t_size
         value = estimate_batch_size(ratio, setting, tp, ts)
-        out.append(Estimate(setting, tp, ts, value, snap_to_grid(value, grid)))
+        span = tuple(estimate_batch_size(r, setting, tp, ts) for r in ends)
+        out.append(Estimate(setting, tp, ts, value, snap_to_grid(value, grid), span or None))
     return ratio, out
 
 

@@ -109,6 +109,31 @@ def test_estimate_without_targets_gives_the_noise_ratio(capsys) -> None:
     assert got["noise_ratio"] == pytest.approx(32 * d_adam / 1e-4)
 
 
+def test_an_interval_of_the_reference_b_star_carries_over_to_each_estimate(capsys) -> None:
+    """Proposition 3.4 is linear in the reference's b*: an interval of it (e.g. its fitted
+    credible interval) maps to each estimate's interval, widened to hold the measured b*."""
+    got = run_json(capsys, "estimate", "--reference", REFERENCE + ",low=24,high=45", *DCGAN,
+                   "--target", "optimizer=rmsprop,lr=1e-4")
+    (rms,) = got["estimates"]
+    assert got["reference"]["batch_size_interval"] == [24, 45]
+    assert got["noise_ratio_interval"] == pytest.approx(
+        [got["noise_ratio"] * 24 / 32, got["noise_ratio"] * 45 / 32])
+    assert rms["batch_size_interval"] == pytest.approx(
+        [rms["batch_size"] * 24 / 32, rms["batch_size"] * 45 / 32])
+    widened = run_json(capsys, "estimate", "--reference", REFERENCE + ",low=20,high=28",
+                       *DCGAN, "--target", "optimizer=rmsprop,lr=1e-4")
+    assert widened["reference"]["batch_size_interval"] == [20, 32]
+    assert widened["estimates"][0]["batch_size_interval"][1] == pytest.approx(rms["batch_size"])
+    plain = run_json(capsys, "estimate", "--reference", REFERENCE, *DCGAN,
+                     "--target", "optimizer=rmsprop,lr=1e-4")
+    assert plain["noise_ratio_interval"] is None
+    assert plain["estimates"][0]["batch_size_interval"] is None
+    code, out, err = run(capsys, "estimate", "--reference", REFERENCE + ",low=24,high=45",
+                         *DCGAN, "--target", "optimizer=rmsprop,lr=1e-4")
+    assert code == 0, err
+    assert "measured b* = 32 [24, 45]" in out and "788.72 [591.5, 1109]" in out
+
+
 def test_estimate_table(capsys) -> None:
     code, out, err = run(capsys, "estimate", "--reference", REFERENCE, *DCGAN,
                          "--target", "optimizer=rmsprop,lr=1e-4")
@@ -140,6 +165,12 @@ def test_estimate_table(capsys) -> None:
          "--target[0].dataset_size"),
         (REFERENCE, ["--target", "optimizer=adam,lr"], "--target[0]"),
         (REFERENCE, ["--target", "optimizer=adam,lr=1,lr=2"], "--target[0].lr"),
+        (REFERENCE + ",low=24", [], "--reference.high: required with --reference.low"),
+        (REFERENCE + ",high=40", [], "--reference.low: required with --reference.high"),
+        (REFERENCE + ",low=40,high=30", [], "--reference.low: must be <= high"),
+        (REFERENCE + ",low=0,high=30", [], "--reference.low: must be > 0"),
+        (REFERENCE + ",low=20,high=inf", [], "--reference.high"),
+        (REFERENCE + ",low=20,high=1e308", [], "--reference: the noise ratio"),
         (REFERENCE, ["--grid", "1,two,4"], "--grid"),
         (REFERENCE, ["--grid", "0,4"], "--grid"),
     ],

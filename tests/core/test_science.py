@@ -180,6 +180,28 @@ def test_the_reference_itself_gets_its_own_batch_size_back(opt, lr, b1, b2, bsta
     assert est.params == p and est.dataset_size == s
 
 
+@settings(max_examples=100, deadline=None)
+@given(optimizers, lrs, optimizers, lrs, st.floats(min_value=1, max_value=1e5),
+       st.floats(min_value=0.1, max_value=10), st.floats(min_value=0.1, max_value=10))
+def test_an_interval_of_the_reference_maps_to_each_estimates_interval(
+        ref_opt, ref_lr, opt, lr, bstar, below, above) -> None:
+    """The estimate is linear in the reference's b*: each end of the reference's interval
+    (widened to hold b*) maps to an end of the estimate's, which then holds the estimate."""
+    ref = OptimizerSetting(ref_opt, ref_lr)
+    ends = science.widen((bstar / below, bstar * above), bstar)
+    assert ends[0] <= bstar <= ends[1]
+    _, (est,) = estimate_targets(ref, bstar, 1000, 2000, [(OptimizerSetting(opt, lr), None, None)],
+                                 reference_interval=ends)
+    assert est.interval is not None
+    assert est.interval == pytest.approx(tuple(est.batch_size * b / bstar for b in ends),
+                                         rel=1e-9)
+    assert est.interval[0] <= est.batch_size * (1 + 1e-12)
+    assert est.batch_size <= est.interval[1] * (1 + 1e-12)
+    _, (plain,) = estimate_targets(ref, bstar, 1000, 2000, [(OptimizerSetting(opt, lr), None,
+                                                               None)])
+    assert plain.interval is None and plain.batch_size == est.batch_size
+
+
 def test_paper_dcgan_adam_to_rmsprop_by_hand() -> None:
     """Adam (lr 1e-4, betas 0.5/0.999) measured at b* = 32 on DCGAN/LSUN-Bedroom.
 

@@ -17,7 +17,7 @@ from critbatch.errors import InputError
 
 HELP = "estimate b* for other optimizers from a measured reference b* (Proposition 3.4)"
 
-REFERENCE_KEYS = ("optimizer", "lr", "beta1", "beta2", "batch")
+REFERENCE_KEYS = ("optimizer", "lr", "beta1", "beta2", "batch", "low", "high")
 TARGET_KEYS = ("optimizer", "lr", "beta1", "beta2", "params", "dataset_size")
 ALIASES = {"batch_size": "batch", "learning_rate": "lr"}
 
@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reference", required=True, metavar="KEY=VALUE,...",
         help="the measured setting: optimizer (adam, adabelief, rmsprop), lr (the generator's "
-        "learning rate), beta1, beta2 (default 0.5, 0.999), batch (its measured b*)",
+        "learning rate), beta1, beta2 (default 0.5, 0.999), batch (its measured b*), and "
+        "optionally low and high (an interval of b*, e.g. its fitted credible interval; "
+        "widened to hold batch): each estimate then gets the interval they give",
     )
     p.add_argument("--params", required=True, metavar="N",
                    help="generator parameters Theta of the reference (all trainable ones)")
@@ -128,9 +130,8 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
     reference = _setting(ref_pairs, "--reference", None)
     if "batch" not in ref_pairs:
         raise InputError("--reference.batch: required (the measured b* of the reference)")
-    batch = parse_float(ref_pairs["batch"], "--reference.batch")
-    if batch <= 0:
-        raise InputError(f"--reference.batch: must be > 0, got {ref_pairs['batch']!r}")
+    batch = _positive(ref_pairs, "batch")
+    interval = _interval(ref_pairs, batch)
     params = parse_count(args.params, "--params")
     dataset_size = parse_count(args.dataset_size, "--dataset-size")
     grid = parse_grid(args.grid)
@@ -143,23 +144,53 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
         t_size = (parse_count(pairs["dataset_size"], f"{field}.dataset_size")
                   if "dataset_size" in pairs else None)
         targets.append((setting, t_params, t_size))
-    if not math.isfinite(science.noise_ratio(reference, batch, params, dataset_size)):
-        raise InputError("--reference: the noise ratio sigma^2/eps^3 overflows: batch, lr, "
+    if not math.isfinite(science.noise_ratio(reference, interval[1] if interval else batch,
+                                             params, dataset_size)):
+        raise InputError("--reference: the noise ratio sigma^2/eps^3 overflows: batch, high, lr, "
                          "--params or --dataset-size is out of any sensible range")
     ratio, estimates = science.estimate_targets(
-        reference, batch, params, dataset_size, targets, grid)
+        reference, batch, params, dataset_size, targets, grid, reference_interval=interval)
     return {
-        "reference": {**_setting_dict(reference), "batch_size": batch, "params": params,
-                      "dataset_size": dataset_size},
+        "reference": {**_setting_dict(reference), "batch_size": batch,
+                      "batch_size_interval": list(interval) if interval else None,
+                      "params": params, "dataset_size": dataset_size},
         "noise_ratio": ratio,
+        "noise_ratio_interval": [science.noise_ratio(reference, b, params, dataset_size)
+                                 for b in interval] if interval else None,
         "estimates": [
             {**_setting_dict(e.setting), "params": e.params, "dataset_size": e.dataset_size,
-             "batch_size": e.batch_size, "grid_batch_size": e.grid_batch_size}
+             "batch_size": e.batch_size,
+             "batch_size_interval": list(e.interval) if e.interval else None,
+             "grid_batch_size": e.grid_batch_size}
             for e in estimates
         ],
         "warnings": [w for i, e in enumerate(estimates)
                      if (w := _beyond_grid(f"--target[{i}]", e.batch_size, grid))],
     }
+
+
+def _positive(pairs: dict[str, str], key: str) -> float:
+    value = parse_float(pairs[key], f"--reference.{key}")
+    if value <= 0:
+        raise InputError(f"--reference.{key}: must be > 0, got {pairs[key]!r}")
+    return value
+
+
+def _interval(pairs: dict[str, str], batch: float) -> tuple[float, float] | None:
+    """low and high, both or neither, widened to hold the measured batch (as a status's
+    noiseRatioInterval is)."""
+    given = [k for k in ("low", "high") if k in pairs]
+    if not given:
+        return None
+    if len(given) == 1:
+        other = "high" if given == ["low"] else "low"
+        raise InputError(f"--reference.{other}: required with --reference.{given[0]} (an "
+                         "interval needs both ends)")
+    low, high = _positive(pairs, "low"), _positive(pairs, "high")
+    if low > high:
+        raise InputError(f"--reference.low: must be <= high, got {pairs['low']!r} and "
+                         f"{pairs['high']!r}")
+    return science.widen((low, high), batch)
 
 
 def _beyond_grid(field: str, value: float, grid: tuple[int, ...]) -> str | None:
@@ -174,6 +205,10 @@ def _beyond_grid(field: str, value: float, grid: tuple[int, ...]) -> str | None:
         return (f"{field}: the estimate {short_number(value)} is below the grid's smallest "
                 f"batch size {lo}: its grid b* is clamped to {lo}")
     return None
+
+
+def _span(ends: list[float] | None) -> str:
+    return f" [{short_number(ends[0])}, {short_number(ends[1])}]" if ends else ""
 
 
 def _setting_dict(s: science.OptimizerSetting) -> dict[str, Any]:
@@ -193,16 +228,18 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"reference: {ref['optimizer']} lr={short_number(ref['lr'])} "
         f"beta1={short_number(ref['beta1'])} beta2={short_number(ref['beta2'])}, "
-        f"measured b* = {short_number(ref['batch_size'])}, "
+        f"measured b* = {short_number(ref['batch_size'])}{_span(ref['batch_size_interval'])}, "
         f"Theta = {ref['params']}, |S| = {ref['dataset_size']}", markup=False, soft_wrap=True)
-    console.print(f"noise ratio sigma^2/eps^3 = {result['noise_ratio']:.6g}", markup=False,
-                  soft_wrap=True)
+    console.print(f"noise ratio sigma^2/eps^3 = {result['noise_ratio']:.6g}"
+                  f"{_span(result['noise_ratio_interval'])}", markup=False, soft_wrap=True)
     if not result["estimates"]:
         console.print("no --target given: nothing to estimate", style="yellow")
         return 0
     table = Table(title="estimated critical batch size (Proposition 3.4, same architecture)",
                   title_justify="left")
-    for col in ("optimizer", "lr", "beta1", "beta2", "Theta", "|S|", "b*", "grid b*"):
+    spans = ref["batch_size_interval"] is not None
+    for col in ("optimizer", "lr", "beta1", "beta2", "Theta", "|S|", "b*",
+                *(("interval",) if spans else ()), "grid b*"):
         table.add_column(col, justify="left" if col == "optimizer" else "right")
     for e in result["estimates"]:
         rms = e["optimizer"] == "rmsprop"  # its bound does not depend on the betas
@@ -210,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
                       "-" if rms else short_number(e["beta1"]),
                       "-" if rms else short_number(e["beta2"]), str(e["params"]),
                       str(e["dataset_size"]), short_number(e["batch_size"]),
+                      *((_span(e["batch_size_interval"]).strip(),) if spans else ()),
                       str(e["grid_batch_size"]))
     console.print(table)
     for w in result["warnings"]:

@@ -219,13 +219,12 @@ def _prediction(sweep: Sweep, setting: OptimizerSetting | str, *, params: int | 
 def _estimates(sweep: Sweep, setting: OptimizerSetting, best: int, params: int, size: int,
                interval: tuple[float, float] | None) -> dict[str, Any]:
     """This sweep's noise ratio and b* estimated for each of spec.estimate's settings, each with
-    an interval: the same from each end of the fitted b*'s credible interval, widened to hold
-    `best` (the grid point the ratio comes from, which the fit may place outside it)."""
+    the interval that the fitted b*'s credible interval (widened to hold `best`, the grid point
+    the ratio comes from) gives it."""
     targets = [(t.setting(), t.generator_params, t.dataset_size) for t in sweep.estimate]
-    ratio, estimates = science.estimate_targets(setting, best, params, size, targets)
-    ends = [science.estimate_targets(setting, b, params, size, targets)
-            for b in ((min(interval[0], best), max(interval[1], best)) if interval else ())]
-    spans = list(zip(*(e for _, e in ends), strict=True)) or [()] * len(estimates)
+    ends = science.widen(interval, best) if interval else None
+    ratio, estimates = science.estimate_targets(setting, best, params, size, targets,
+                                                reference_interval=ends)
     rows = [{
         "name": t.name or f"{t.optimizer}-lr{t.learning_rate:g}",
         "optimizer": t.optimizer,
@@ -236,10 +235,11 @@ def _estimates(sweep: Sweep, setting: OptimizerSetting, best: int, params: int, 
         "generatorParams": e.params,
         "batchSize": significant(e.batch_size),
         "gridBatchSize": e.grid_batch_size,
-        "batchSizeInterval": [significant(x.batch_size) for x in span] or None,
-    } for t, e, span in zip(sweep.estimate, estimates, spans, strict=True)]
+        "batchSizeInterval": [significant(x) for x in e.interval] if e.interval else None,
+    } for t, e in zip(sweep.estimate, estimates, strict=True)]
     return {"noiseRatio": significant(ratio),
-            "noiseRatioInterval": [significant(r) for r, _ in ends] or None,
+            "noiseRatioInterval": [significant(science.noise_ratio(setting, b, params, size))
+                                   for b in ends] if ends else None,
             "estimates": rows}
 
 
