@@ -682,3 +682,56 @@ def test_each_trial_says_where_it_ran_and_mixed_hardware_is_a_warning():
     # Kept when the result is gone (the Job deleted): the status remembers it.
     again = plan(s, {}, previous_status=status).status
     assert {t["batchSize"]: t["hardware"] for t in again["trials"]}[8].startswith("cpu AMD")
+
+
+# ---------------------------------------------------------------------------------------------
+# The status against the CRD's status schema
+# ---------------------------------------------------------------------------------------------
+
+
+def _statuses() -> dict[str, tuple[dict, dict]]:
+    """(manifest, status) of sweeps in each state the status can describe."""
+    estimate = {"targets": [{"name": "rms", "optimizer": "rmsprop", "learningRate": 1e-4}]}
+    ref_manifest = sweep_manifest(pruning={"sfoBound": False}, estimate=estimate)
+    ref_sweep = parse_sweep(ref_manifest)
+    ref = plan(ref_sweep, _complete(ref_sweep)).status
+    target_manifest = sweep_manifest(reference={"sweep": "ref"})
+    target = parse_sweep(target_manifest)
+    fast_manifest = sweep_manifest(reference={"sweep": "ref"}, optimizer={
+        "name": "rmsprop", "generator": {"learningRate": 0.1},
+        "discriminator": {"learningRate": 0.1}})
+    obs = {TrialKey(2, 0): reached(2, 0, 900), TrialKey(4, 0): running(4, 0, 120)}
+    censored_manifest = sweep_manifest(batchSizes=[2, 4], seeds=1)
+    censored = parse_sweep(censored_manifest)
+    adaptive_manifest = sweep_manifest(strategy={"type": "adaptive"})
+    return {
+        "reference": (ref_manifest, ref),
+        "predicted": (target_manifest,
+                      plan(target, obs, reference=reference_from_status(ref)).status),
+        # a forged reference whose interval overflows every prediction: no interval, no null
+        "overflowing": (fast_manifest, plan(parse_sweep(fast_manifest), obs,
+                                            reference=ReferenceStatus(
+                                                5000.0, 1000, 1797, (1.0, 1.5e308))).status),
+        "failed": (censored_manifest, plan(censored, {
+            k: Observation(k, Phase.Censored, steps=4000, source="direct")
+            for k in censored.trials()}).status),
+        "adaptive": (adaptive_manifest, plan(parse_sweep(adaptive_manifest), {}).status),
+    }
+
+
+@pytest.mark.parametrize("case", ["reference", "predicted", "overflowing", "failed",
+                                  "adaptive"])
+def test_the_status_fits_the_crds_status_schema(case):
+    """What the planner writes is what the API server keeps: no field the schema lacks (it
+    would be pruned) and no null where the schema has none (the patch would be refused)."""
+    from crd_tools import schema_errors
+
+    manifest, status = _statuses()[case]
+    assert schema_errors({**manifest, "status": status}) == []
+    cb = status["criticalBatchSize"]
+    if case == "predicted":
+        assert cb["predictedInterval"][0] <= cb["predicted"] <= cb["predictedInterval"][1]
+    if case == "overflowing":
+        assert cb["predicted"] is not None and cb["predictedInterval"] is None
+    if case == "reference":
+        assert cb["noiseRatioInterval"] and cb["estimates"][0]["batchSizeInterval"]

@@ -91,6 +91,13 @@ def reference_from_status(status: Mapping[str, Any] | None) -> ReferenceStatus:
                            _positive_interval(cb.get("noiseRatioInterval")) if ratio else None)
 
 
+def _pair(ends: Sequence[float] | None) -> list[float] | None:
+    """An interval for the status: both ends as numbers, or None (an end that overflowed
+    would be a null the CRD's schema refuses)."""
+    shown = [x for x in map(significant, ends or ()) if x is not None]
+    return shown if len(shown) == len(ends or ()) == 2 else None
+
+
 def _listed(sizes: Iterable[int]) -> str:
     return ", ".join(map(str, sizes))
 
@@ -106,7 +113,7 @@ def _posterior_fields(post: posterior.Posterior, reach: Mapping[int, float]) -> 
         "confidence": post.confidence,
         "reachFraction": {str(b): significant(f, 4) for b, f in reach.items()} or None,
         "fitted": significant(post.fitted),
-        "interval": [significant(v) for v in post.interval] if post.interval else None,
+        "interval": _pair(post.interval),
         "nMin": significant(post.n_min),
         "notIdentifiable": post.reason,
     }
@@ -201,9 +208,8 @@ def _prediction(sweep: Sweep, setting: OptimizerSetting | str, *, params: int | 
             out["predicted"] = significant(value)
             out["predictedGrid"] = science.snap_to_grid(value, sorted(sweep.batch_sizes))
             if ratio_interval is not None:
-                out["predictedInterval"] = [
-                    significant(science.estimate_batch_size(r, setting, p, s))
-                    for r in ratio_interval]
+                out["predictedInterval"] = _pair(
+                    [science.estimate_batch_size(r, setting, p, s) for r in ratio_interval])
             if params and reference_params and params != reference_params:
                 warnings.append(f"predicted: this sweep's generator has {params} parameters, "
                                 f"the reference's {reference_params}: the noise ratio carries "
@@ -235,11 +241,11 @@ def _estimates(sweep: Sweep, setting: OptimizerSetting, best: int, params: int, 
         "generatorParams": e.params,
         "batchSize": significant(e.batch_size),
         "gridBatchSize": e.grid_batch_size,
-        "batchSizeInterval": [significant(x) for x in e.interval] if e.interval else None,
+        "batchSizeInterval": _pair(e.interval),
     } for t, e in zip(sweep.estimate, estimates, strict=True)]
     return {"noiseRatio": significant(ratio),
-            "noiseRatioInterval": [significant(science.noise_ratio(setting, b, params, size))
-                                   for b in ends] if ends else None,
+            "noiseRatioInterval": _pair(
+                [science.noise_ratio(setting, b, params, size) for b in ends or ()]),
             "estimates": rows}
 
 
