@@ -712,6 +712,9 @@ def _statuses() -> dict[str, tuple[dict, dict]]:
         "overflowing": (fast_manifest, plan(parse_sweep(fast_manifest), obs,
                                             reference=ReferenceStatus(
                                                 5000.0, 1000, 1797, (1.0, 1.5e308))).status),
+        "overflowing alone": (fast_manifest, plan(parse_sweep(fast_manifest), obs,
+                                                  reference=ReferenceStatus(
+                                                      1.5e308, 1000, 1797)).status),
         "failed": (censored_manifest, plan(censored, {
             k: Observation(k, Phase.Censored, steps=4000, source="direct")
             for k in censored.trials()}).status),
@@ -719,8 +722,8 @@ def _statuses() -> dict[str, tuple[dict, dict]]:
     }
 
 
-@pytest.mark.parametrize("case", ["reference", "predicted", "overflowing", "failed",
-                                  "adaptive"])
+@pytest.mark.parametrize("case", ["reference", "predicted", "overflowing",
+                                  "overflowing alone", "failed", "adaptive"])
 def test_the_status_fits_the_crds_status_schema(case):
     """What the planner writes is what the API server keeps: no field the schema lacks (it
     would be pruned) and no null where the schema has none (the patch would be refused)."""
@@ -733,5 +736,8 @@ def test_the_status_fits_the_crds_status_schema(case):
         assert cb["predictedInterval"][0] <= cb["predicted"] <= cb["predictedInterval"][1]
     if case == "overflowing":
         assert cb["predicted"] is not None and cb["predictedInterval"] is None
+    if case == "overflowing alone":  # no prediction, and no grid point standing for one
+        assert cb["predicted"] is None and cb["predictedGrid"] is None
+        assert any("overflows" in w for w in status["warnings"])
     if case == "reference":
         assert cb["noiseRatioInterval"] and cb["estimates"][0]["batchSizeInterval"]

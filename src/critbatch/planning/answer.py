@@ -203,8 +203,11 @@ def _prediction(sweep: Sweep, setting: OptimizerSetting | str, *, params: int | 
         if isinstance(setting, str):
             warnings.append(f"predicted: skipped, {setting} (Proposition 3.4 needs the "
                             "optimizer's learning rate and betas)")
+        elif p and s and not math.isfinite(
+                value := science.estimate_batch_size(reference_noise_ratio, setting, p, s)):
+            warnings.append(f"predicted: skipped, Proposition 3.4 overflows with the noise "
+                            f"ratio {reference_noise_ratio:g} and this sweep's optimizer")
         elif p and s:
-            value = science.estimate_batch_size(reference_noise_ratio, setting, p, s)
             out["predicted"] = significant(value)
             out["predictedGrid"] = science.snap_to_grid(value, sorted(sweep.batch_sizes))
             if ratio_interval is not None:
